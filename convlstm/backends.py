@@ -1,29 +1,59 @@
 """The one place that decides which implementation of `lstm_gates` runs.
 
-"torch" is the reference (always there). "triton" and "cuda" are the fused kernels; they are registered here when
-their modules import, so the package works without Triton and without the compiled extension. "auto" picks the
-fastest available for the tensor's device; a backend asked for by name that cannot run is an error, never a silent
-fallback.
+Backends:
+  "torch"    `lstm_gates_ref`, eager PyTorch: always there, any device.
+  "cuda"     the CUDA extension (convlstm/lstm_gates_cuda.py): CUDA tensors, prebuilt by setup.py or JIT-built.
+  "triton"   the Triton kernels (convlstm/lstm_gates_triton.py): CUDA tensors; CPU tensors too when
+             TRITON_INTERPRET=1 was set before triton was imported (the interpreter, for tests).
+  "cpu_twin" the CUDA kernels' per-element math compiled for the CPU with g++ (convlstm/lstm_gates_cpu_twin.py):
+             a test/debug path, built on first use.
+  "auto"     CUDA tensors: cuda if it loads, else triton, else torch. CPU tensors: torch (the interpreter and the
+             twin are for tests, not speed).
+A backend module that fails to import (no Triton) or cannot run on a device is reported here with the reason; a
+backend asked for by name that cannot run is an error, never a silent fallback.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu_twin")
+
+# The order "auto" tries them in, per device type; the first that can run wins.
+_PREFERENCE = {"cuda": ("cuda", "triton", "torch")}
+_PREFERENCE_OTHER = ("torch", "triton", "cpu_twin", "cuda")
 
 
-def _torch_gates(gates, c_prev, w_ci, w_cf, w_co):
-    from .lstm_gates import lstm_gates_ref
-    return lstm_gates_ref(gates, c_prev, w_ci, w_cf, w_co)
+@functools.cache
+def _module(name: str):
+    """(module, None), or (None, why it does not import)."""
+    try:
+        return importlib.import_module(f"convlstm.lstm_gates_{name}"), None
+    except ImportError as error:
+        return None, f"convlstm.lstm_gates_{name} does not import: {error}"
+
+
+@functools.cache
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """None if backend `name` can run on `device`, else why not. Cached: the answer (and any build) is found once."""
+    if name == "torch":
+        return None
+    module, reason = _module(name)
+    if module is None:
+        return reason
+    try:
+        return module.runs_on(device)
+    except Exception as error:  # a failed JIT build or extension load: report it as the reason
+        return f"the {name} backend failed to load: {type(error).__name__}: {error}"
 
 
 def available_backends(device) -> list[str]:
-    """Backends that can run on `device` now, fastest first."""
+    """Backends that can run on `device` now, in the order "auto" prefers them (its choice first)."""
     device = torch.device(device)
-    found = []
-    # Filled in by the kernel modules (issue 3): "cuda" before "triton" on CUDA tensors.
-    found.append("torch")
-    return found
+    order = _PREFERENCE.get(device.type, _PREFERENCE_OTHER)
+    return [name for name in order if unavailable_reason(name, device) is None]
 
 
 def check_backend_name(backend: str) -> str:
@@ -35,14 +65,20 @@ def check_backend_name(backend: str) -> str:
 def resolve_backend(backend: str, device) -> str:
     """Turn "auto" into a concrete backend for `device`; check a named one can run there."""
     check_backend_name(backend)
-    available = available_backends(device)
+    device = torch.device(device)
     if backend == "auto":
-        return available[0]
-    if backend not in available:
-        raise RuntimeError(f"backend {backend!r} is not available for device {torch.device(device)}: "
-                           f"available are {', '.join(available)}")
+        return available_backends(device)[0]
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"backend {backend!r} is not available for device {device}: {reason} "
+                           f"(available: {', '.join(available_backends(device))})")
     return backend
 
 
 def gate_function(name: str):
-    return {"torch": _torch_gates}[name]
+    """The function (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next) of a resolved backend."""
+    if name == "torch":
+        from .lstm_gates import lstm_gates_ref
+        return lstm_gates_ref
+    module, _ = _module(name)
+    return getattr(module, f"lstm_gates_{name}")

@@ -1,0 +1,48 @@
+"""lstm_gates "cpu_twin": the CUDA kernels' per-element math and indexing (kernels/cuda/lstm_gates.cuh) compiled
+for the CPU with g++ (kernels/cuda/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
+CUDA kernels run against `lstm_gates_ref`.
+
+A test/debug backend ("cpu_twin"), never picked by "auto". It is built with ninja on first use (about 40 s on two
+cores) and cached in the torch extensions folder ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions).
+Ops: `convlstm::lstm_gates_cpu_twin` and `convlstm::lstm_gates_cpu_twin_backward` (custom ops with fake tensors
+registered, so torch.compile keeps them in the graph).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import torch
+from torch.utils import cpp_extension
+
+from .lstm_gates_op import SOURCE_DIR, define_extension_ops, headers_stamp, prepare
+
+HEADERS = ("lstm_gates.cuh", "lstm_gates_torch.h")
+
+
+@functools.cache
+def extension():
+    """Build (first time) and load the CPU twin extension."""
+    sources = [str(SOURCE_DIR / "lstm_gates_cpu.cpp")]
+    return cpp_extension.load(name="convlstm_lstm_gates_cpu_twin", sources=sources,
+                              extra_cflags=["-O3", headers_stamp(SOURCE_DIR, HEADERS)], verbose=False)
+
+
+def runs_on(device: torch.device) -> str | None:
+    """None if the CPU twin can run on `device` (it builds on first use), else the reason it cannot."""
+    if device.type != "cpu":
+        return f"the cpu_twin backend runs on CPU tensors only, not {device}"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"the cpu_twin backend needs a C++ compiler to build, and {compiler!r} is not on PATH"
+    if not cpp_extension.is_ninja_available():
+        return "the cpu_twin backend needs ninja to build (pip install ninja)"
+    return None
+
+
+lstm_gates_cpu_twin_op = define_extension_ops("cpu_twin", "cpu", extension)
+
+
+def lstm_gates_cpu_twin(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
+    """`lstm_gates_ref` on the CPU twin of the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
+    return lstm_gates_cpu_twin_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))

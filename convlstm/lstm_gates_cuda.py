@@ -1,0 +1,53 @@
+"""lstm_gates on the CUDA extension: kernels/cuda/lstm_gates.cu (kernels and launchers, no PyTorch header) and
+kernels/cuda/lstm_gates_cuda.cpp (the PyTorch binding).
+
+The extension is `convlstm._lstm_gates_cuda` when setup.py built it (CUDA PyTorch and nvcc present, or
+CONVLSTM_FORCE_BUILD=TRUE); otherwise it is JIT-built with ninja on first use on a GPU (about a minute, cached in
+the torch extensions folder). Ops: `convlstm::lstm_gates_cuda` and `convlstm::lstm_gates_cuda_backward`.
+This module imports on any machine; backends.py decides whether the backend can run.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+
+import torch
+from torch.utils import cpp_extension
+
+from .lstm_gates_op import SOURCE_DIR, define_extension_ops, headers_stamp, prepare
+
+PREBUILT = "convlstm._lstm_gates_cuda"
+HEADERS = ("lstm_gates.cuh", "lstm_gates.h", "lstm_gates_torch.h")
+# Same flags as setup.py's build. No --use_fast_math: the kernel is memory-bound, and exact expf/tanhf keep float32
+# results within a few ulp of the reference.
+NVCC_FLAGS = ["-O3", "-std=c++17"]
+
+
+@functools.cache
+def extension():
+    """The prebuilt extension if setup.py built one, else a JIT build (first call on a GPU machine)."""
+    if importlib.util.find_spec(PREBUILT) is not None:
+        return importlib.import_module(PREBUILT)
+    sources = [str(SOURCE_DIR / "lstm_gates_cuda.cpp"), str(SOURCE_DIR / "lstm_gates.cu")]
+    return cpp_extension.load(name="convlstm_lstm_gates_cuda", sources=sources,
+                              extra_cflags=["-O3", headers_stamp(SOURCE_DIR, HEADERS)],
+                              extra_cuda_cflags=NVCC_FLAGS, verbose=False)
+
+
+def runs_on(device: torch.device) -> str | None:
+    """None if the CUDA kernels can run on `device`, else the reason. Loads (or JIT-builds) the extension."""
+    if device.type != "cuda":
+        return f"the cuda backend runs on CUDA tensors only, not {device}"
+    if not torch.cuda.is_available() or torch.version.cuda is None:
+        return "the cuda backend needs a CUDA build of PyTorch and a GPU"
+    extension()
+    return None
+
+
+lstm_gates_cuda_op = define_extension_ops("cuda", "cuda", extension)
+
+
+def lstm_gates_cuda(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
+    """`lstm_gates_ref` on the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
+    return lstm_gates_cuda_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))

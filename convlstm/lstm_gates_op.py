@@ -1,0 +1,145 @@
+"""lstm_gates: what the fused backends (triton, cuda, cpu_twin) share around their kernels.
+
+Dtype policy (all backends, and the same as eager PyTorch / `lstm_gates_ref`):
+  - h_next and c_next come out in torch.promote_types(gates.dtype, c_prev.dtype). Under autocast the conv makes
+    gates fp16/bf16; with the float32 zero state of `init_hidden`, c (and h) therefore stay float32 for the whole
+    sequence, as in the eager reference; with a bf16/fp16 state everything is stored in bf16/fp16.
+  - The math inside the kernels is float32 for float16/bfloat16/float32 storage and float64 for float64.
+  - Gradients come back in each input's own dtype (autograd casts across the conversions made here).
+Kernels take gates in its own dtype and the C-sized tensors (c_prev, h, c, their gradients) in the output dtype;
+gates is converted only for a pair the kernels do not take (e.g. float32 gates with a float64 state).
+Layout: NCHW, or channels_last when gates is channels_last; anything else is made contiguous first.
+
+Autograd: the forward op saves the pre-activation gates and c_prev (plus c_next with peephole, for the w_co
+gradient); the backward op recomputes the activations, so the bytes kept per step are those of
+(B, 4C, H, W) + (B, C, H, W) instead of eager PyTorch's six or more activations (kernels/README.md).
+The peephole weight gradients are per-channel sums done in torch from the gate gradients.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from . import kernels
+
+# The CUDA sources and the header of per-element math that the CPU twin shares with them.
+SOURCE_DIR = Path(kernels.__file__).parent / "cuda"
+
+# (gates dtype, state dtype) pairs the kernels take; others are converted to the output dtype.
+KERNEL_DTYPES = {(t, t) for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)} | {
+    (torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
+
+
+def accumulate_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The kernels' math dtype (and the peephole weights' dtype inside the op)."""
+    return torch.float64 if state_dtype == torch.float64 else torch.float32
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def prepare(gates, c_prev, w_ci, w_cf, w_co):
+    """Apply the dtype and layout policy; returns the fused ops' arguments
+    (gates, c_prev, w_ci, w_cf, w_co, channels_last) with peephole weights flattened to (C,) in the math dtype."""
+    out_dtype = torch.promote_types(gates.dtype, c_prev.dtype)
+    if (gates.dtype, out_dtype) not in KERNEL_DTYPES:
+        gates = gates.to(out_dtype)
+    c_prev = c_prev.to(out_dtype)
+    # A tensor with C == 1 or H*W == 1 counts as both layouts; NCHW wins then.
+    channels_last = gates.is_contiguous(memory_format=torch.channels_last) and not gates.is_contiguous()
+    fmt = memory_format(channels_last)
+    gates = gates.contiguous(memory_format=fmt)
+    c_prev = c_prev.contiguous(memory_format=fmt)
+    if w_ci is not None:
+        acc = accumulate_dtype(out_dtype)
+        w_ci, w_cf, w_co = (w.reshape(-1).to(acc).contiguous() for w in (w_ci, w_cf, w_co))
+    return gates, c_prev, w_ci, w_cf, w_co, channels_last
+
+
+def fake_forward(gates, c_prev, w_ci, w_cf, w_co, channels_last):
+    """Shapes, dtypes and strides of (h_next, c_next), for torch.compile's fake tensors."""
+    fmt = memory_format(channels_last)
+    return torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
+
+
+def fake_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last):
+    """Shapes, dtypes and strides of (grad_gates, grad_c_prev)."""
+    fmt = memory_format(channels_last)
+    return torch.empty_like(gates, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
+
+
+def register_autograd(forward_op, backward_op):
+    """Autograd for a fused forward op (gates, c_prev, w_ci, w_cf, w_co, channels_last) -> (h_next, c_next)
+    whose backward op maps (gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last) to
+    (grad_gates, grad_c_prev)."""
+
+    def setup_context(ctx, inputs, output):
+        gates, c_prev, w_ci, w_cf, w_co, channels_last = inputs
+        ctx.channels_last = channels_last
+        ctx.peephole = w_ci is not None
+        # An output that gets no gradient (c_next after the last step) arrives as None instead of a zero tensor
+        # that the kernel would have to read.
+        ctx.set_materialize_grads(False)
+        if ctx.peephole:
+            ctx.save_for_backward(gates, c_prev, w_ci, w_cf, w_co, output[1])
+        else:
+            ctx.save_for_backward(gates, c_prev)
+
+    def backward(ctx, grad_h, grad_c):
+        if grad_h is None and grad_c is None:
+            return None, None, None, None, None, None
+        if ctx.peephole:
+            gates, c_prev, w_ci, w_cf, w_co, c_next = ctx.saved_tensors
+        else:
+            (gates, c_prev), w_ci, w_cf, w_co = ctx.saved_tensors, None, None, None
+        fmt = memory_format(ctx.channels_last)
+        grad_h = None if grad_h is None else grad_h.contiguous(memory_format=fmt)
+        grad_c = None if grad_c is None else grad_c.contiguous(memory_format=fmt)
+        grad_gates, grad_c_prev = backward_op(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, ctx.channels_last)
+        grad_w = [None, None, None]
+        if ctx.peephole:
+            grad_i, grad_f, grad_o, _ = grad_gates.to(w_ci.dtype).chunk(4, dim=1)
+            c_prev_acc, c_next_acc = c_prev.to(w_ci.dtype), c_next.to(w_ci.dtype)
+            for k, (grad_pre, state) in enumerate(((grad_i, c_prev_acc), (grad_f, c_prev_acc), (grad_o, c_next_acc))):
+                if ctx.needs_input_grad[2 + k]:
+                    grad_w[k] = (grad_pre * state).sum(dim=(0, 2, 3))  # (C,)
+        return grad_gates, grad_c_prev, *grad_w, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+def define_extension_ops(backend: str, device_type: str, extension):
+    """Define and register `convlstm::lstm_gates_<backend>` (forward) and `..._backward` as custom ops over a
+    compiled extension with `forward(gates, c_prev, w_ci, w_cf, w_co, channels_last) -> [h_next, c_next]` and
+    `backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last) -> [grad_gates, grad_c_prev]`.
+    `extension()` returns the loaded module (it may build it on first call). Returns the forward op."""
+
+    @torch.library.custom_op(f"convlstm::lstm_gates_{backend}", mutates_args=(), device_types=device_type)
+    def forward_op(gates: torch.Tensor, c_prev: torch.Tensor, w_ci: torch.Tensor | None,
+                   w_cf: torch.Tensor | None, w_co: torch.Tensor | None,
+                   channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h_next, c_next = extension().forward(gates, c_prev, w_ci, w_cf, w_co, channels_last)
+        return h_next, c_next
+
+    @torch.library.custom_op(f"convlstm::lstm_gates_{backend}_backward", mutates_args=(), device_types=device_type)
+    def backward_op(gates: torch.Tensor, c_prev: torch.Tensor, w_ci: torch.Tensor | None,
+                    w_cf: torch.Tensor | None, w_co: torch.Tensor | None, grad_h: torch.Tensor | None,
+                    grad_c: torch.Tensor | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_gates, grad_c_prev = extension().backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c,
+                                                       channels_last)
+        return grad_gates, grad_c_prev
+
+    forward_op.register_fake(fake_forward)
+    backward_op.register_fake(fake_backward)
+    register_autograd(forward_op, backward_op)
+    return forward_op
+
+
+def headers_stamp(source_dir, headers) -> str:
+    """A -D flag carrying a hash of the headers: torch's cpp_extension.load() rebuilds when the sources or the flags
+    change but does not look at included headers, so an edit of the shared math would otherwise be missed."""
+    digest = hashlib.sha1(b"".join((source_dir / h).read_bytes() for h in headers)).hexdigest()[:16]
+    return f"-DLSTM_GATES_HEADERS_SHA={digest}"

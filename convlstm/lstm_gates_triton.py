@@ -1,0 +1,84 @@
+"""lstm_gates on Triton: launchers and the torch.library ops around kernels/triton/lstm_gates.py.
+
+Ops: `convlstm::lstm_gates_triton` (forward) and `convlstm::lstm_gates_triton_backward`, both `triton_op`s, so
+torch.compile sees the kernels (no graph break) on a GPU. With TRITON_INTERPRET=1 they run on CPU tensors.
+Importing this module needs Triton; backends.py is the one place that handles its absence.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from .kernels.triton.lstm_gates import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
+from .lstm_gates_op import fake_backward, fake_forward, memory_format, prepare, register_autograd
+
+# Elements per program. Not tuned on a GPU yet (no GPU in this session); 1024 with 4 warps is the usual choice for
+# a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+def _sizes(c_prev: Tensor) -> dict:
+    _, channels, height, width = c_prev.shape
+    return dict(numel=c_prev.numel(), channels=channels, spatial=height * width, plane=channels * height * width)
+
+
+@triton_op("convlstm::lstm_gates_triton", mutates_args=())
+def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
+                         w_co: Tensor | None, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Forward: gates (B, 4C, H, W), c_prev (B, C, H, W) in the layout `channels_last` says, peephole weights
+    (C,) in the math dtype or None -> (h_next, c_next), each like c_prev. Call through `lstm_gates_triton`."""
+    fmt = memory_format(channels_last)
+    h_next, c_next = torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
+    sizes = _sizes(c_prev)
+    if sizes["numel"] == 0:
+        return h_next, c_next
+    peephole = w_ci is not None
+    w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)  # unread placeholders
+    wrap_triton(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+        gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
+        CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
+        BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return h_next, c_next
+
+
+@triton_op("convlstm::lstm_gates_triton_backward", mutates_args=())
+def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
+                                  w_co: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None,
+                                  channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Backward: -> (grad_gates (B, 4C, H, W) like gates, grad_c_prev like c_prev); grad_h / grad_c may be None."""
+    fmt = memory_format(channels_last)
+    grad_gates = torch.empty_like(gates, memory_format=fmt)
+    grad_c_prev = torch.empty_like(c_prev, memory_format=fmt)
+    sizes = _sizes(c_prev)
+    if sizes["numel"] == 0:
+        return grad_gates, grad_c_prev
+    peephole = w_ci is not None
+    w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)
+    wrap_triton(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+        gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
+        grad_gates, grad_c_prev, **sizes,
+        CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
+        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return grad_gates, grad_c_prev
+
+
+register_autograd(lstm_gates_triton_op, lstm_gates_triton_backward_op)
+
+
+def runs_on(device: torch.device) -> str | None:
+    """None if the Triton kernels can run on `device`, else the reason they cannot."""
+    if device.type == "cuda":
+        return None
+    if INTERPRETED:
+        return None
+    return (f"Triton compiles kernels for GPUs only; for {device} tensors set TRITON_INTERPRET=1 before triton is "
+            f"first imported (the slow interpreter, for tests)")
+
+
+def lstm_gates_triton(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
+    """`lstm_gates_ref` on the Triton kernels: gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1)
+    or None -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype)."""
+    return lstm_gates_triton_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))

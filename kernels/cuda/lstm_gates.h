@@ -1,0 +1,38 @@
+// lstm_gates: launchers of the CUDA kernels in lstm_gates.cu, callable from any C++ (no PyTorch types).
+//
+// Tensors are raw device pointers. c_prev / h_next / c_next / grad_h / grad_c / grad_c_prev are (B, C, H, W) and
+// gates / grad_gates (B, 4C, H, W), all contiguous in one memory format (NCHW, or NHWC when channels_last).
+// Storage dtypes: gates in `gate_dtype`, the C-sized tensors in `state_dtype`; supported pairs are (t, t) for the
+// four dtypes, and (float16, float32) and (bfloat16, float32) for mixed precision with c kept in float32.
+// The math runs in float32, or float64 when state_dtype is float64; the peephole weights w_ci, w_cf, w_co are
+// (C,) in that math type, or all null without peephole. grad_h / grad_c may be null (the output got no gradient).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace lstm_gates {
+
+enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+struct Shape {
+  int64_t numel;     // B*C*H*W: elements of c_prev
+  int64_t channels;  // C
+  int64_t spatial;   // H*W
+  bool channels_last;
+};
+
+// True when the launchers accept this (gate_dtype, state_dtype) pair.
+bool supported_dtypes(Dtype gate_dtype, Dtype state_dtype);
+
+// Both return cudaSuccess, the launch error, or cudaErrorInvalidValue for an unsupported dtype pair.
+cudaError_t forward_cuda(Dtype gate_dtype, Dtype state_dtype, const void* gates, const void* c_prev,
+                         const void* w_ci, const void* w_cf, const void* w_co, void* h_next, void* c_next,
+                         Shape shape, cudaStream_t stream);
+
+cudaError_t backward_cuda(Dtype gate_dtype, Dtype state_dtype, const void* gates, const void* c_prev,
+                          const void* w_ci, const void* w_cf, const void* w_co, const void* grad_h,
+                          const void* grad_c, void* grad_gates, void* grad_c_prev, Shape shape,
+                          cudaStream_t stream);
+
+}  // namespace lstm_gates

@@ -1,0 +1,62 @@
+// lstm_gates: PyTorch binding of the CUDA launchers (lstm_gates.cu). Built by setup.py as
+// convlstm._lstm_gates_cuda, or JIT-built by convlstm/lstm_gates_cuda.py; the op around it is in that module.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "lstm_gates.h"
+#include "lstm_gates_torch.h"
+
+namespace lstm_gates {
+namespace {
+
+Shape shape_of(const at::Tensor& c_prev, bool channels_last) {
+  return {c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last};
+}
+
+void check_launch(cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, "lstm_gates: CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
+                                   const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
+                                   const std::optional<at::Tensor>& w_co, bool channels_last) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+  TORCH_CHECK(gates.is_cuda(), "lstm_gates (cuda): tensors must be on a CUDA device, got ", gates.device());
+  const c10::cuda::CUDAGuard guard(gates.device());
+  auto h_next = at::empty_like(c_prev, memory_format(channels_last));
+  auto c_next = at::empty_like(c_prev, memory_format(channels_last));
+  check_launch(forward_cuda(static_cast<Dtype>(dtype_code(gates.scalar_type())),
+                            static_cast<Dtype>(dtype_code(c_prev.scalar_type())), gates.data_ptr(),
+                            c_prev.data_ptr(), data_or_null(w_ci), data_or_null(w_cf), data_or_null(w_co),
+                            h_next.data_ptr(), c_next.data_ptr(), shape_of(c_prev, channels_last),
+                            c10::cuda::getCurrentCUDAStream().stream()));
+  return {h_next, c_next};
+}
+
+std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c_prev,
+                                    const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
+                                    const std::optional<at::Tensor>& w_co, const std::optional<at::Tensor>& grad_h,
+                                    const std::optional<at::Tensor>& grad_c, bool channels_last) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+  check_grad(grad_h, c_prev, channels_last, "grad_h");
+  check_grad(grad_c, c_prev, channels_last, "grad_c");
+  TORCH_CHECK(gates.is_cuda(), "lstm_gates (cuda): tensors must be on a CUDA device, got ", gates.device());
+  const c10::cuda::CUDAGuard guard(gates.device());
+  auto grad_gates = at::empty_like(gates, memory_format(channels_last));
+  auto grad_c_prev = at::empty_like(c_prev, memory_format(channels_last));
+  check_launch(backward_cuda(static_cast<Dtype>(dtype_code(gates.scalar_type())),
+                             static_cast<Dtype>(dtype_code(c_prev.scalar_type())), gates.data_ptr(),
+                             c_prev.data_ptr(), data_or_null(w_ci), data_or_null(w_cf), data_or_null(w_co),
+                             data_or_null(grad_h), data_or_null(grad_c), grad_gates.data_ptr(),
+                             grad_c_prev.data_ptr(), shape_of(c_prev, channels_last),
+                             c10::cuda::getCurrentCUDAStream().stream()));
+  return {grad_gates, grad_c_prev};
+}
+
+}  // namespace
+}  // namespace lstm_gates
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CUDA) -> [h_next, c_next]");
+  m.def("backward", &lstm_gates::backward_op, "lstm_gates backward (CUDA) -> [grad_gates, grad_c_prev]");
+}

@@ -1,0 +1,128 @@
+"""lstm_gates: Triton kernels for one ConvLSTM step (the launcher and the op are in convlstm/lstm_gates_triton.py).
+
+Each program handles BLOCK elements n of c_prev (B, C, H, W); the four gates of element n sit in gates
+(B, 4C, H, W) at `gate_base + k * gate_stride`, k = 0..3 for i, f, o, g. Both tensors are contiguous in the same
+memory format: NCHW, or NHWC when CHANNELS_LAST. Offsets are int64 (B*4C*H*W can pass 2^31).
+The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
+The per-element formulas are those of kernels/cuda/lstm_gates.cuh; the spec is lstm_gates_ref.
+"""
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def _load(ptr, mask, ACC_FP64: tl.constexpr):
+    x = tl.load(ptr, mask=mask, other=0.0)
+    if ACC_FP64:
+        return x.to(tl.float64)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _sigmoid(x):
+    # exp of -|x| never overflows, so large |x| gives exactly 0 or 1 with no inf on the way.
+    t = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
+
+
+@triton.jit
+def _tanh(x):
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x >= 0, y, -y)
+
+
+@triton.jit
+def _locate(n, channels, spatial, plane, CHANNELS_LAST: tl.constexpr):
+    """Channel of element n, offset of its i gate in gates, and the distance between its four gates."""
+    b = n // plane
+    if CHANNELS_LAST:
+        channel = n % channels
+        s = (n - b * plane) // channels
+        return channel, n + 3 * b * plane + 3 * s * channels, channels  # b*4CS + s*4C + c, then + k*C
+    channel = (n // spatial) % channels
+    return channel, n + 3 * b * plane, plane  # b*4CS + c*S + s, then + k*CS
+
+
+@triton.jit
+def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h_next_ptr, c_next_ptr,
+                          numel, channels, spatial, plane,
+                          CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, ACC_FP64: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < numel
+    channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
+    a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
+    a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
+    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
+    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
+    c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
+    if HAS_PEEPHOLE:
+        a_i += _load(w_ci_ptr + channel, mask, ACC_FP64) * c_prev
+        a_f += _load(w_cf_ptr + channel, mask, ACC_FP64) * c_prev
+    c_next = _sigmoid(a_f) * c_prev + _sigmoid(a_i) * g
+    if HAS_PEEPHOLE:
+        a_o += _load(w_co_ptr + channel, mask, ACC_FP64) * c_next
+    h_next = _sigmoid(a_o) * _tanh(c_next)
+    tl.store(h_next_ptr + n, h_next.to(h_next_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_next_ptr + n, c_next.to(c_next_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, grad_h_ptr, grad_c_ptr,
+                          grad_gates_ptr, grad_c_prev_ptr,
+                          numel, channels, spatial, plane,
+                          CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, HAS_GRAD_H: tl.constexpr,
+                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    """Gradient of the pre-activation gates and of c_prev. The activations are recomputed from gates and c_prev
+    (a few flops per element on a memory-bound kernel) instead of being kept from the forward."""
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < numel
+    channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
+    a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
+    a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
+    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
+    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
+    c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
+    w_ci = 0.0
+    w_cf = 0.0
+    w_co = 0.0
+    if HAS_PEEPHOLE:
+        w_ci = _load(w_ci_ptr + channel, mask, ACC_FP64)
+        w_cf = _load(w_cf_ptr + channel, mask, ACC_FP64)
+        w_co = _load(w_co_ptr + channel, mask, ACC_FP64)
+        a_i += w_ci * c_prev
+        a_f += w_cf * c_prev
+    i = _sigmoid(a_i)
+    f = _sigmoid(a_f)
+    c_next = f * c_prev + i * g
+    if HAS_PEEPHOLE:
+        a_o += w_co * c_next
+    o = _sigmoid(a_o)
+    tanh_c = _tanh(c_next)
+
+    d_c = tl.zeros_like(c_prev)
+    d_o = tl.zeros_like(c_prev)
+    if HAS_GRAD_C:
+        d_c += _load(grad_c_ptr + n, mask, ACC_FP64)
+    if HAS_GRAD_H:
+        grad_h = _load(grad_h_ptr + n, mask, ACC_FP64)
+        d_o = grad_h * tanh_c * o * (1.0 - o)
+        # c_next reaches the loss through c_next itself, through h_next, and through the o peephole.
+        d_c += grad_h * o * (1.0 - tanh_c * tanh_c) + d_o * w_co
+    d_i = d_c * g * i * (1.0 - i)
+    d_f = d_c * c_prev * f * (1.0 - f)
+    d_g = d_c * i * (1.0 - g * g)
+    d_c_prev = d_c * f + d_i * w_ci + d_f * w_cf
+
+    out_ty = grad_gates_ptr.dtype.element_ty
+    tl.store(grad_gates_ptr + gate_base, d_i.to(out_ty), mask=mask)
+    tl.store(grad_gates_ptr + gate_base + gate_stride, d_f.to(out_ty), mask=mask)
+    tl.store(grad_gates_ptr + gate_base + 2 * gate_stride, d_o.to(out_ty), mask=mask)
+    tl.store(grad_gates_ptr + gate_base + 3 * gate_stride, d_g.to(out_ty), mask=mask)
+    tl.store(grad_c_prev_ptr + n, d_c_prev.to(grad_c_prev_ptr.dtype.element_ty), mask=mask)
+
+
+# True when TRITON_INTERPRET=1 was set before triton was imported: the kernels then run on CPU tensors.
+INTERPRETED = isinstance(lstm_gates_fwd_kernel, InterpretedFunction)
