@@ -1,0 +1,49 @@
+"""Mixed precision as one object, so fp32, bf16 and fp16 run the same training lines.
+
+`Precision.autocast()` is torch.autocast for bf16/fp16 (a no-op context for "none"); the GradScaler is enabled only for
+fp16, where it scales the loss so small gradients survive in half precision. `Precision.step` keeps the order that
+makes clipping correct: scale -> backward -> unscale_ -> clip -> step -> update. Unscaling before the clip matters:
+clipping scaled gradients would compare a norm 2^16 times too large against --grad_clip.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    def __init__(self, amp: str, device: torch.device):
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp={amp!r}: expected 'none', 'bf16' or 'fp16' (resolve 'auto' first)")
+        self.amp = amp
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def autocast(self):
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=DTYPES[self.amp])
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float) -> torch.Tensor:
+        """Backward `loss`, clip, and step `optimizer`. Returns the gradient norm before clipping (a 0-dim tensor,
+        unscaled; inf or nan on an fp16 step the scaler skips). grad_clip 0 measures the norm without clipping."""
+        parameters = list(parameters)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        # max_norm=inf leaves every gradient unchanged (clip coefficient clamped to exactly 1.0).
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler.is_enabled() and state:
+            self.scaler.load_state_dict(state)

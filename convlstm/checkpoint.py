@@ -1,0 +1,203 @@
+"""Checkpoints: one dict with everything a run needs to continue, written atomically, read back with weights_only.
+
+Layout: <run_dir>/checkpoints/latest.pt (always the newest complete checkpoint), best.pt (lowest validation loss) and
+step_<N>.pt (the last few). A checkpoint is a dict:
+
+    model      state_dict of the plain EncoderDecoderConvLSTM (no DDP "module." or torch.compile "_orig_mod." prefix)
+    optimizer  Adam's state_dict            scaler   GradScaler's state_dict (empty when not fp16)
+    step       optimizer steps taken        epoch    epoch the next step belongs to
+    sampler    {"epoch", "samples_seen"}: where in that epoch's global permutation the next batch starts
+    config     the resolved Config as a plain dict (see convlstm.config)
+    rng        torch / numpy / python / cuda RNG states as tensors and plain values
+    val_loss   validation MSE at this point, or None if none was measured since the last epoch
+    best_val_loss  lowest validation MSE so far (None before the first validation)
+
+Every value is a tensor or a plain Python type, so `torch.load(path, weights_only=True)` reads it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from .model import EncoderDecoderConvLSTM
+
+LATEST = "latest.pt"
+BEST = "best.pt"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or used; the message names the file."""
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def model_from_config(config: dict, backend: str | None = None) -> EncoderDecoderConvLSTM:
+    """The EncoderDecoderConvLSTM a checkpoint's `config` describes (fresh weights: load `checkpoint["model"]` next).
+
+    `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU a model trained with "triton".
+    """
+    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
+                                  kernel_size=config["kernel_size"], peephole=config["peephole"],
+                                  backend=backend or config["backend"])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def rng_state() -> dict:
+    """This process's RNG states, as types weights_only loading accepts."""
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_atomic(path: str, payload: bytes) -> None:
+    """Write to a temp file beside `path`, flush it to disk, then rename: readers see the old file or the new one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def step_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """(step, path) of the step_<N>.pt files in `directory`, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), os.path.join(directory, name))
+             for name in os.listdir(directory) if (m := _STEP_FILE.match(name))]
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> None:
+    """Write step_<N>.pt, then latest.pt (and best.pt when `is_best`), each atomically; keep the newest `keep`
+    step files. Call on rank 0 only; the caller's barrier afterwards tells the other ranks it is complete."""
+    os.makedirs(directory, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    _write_atomic(os.path.join(directory, f"step_{state['step']}.pt"), payload)
+    _write_atomic(os.path.join(directory, LATEST), payload)
+    if is_best:
+        _write_atomic(os.path.join(directory, BEST), payload)
+    for _, old in step_checkpoints(directory)[keep:]:
+        os.remove(old)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read one checkpoint with weights_only=True; CheckpointError naming the file if it is unreadable."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a truncated or foreign file; all mean "unreadable"
+        raise CheckpointError(f"checkpoint {path} is unreadable: {type(error).__name__}: {error}") from error
+    missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
+               if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (missing {missing})")
+    return state
+
+
+def find_resume_checkpoint(directory: str, warn) -> tuple[str, dict] | None:
+    """(path, state) of the newest readable checkpoint in `directory`: latest.pt, else the newest step_<N>.pt.
+
+    Each unreadable file is reported through `warn` by name. Returns None when the directory holds no checkpoint at
+    all; raises CheckpointError when there are checkpoints but none loads (never a silent fresh start).
+    """
+    candidates = [os.path.join(directory, LATEST)] if os.path.exists(os.path.join(directory, LATEST)) else []
+    candidates += [path for _, path in step_checkpoints(directory)]
+    if not candidates:
+        return None
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            warn(f"{error}; trying an older checkpoint")
+    raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(problems)
+                          + ". Move the directory away to start fresh.")
+
+
+# Written by rank 0 at the start of a torchrun launch: a restarted worker group (TORCHELASTIC_RESTART_COUNT > 0) of the
+# same launch resumes on its own, while a new launch into a used run_dir still needs --resume.
+ELASTIC_RUN_ID_FILE = "torchelastic_run_id"
+
+
+def holds_run(run_dir: str) -> bool:
+    """Whether `run_dir` already has a run's config.json or any checkpoint."""
+    directory = checkpoint_dir(run_dir)
+    has_checkpoint = os.path.isdir(directory) and any(name.endswith(".pt") for name in os.listdir(directory))
+    return has_checkpoint or os.path.exists(os.path.join(run_dir, "config.json"))
+
+
+def is_restart_of_this_launch(run_dir: str, elastic_run_id: str | None, restarts: int) -> bool:
+    if restarts <= 0 or not elastic_run_id:
+        return False
+    try:
+        with open(os.path.join(run_dir, ELASTIC_RUN_ID_FILE)) as handle:
+            return handle.read().strip() == elastic_run_id
+    except FileNotFoundError:
+        return False
+
+
+def choose_start(run_dir: str, resume: bool, elastic_run_id: str | None, restarts: int, warn):
+    """Decide how a run starts (call on rank 0). Returns (path, state) of the checkpoint to continue from, or None
+    for a fresh start. Raises CheckpointError when the start would overwrite a run or when no checkpoint is readable.
+
+    resume=True, or a torchrun restart of the launch that wrote the run_dir, continues from the newest readable
+    checkpoint (None if there is none yet). Otherwise run_dir must not hold a run.
+    """
+    if not (resume or is_restart_of_this_launch(run_dir, elastic_run_id, restarts)):
+        if holds_run(run_dir):
+            raise CheckpointError(f"--run_dir {run_dir} already holds a run (config.json or checkpoints/); "
+                                  "pass --resume to continue it, or choose another --run_dir")
+        return None
+    return find_resume_checkpoint(checkpoint_dir(run_dir), warn)
+
+
+def write_elastic_run_id(run_dir: str, elastic_run_id: str | None) -> None:
+    if elastic_run_id:
+        os.makedirs(run_dir, exist_ok=True)
+        _write_atomic(os.path.join(run_dir, ELASTIC_RUN_ID_FILE), elastic_run_id.encode())
+
+
+def write_config(run_dir: str, config: dict) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    _write_atomic(os.path.join(run_dir, "config.json"), (json.dumps(config, indent=2) + "\n").encode())

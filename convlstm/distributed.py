@@ -1,0 +1,164 @@
+"""Process-group setup for one process (`python train.py`) or many (`torchrun ... train.py`).
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE (and MASTER_ADDR/PORT); without them this is one process and no process
+group is made, so a single process needs no rendezvous. Each rank takes the GPU of its LOCAL_RANK, set before the
+process group starts (NCCL binds to the current device); NCCL on GPUs, gloo on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+class SetupError(RuntimeError):
+    """The launch environment cannot work (no GPU for --device cuda, a malformed torchrun variable)."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SetupError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """"auto": cuda:LOCAL_RANK when CUDA is available, else the CPU; "cuda" without a GPU is an error."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SetupError("--device cuda: CUDA is not available in this process (torch.cuda.is_available() is False)")
+    if local_rank >= torch.cuda.device_count():
+        raise SetupError(f"LOCAL_RANK={local_rank} but this machine shows {torch.cuda.device_count()} GPU(s): "
+                           "use --nproc_per_node no larger than the GPU count")
+    return torch.device("cuda", local_rank)
+
+
+@contextlib.contextmanager
+def distributed(requested_device: str = "auto"):
+    """Yield a DistInfo; under torchrun start the process group and destroy it on every way out.
+
+    SIGTERM (what torchrun sends the surviving workers when one fails) becomes SystemExit, so the `finally` below
+    runs then too.
+    """
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if launched:
+        previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    try:
+        yield DistInfo(rank, local_rank, world_size, device)
+    finally:
+        if launched:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def barrier(info: DistInfo) -> None:
+    if dist.is_initialized():
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce when there is a process group; a no-op for one process."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` on every rank (a small picklable value)."""
+    if not dist.is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this worker group (0 on the first attempt and outside torchrun)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
+# Test-only fault injection: CONVLSTM_FAULT_KILL="<rank>:<step>" makes that rank SIGKILL itself when it is about to
+# take that optimizer step, on the first attempt only, so the restarted group runs to the end.
+FAULT_ENV = "CONVLSTM_FAULT_KILL"
+
+
+def parse_fault(info: DistInfo):
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or restart_count() > 0:
+        return None
+    rank, step = (int(part) for part in spec.split(":"))
+    return step if rank == info.rank else None
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled, drop_last) that can start an epoch part-way through.
+
+    Every rank draws from the same global permutation of epoch `e` (seeded by seed + e) and takes every
+    world_size-th index; the global batch of step s is therefore permutation[s*W*b : (s+1)*W*b] for W ranks of batch
+    b, the same sequences a single process with batch W*b takes. `set_epoch(e, samples_seen)` skips the first
+    `samples_seen` entries of that permutation (samples_seen / W on each rank), which is how a resumed run continues
+    mid-epoch with the batches the uninterrupted run would have taken.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
+        if samples_seen % self.num_replicas:
+            raise ValueError(f"cannot resume {samples_seen} samples into an epoch on {self.num_replicas} ranks: "
+                             "the count must divide evenly among them")
+        super().set_epoch(epoch)
+        self.skip = samples_seen // self.num_replicas
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)

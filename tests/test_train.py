@@ -1,0 +1,289 @@
+"""train.py in one process on the CPU: outputs a user sees, resume, errors, AMP, sampling and the image grid.
+
+Runs call train.main(argv) in this process with a tiny model (n_hidden_dim 4, 16x16 frames, a few steps); the
+torchrun launches live in test_train_distributed.py.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import urllib.request
+
+import pytest
+import torch
+
+from convlstm.amp import Precision
+from convlstm.checkpoint import model_from_config
+from convlstm.config import parse_config, resolve_config
+from convlstm.distributed import DistInfo, ResumableSampler, distributed
+from convlstm.logging_utils import prediction_grid
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+# 24 sequences in batches of 4: 6 steps per epoch.
+TINY = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "24", "--num_val", "5", "--batch_size", "4",
+        "--num_workers", "0", "--log_every", "2", "--amp", "none"]
+
+
+def run(tmp_run_dir, *flags):
+    return train_script.main(TINY + ["--run_dir", str(tmp_run_dir), *map(str, flags)])
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkeypatch, capsys):
+    compiled = []
+
+    class FakeCompiled(torch.nn.Module):
+        """Stands in for torch.compile (whose CPU compile of this model takes minutes): records the wrapping."""
+
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, *args, **kwargs):
+            compiled.append(1)
+            return self._orig_mod(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", FakeCompiled)
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--max_steps", 4, "--image_every", 2, "--checkpoint_every", 2, "--tensorboard",
+               "--compile") == 0
+    assert len(compiled) == 4  # every training step went through the compiled wrapper
+
+    checkpoints = sorted(os.listdir(run_dir / "checkpoints"))
+    assert checkpoints == ["best.pt", "latest.pt", "step_2.pt", "step_4.pt"]
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert {"model", "optimizer", "scaler", "step", "epoch", "config", "rng", "sampler", "val_loss"} <= state.keys()
+    assert state["step"] == 4 and state["sampler"] == {"epoch": 0, "samples_seen": 16}
+    config = state["config"]
+    assert (config["n_hidden_dim"], config["image_size"], config["n_steps_past"], config["n_steps_ahead"],
+            config["kernel_size"], config["peephole"], config["in_chan"], config["seed"], config["backend"],
+            config["data"], config["amp"]) == (4, 16, 10, 10, 3, False, 1, 0, "auto", None, "none")
+    assert json.loads((run_dir / "config.json").read_text()) == config
+    model = model_from_config(config)
+    model.load_state_dict(state["model"])  # keys of the plain model: no "module." / "_orig_mod." prefix
+    assert 0 < state["val_loss"] < 1
+    assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["val_loss"] == state["val_loss"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/sequences_per_s"):
+        assert [e.step for e in events.Scalars(tag)] == [2, 4], tag
+    assert events.Scalars("train/lr")[0].value == pytest.approx(1e-4)
+    assert events.Scalars("val/loss")[0].value == pytest.approx(state["val_loss"])
+    images = events.Images("predictions")
+    assert [im.step for im in images] == [2, 4]
+    # 3 rows and 20 frames of 16x16 with 2 pixels of padding: (3 * 18 + 2) x (20 * 18 + 2)
+    assert (images[0].height, images[0].width) == (56, 362)
+    assert (run_dir / "predictions.png").stat().st_size > 0
+
+    log = (run_dir / "train.log").read_text()
+    assert "step 4/4" in log and "validation loss" in log and "sequences/s" in log
+    err = capsys.readouterr().err
+    address = next(line.split(" at ")[-1] for line in err.splitlines() if "TensorBoard serving" in line)
+    with urllib.request.urlopen(address, timeout=30) as page:
+        assert page.status == 200
+
+
+def test_resume_mid_epoch_equals_uninterrupted_bit_for_bit_and_survives_a_corrupt_latest(tmp_path, capsys):
+    # 9 steps cross an epoch (6 steps each); the interrupted run stops at step 4, mid-epoch.
+    assert run(tmp_path / "whole", "--max_steps", 9, "--checkpoint_every", 100) == 0
+    assert run(tmp_path / "parts", "--max_steps", 4, "--checkpoint_every", 100) == 0
+    latest = tmp_path / "parts" / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # a torn write: resume must name it and use step_4.pt
+    capsys.readouterr()
+    assert run(tmp_path / "parts", "--max_steps", 9, "--checkpoint_every", 100, "--resume") == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {latest} is unreadable" in err and "resumed from step 4 (epoch 0, 16 sequences" in err
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)
+    parts = torch.load(latest, weights_only=True)
+    assert whole["step"] == parts["step"] == 9
+    assert_same_weights(whole["model"], parts["model"])
+    for a, b in zip(whole["optimizer"]["state"].values(), parts["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_start_over_a_run_and_never_starts_fresh_from_unreadable_checkpoints(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--max_steps", 2, "--checkpoint_every", 1) == 0
+    before = {name: (run_dir / "checkpoints" / name).read_bytes() for name in os.listdir(run_dir / "checkpoints")}
+    capsys.readouterr()
+    assert run(run_dir, "--max_steps", 2) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert {name: (run_dir / "checkpoints" / name).read_bytes() for name in before} == before
+
+    for name in before:
+        (run_dir / "checkpoints" / name).write_bytes(b"not a checkpoint")
+    assert run(run_dir, "--max_steps", 4, "--resume") == 1
+    err = capsys.readouterr().err
+    assert "no readable checkpoint" in err and "latest.pt is unreadable" in err and "step_1.pt is unreadable" in err
+    assert sorted(os.listdir(run_dir / "checkpoints")) == sorted(before)  # nothing written over them
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    build = train_script.model_from_config
+
+    def model_turning_nan_at_call_3(config):
+        model = build(config)
+        plain_forward, calls = model.forward, []
+
+        def forward(*args, **kwargs):
+            calls.append(1)
+            out = plain_forward(*args, **kwargs)
+            return out * float("nan") if len(calls) == 3 else out
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(train_script, "model_from_config", model_turning_nan_at_call_3)
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--max_steps", 6, "--checkpoint_every", 2, "--log_every", 100) == 1
+    assert "non-finite training loss at step 3" in capsys.readouterr().err
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["latest.pt", "step_2.pt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "-1"], "--lr -1.0: must be positive"),
+    (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
+    (["--amp", "fp8"], "argument --amp: invalid choice: 'fp8'"),
+    (["--backend", "magic"], "argument --backend: invalid choice: 'magic'"),
+    (["--use_amp", "maybe"], "argument --use_amp: expected a boolean"),
+    (["--use_amp", "True", "--amp", "none"], "--use_amp True contradicts --amp none"),
+    (["--kernel_size", "4"], "--kernel_size 4: must be odd"),
+    (["--n_steps_past", "12"], "n_steps_past + n_steps_ahead must be 20"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+], ids=["negative-lr", "zero-batch", "amp-fp8", "unknown-backend", "use_amp-maybe", "use_amp-vs-amp",
+        "even-kernel", "frames-not-20", "unknown-flag"])
+def test_bad_flags_exit_with_status_2_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "/no/such/mnist"], "/no/such/mnist"),
+    (["--num_train", "3"], "--num_train 3 is smaller than one global batch"),
+    (["--image_size", "6"], "image_size=6 is too small"),
+    (["--device", "cuda"], "--device cuda: CUDA is not available"),
+    (["--backend", "cuda"], "backend 'cuda' is not available"),
+], ids=["missing-data-dir", "too-few-sequences", "tiny-image", "no-gpu", "backend-unavailable"])
+def test_setup_problems_exit_with_status_1_and_a_message(tmp_path, flags, message, capsys):
+    if torch.cuda.is_available() and "cuda" in flags:
+        pytest.skip("this machine has a GPU")
+    assert run(tmp_path / "run", *flags) == 1
+    err = capsys.readouterr().err
+    assert "train.py: error:" in err and message in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_use_amp_and_amp_resolve_per_device():
+    def amp(flags, device_type, bf16=True):
+        return resolve_config(parse_config(flags), device_type, bf16).amp
+
+    assert amp([], "cpu") == "none" and amp([], "cuda") == "bf16" and amp([], "cuda", bf16=False) == "none"
+    assert amp(["--use_amp"], "cuda") == "fp16" and amp(["--use_amp", "True"], "cpu") == "bf16"
+    assert amp(["--use_amp", "False"], "cuda") == "none"
+    assert amp(["--amp", "fp16"], "cpu") == "fp16" and amp(["--use_amp", "1", "--amp", "fp16"], "cpu") == "fp16"
+    assert parse_config(["--lr", "3e-4", "--beta_1", "0.8", "--epochs", "2"]).lr == 3e-4
+
+
+def test_fp16_clips_unscaled_gradients():
+    """With fp16 the loss is scaled by 2^16 for backward; clipping must see gradients divided back. With SGD(lr=1)
+    the update is the clipped gradient: its norm must be grad_clip, and the reported norm the fp32 one."""
+    def one_step(amp, grad_clip):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 1))
+        before = [p.detach().clone() for p in model.parameters()]
+        precision = Precision(amp, torch.device("cpu"))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with precision.autocast():
+            out = model(x)
+        loss = 1e-3 * (out.float() - 1).pow(2).mean()  # small enough that 2^16-scaled fp16 grads stay finite
+        grad_norm = precision.step(loss, optimizer, model.parameters(), grad_clip)
+        update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+        return grad_norm, update.norm(), precision.scaler.get_scale()
+
+    fp32_norm, _, _ = one_step("none", 0.0)
+    fp16_norm, fp16_update, scale = one_step("fp16", 0.5 * fp32_norm.item())
+    assert scale == 2.0 ** 16  # the loss really was scaled (and the step not skipped)
+    assert fp16_norm.item() == pytest.approx(fp32_norm.item(), rel=1e-2)
+    assert fp16_update.item() == pytest.approx(0.5 * fp32_norm.item(), rel=1e-2)
+    bf16_norm, bf16_update, _ = one_step("bf16", 0.0)
+    assert bf16_norm.item() == pytest.approx(fp32_norm.item(), rel=5e-2)
+
+
+def test_sampler_gives_n_ranks_the_global_batches_of_one_process_and_resumes_mid_epoch():
+    dataset, batch, world = range(23), 2, 3
+
+    def global_batches(num_replicas, per_rank_batch, epoch, samples_seen=0):
+        per_rank = []
+        for rank in range(num_replicas):
+            sampler = ResumableSampler(dataset, num_replicas, rank, seed=5)
+            sampler.set_epoch(epoch, samples_seen)
+            indices = list(sampler)
+            assert len(indices) == len(sampler)
+            per_rank.append([indices[i:i + per_rank_batch] for i in range(0, len(indices) - per_rank_batch + 1,
+                                                                            per_rank_batch)])
+        return [sorted(sum(step, [])) for step in zip(*per_rank)]
+
+    one_process = global_batches(1, batch * world, epoch=1)
+    assert len(one_process) == 23 // 6 and all(len(b) == 6 for b in one_process)
+    assert global_batches(world, batch, epoch=1) == one_process
+    assert global_batches(world, batch, epoch=1, samples_seen=12) == one_process[2:]
+    assert global_batches(world, batch, epoch=2) != one_process  # set_epoch reshuffles
+    with pytest.raises(ValueError, match="divide evenly"):
+        ResumableSampler(dataset, 2, 0, seed=0).set_epoch(0, 3)
+
+
+def test_validation_shares_cover_every_held_out_sequence_once():
+    cfg = parse_config(TINY + ["--num_val", "7", "--batch_size", "2"])
+    shares = [train_script.make_loaders(cfg, DistInfo(rank, rank, 3, torch.device("cpu")))[2].dataset.indices
+              for rank in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(7))
+
+
+def test_prediction_grid_rows_are_prediction_truth_and_error():
+    x, y, y_hat = torch.rand(10, 1, 4, 5), torch.rand(10, 1, 4, 5), torch.rand(10, 1, 4, 5)
+    grid = prediction_grid(x, y, y_hat, padding=2)
+    assert grid.shape == (1, 3 * 6 + 2, 20 * 7 + 2)
+
+    def frame(row, k):
+        top, left = 2 + row * 6, 2 + k * 7
+        return grid[:, top:top + 4, left:left + 5]
+
+    assert torch.equal(frame(0, 3), x[3]) and torch.equal(frame(0, 12), y_hat[2])
+    assert torch.equal(frame(1, 3), x[3]) and torch.equal(frame(1, 12), y[2])
+    assert torch.equal(frame(2, 3), torch.zeros(1, 4, 5)) and torch.allclose(frame(2, 12), (y_hat[2] - y[2]) ** 2)
+    assert grid[:, :2].abs().sum() == 0  # padding
+
+
+def test_process_group_is_destroyed_when_training_raises(monkeypatch):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(KeyError):
+        with distributed("cpu") as info:
+            assert torch.distributed.is_initialized() and info.world_size == 1
+            raise KeyError("boom")
+    assert not torch.distributed.is_initialized()

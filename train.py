@@ -1,0 +1,281 @@
+"""Train EncoderDecoderConvLSTM on Moving MNIST: plain PyTorch, DistributedDataParallel, torch.amp.
+
+    python train.py --run_dir runs/demo ...                               # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=8 train.py --run_dir runs/a    # one machine, 8 processes
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
+
+Every process takes --batch_size sequences per step from one shared shuffled order, so N processes with batch b train
+the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (see convlstm.checkpoint);
+--resume, or a worker group restarted by torchrun --max-restarts, continues from the newest one. Several machines
+need --run_dir on a filesystem they share. `python train.py --help` lists every flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from convlstm.amp import Precision
+from convlstm.backends import resolve_backend
+from convlstm.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint,
+                                 model_from_config, rng_state, save_checkpoint, set_rng_state, unwrap,
+                                 write_config, write_elastic_run_id)
+from convlstm.config import MODEL_FIELDS, parse_config, resolve_config
+from convlstm.data import MovingMNIST, split_sequence
+from convlstm.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed, kill_self,
+                                  parse_fault, restart_count)
+from convlstm.logging_utils import (PICTURE_FILE, close_logger, make_logger, prediction_grid, progress_bar,
+                                    save_picture, start_tensorboard_server, tensorboard_writer)
+
+
+class TrainingError(RuntimeError):
+    """A problem that stops the run with a message and exit status 1."""
+
+
+def predict(model, batch, cfg, precision):
+    """batch (B, 20, 1, S, S) -> inputs x, targets y (B, T_out, 1, S, S) and predictions y_hat (float32, as y)."""
+    x, y = split_sequence(batch, n_in=cfg.n_steps_past)
+    with precision.autocast():
+        y_hat = model(x, future_seq=cfg.n_steps_ahead)  # (B, 1, T_out, S, S)
+    return x, y, y_hat.permute(0, 2, 1, 3, 4).float()
+
+
+def validate(model, loader, cfg, precision, device) -> float:
+    """Mean squared error over the held-out sequences; each rank holds a disjoint share and each sequence counts once."""
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-sequence MSE, sequences)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            _, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
+            per_sequence = (y_hat - y).pow(2).flatten(1).mean(1)
+            totals += torch.stack([per_sequence.sum().double(), totals.new_tensor(len(per_sequence))])
+    model.train()
+    all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def start_state(cfg, info, warnings: list):
+    """Rank 0 decides between a fresh start and a checkpoint and tells every rank; returns the checkpoint or None.
+    Unreadable checkpoints skipped on the way are appended to `warnings`."""
+    decision, state = None, None
+    if info.is_main:
+        try:
+            found = choose_start(cfg.run_dir, cfg.resume, os.environ.get("TORCHELASTIC_RUN_ID"), restart_count(),
+                                 warnings.append)
+        except CheckpointError as error:
+            decision = ("error", str(error))
+        else:
+            decision = ("resume", found[0]) if found else ("fresh", None)
+            state = found[1] if found else None
+    kind, detail = broadcast_object(decision, info)
+    if kind == "error":
+        raise TrainingError(detail)
+    if kind == "fresh":
+        return None
+    return state if info.is_main else load_checkpoint(detail)
+
+
+def restore(state, cfg, model, optimizer, precision, log) -> None:
+    """Load a checkpoint into the fresh model, optimizer and scaler, and restore the RNG; the model's shape must match."""
+    saved = state["config"]
+    mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
+                  for name in MODEL_FIELDS if saved.get(name) != getattr(cfg, name)]
+    if mismatched:
+        raise TrainingError("the checkpoint's model was built with " + ", ".join(mismatched)
+                            + ": pass the same values to resume, or choose another --run_dir")
+    changed = [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in dataclasses.asdict(cfg).items()
+               if name != "resume" and saved.get(name) != value]
+    if changed:
+        log.warning("flags changed since the checkpoint: " + ", ".join(changed))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    precision.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+
+
+def make_loaders(cfg, info):
+    """Training loader over a ResumableSampler and a validation loader over this rank's disjoint share of the test
+    split (sequences rank, rank + W, ...: no padding, so every held-out sequence counts exactly once)."""
+    common = dict(seq_len=cfg.n_steps_past + cfg.n_steps_ahead, image_size=cfg.image_size, num_digits=cfg.num_digits,
+                  digits=cfg.data, seed=cfg.seed, generator=cfg.generator)
+    try:
+        train_set = MovingMNIST("train", cfg.num_train, **common)
+        val_set = MovingMNIST("test", cfg.num_val, **common)
+    except (FileNotFoundError, ValueError) as error:
+        raise TrainingError(f"cannot build Moving MNIST (--data {cfg.data}, --image_size {cfg.image_size}): "
+                            f"{error}") from error
+    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+    loader_options = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_options)
+    if len(train_loader) == 0:
+        raise TrainingError(f"--num_train {cfg.num_train} is smaller than one global batch (--batch_size "
+                            f"{cfg.batch_size} x {info.world_size} processes): no training step per epoch")
+    val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
+    return sampler, train_loader, DataLoader(val_share, **loader_options)
+
+
+def train(cfg, info) -> None:
+    cfg = resolve_config(cfg, info.device.type, info.device.type == "cuda" and torch.cuda.is_bf16_supported())
+    try:
+        backend = resolve_backend(cfg.backend, info.device)
+    except (RuntimeError, ValueError) as error:
+        raise TrainingError(str(error)) from error
+    skipped = []
+    state = start_state(cfg, info, skipped)
+    log = make_logger(cfg.run_dir, info.rank)
+    try:
+        for message in skipped:
+            log.warning(message)
+        _train(cfg, info, state, backend, log)
+    finally:
+        close_logger(log)
+
+
+def _train(cfg, info, state, backend, log) -> None:
+    device, global_batch = info.device, cfg.batch_size * info.world_size
+    if info.is_main:
+        write_elastic_run_id(cfg.run_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
+        write_config(cfg.run_dir, dataclasses.asdict(cfg))
+        log.info(f"config: {dataclasses.asdict(cfg)}")
+        log.info(f"{info.world_size} process(es) on {device.type}, global batch {global_batch}, amp {cfg.amp}, "
+                 f"gate backend {backend}")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    sampler, train_loader, val_loader = make_loaders(cfg, info)
+
+    raw_model = model_from_config(dataclasses.asdict(cfg)).to(device)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
+    precision = Precision(cfg.amp, device)
+    step, epoch, samples_seen, best_val_loss = 0, 0, 0, None
+    if state is not None:
+        restore(state, cfg, raw_model, optimizer, precision, log)
+        step, epoch, samples_seen = state["step"], state["sampler"]["epoch"], state["sampler"]["samples_seen"]
+        best_val_loss = state["best_val_loss"]
+        log.info(f"resumed from step {step} (epoch {epoch}, {samples_seen} sequences into it)")
+    elif cfg.resume and info.is_main:
+        log.info(f"--resume: no checkpoint in {checkpoint_dir(cfg.run_dir)} yet, starting fresh")
+    model = raw_model
+    if info.is_distributed:
+        model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    parameters = list(raw_model.parameters())
+
+    writer = tensorboard_writer(cfg.run_dir, info.is_main)
+    if cfg.tensorboard and info.is_main:
+        log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
+    total_steps = cfg.epochs * len(train_loader)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    fault_step = parse_fault(info)
+    check_loss = cfg.amp != "fp16"  # under fp16 the GradScaler skips overflowing steps instead
+    no_bad_step = torch.iinfo(torch.int64).max
+
+    # Device-side running sums since the last log line: no host sync on the hot path.
+    loss_sum = torch.zeros((), device=device)
+    grad_norm_sum = torch.zeros((), device=device)
+    first_bad_step = torch.full((), no_bad_step, dtype=torch.int64, device=device)
+    interval_steps, interval_start = 0, time.perf_counter()
+
+    def stop_if_not_finite():
+        bad = all_reduce(first_bad_step.clone(), torch.distributed.ReduceOp.MIN).item() if check_loss else no_bad_step
+        if bad != no_bad_step:
+            raise TrainingError(f"non-finite training loss at step {bad}; stopping. The last good checkpoint is "
+                                f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} (left as it was)")
+
+    def save(val_loss):
+        nonlocal best_val_loss
+        stop_if_not_finite()  # never write a checkpoint of weights a bad step has touched
+        is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
+        if is_best:
+            best_val_loss = val_loss
+        if info.is_main:
+            save_checkpoint(checkpoint_dir(cfg.run_dir), {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
+                "step": step, "epoch": epoch, "sampler": {"epoch": epoch, "samples_seen": samples_seen},
+                "config": dataclasses.asdict(cfg), "rng": rng_state(), "val_loss": val_loss,
+                "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
+        barrier(info)  # the other ranks go on only once the checkpoint is complete
+
+    bar = progress_bar(total_steps, step, info.is_main)
+    while step < total_steps:
+        sampler.set_epoch(epoch, samples_seen)
+        batches_left = len(train_loader)
+        for batch in train_loader:
+            if step == fault_step:
+                kill_self()
+            x, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
+            loss = F.mse_loss(y_hat, y)
+            grad_norm = precision.step(loss, optimizer, parameters, cfg.grad_clip)
+            step, samples_seen, batches_left = step + 1, samples_seen + global_batch, batches_left - 1
+            loss_sum += loss.detach()
+            grad_norm_sum += grad_norm.detach()
+            if check_loss:
+                first_bad_step = torch.minimum(first_bad_step, torch.where(torch.isfinite(loss), no_bad_step, step))
+            interval_steps += 1
+            bar.update(1)
+            epoch_done, last_step = batches_left == 0, step == total_steps
+            if epoch_done:
+                epoch, samples_seen = epoch + 1, 0
+
+            if step % cfg.log_every == 0 or last_step:
+                stop_if_not_finite()
+                totals = all_reduce(torch.stack([loss_sum, grad_norm_sum])) / (info.world_size * interval_steps)
+                train_loss, mean_grad_norm = totals.tolist()
+                seconds = time.perf_counter() - interval_start
+                throughput = global_batch * interval_steps / seconds
+                bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
+                log.info(f"step {step}/{total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm "
+                         f"{mean_grad_norm:.4f} {throughput:.1f} sequences/s")
+                if writer is not None:
+                    writer.add_scalar("train/loss", train_loss, step)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                    writer.add_scalar("train/grad_norm", mean_grad_norm, step)
+                    writer.add_scalar("train/sequences_per_s", throughput, step)
+                    if device.type == "cuda":
+                        writer.add_scalar("gpu/max_memory_allocated_gib",
+                                          torch.cuda.max_memory_allocated(device) / 2 ** 30, step)
+                loss_sum.zero_()
+                grad_norm_sum.zero_()
+                interval_steps, interval_start = 0, time.perf_counter()
+            if info.is_main and (step % cfg.image_every == 0 or last_step):
+                grid = prediction_grid(x[0], y[0], y_hat[0])
+                writer.add_image("predictions", grid, step)
+                save_picture(grid, os.path.join(cfg.run_dir, PICTURE_FILE))
+
+            val_loss = None
+            if epoch_done or last_step:
+                val_loss = validate(raw_model, val_loader, cfg, precision, device)
+                log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({cfg.num_val} sequences)")
+                if writer is not None:
+                    writer.add_scalar("val/loss", val_loss, step)
+            if epoch_done or last_step or step % cfg.checkpoint_every == 0:
+                save(val_loss)
+            if last_step:
+                break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if info.is_main:
+        log.info(f"done: {step} steps; checkpoints in {checkpoint_dir(cfg.run_dir)}")
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(argv)
+    try:
+        with distributed(cfg.device) as info:
+            train(cfg, info)
+    except (TrainingError, SetupError, CheckpointError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
