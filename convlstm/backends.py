@@ -62,23 +62,31 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
+# Functions of the backends resolved so far: a plain dict, so torch.compile looks them up without a graph break.
+_GATE_FUNCTIONS = {}
+
+
+# torch.compile runs this once while tracing and keeps the answer (the choice depends only on the backend name and
+# the device, both fixed in a compiled graph), instead of tracing the imports and builds behind it.
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device) -> str:
     """Turn "auto" into a concrete backend for `device`; check a named one can run there."""
     check_backend_name(backend)
     device = torch.device(device)
-    if backend == "auto":
-        return available_backends(device)[0]
-    reason = unavailable_reason(backend, device)
+    name = available_backends(device)[0] if backend == "auto" else backend
+    reason = unavailable_reason(name, device)
     if reason is not None:
         raise RuntimeError(f"backend {backend!r} is not available for device {device}: {reason} "
                            f"(available: {', '.join(available_backends(device))})")
-    return backend
+    if name not in _GATE_FUNCTIONS:
+        if name == "torch":
+            from .lstm_gates import lstm_gates_ref
+            _GATE_FUNCTIONS[name] = lstm_gates_ref
+        else:
+            _GATE_FUNCTIONS[name] = getattr(_module(name)[0], f"lstm_gates_{name}")
+    return name
 
 
 def gate_function(name: str):
-    """The function (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next) of a resolved backend."""
-    if name == "torch":
-        from .lstm_gates import lstm_gates_ref
-        return lstm_gates_ref
-    module, _ = _module(name)
-    return getattr(module, f"lstm_gates_{name}")
+    """The function (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next) of a backend `resolve_backend` gave."""
+    return _GATE_FUNCTIONS[name]
