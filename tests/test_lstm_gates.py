@@ -1,0 +1,406 @@
+"""lstm_gates on every backend that runs here, against lstm_gates_ref.
+
+On a CPU machine: "torch", "triton" (Triton's interpreter, set up by conftest.py) and "cpu_twin" (the CUDA kernels'
+per-element math compiled by g++). On a GPU machine the same test bodies also run on "cuda" tensors with the
+"torch", "triton" (compiled) and "cuda" backends; cases that cannot run are skipped with the reason.
+
+Tolerances, against the reference computed in float64 from the same stored inputs:
+  float64  atol 1e-12, rtol 1e-10  (all backends)
+  float32  atol 1e-5,  rtol 1e-5   (all backends)
+  bfloat16 atol 1e-3,  rtol 1.6e-2 (2 ulp) for the fused backends, which compute in float32 and round once;
+           atol 0.1,   rtol 0.1 for eager torch, which rounds every intermediate to bfloat16
+  float16  atol 1e-4,  rtol 2e-3 (2 ulp) fused; atol 2e-2, rtol 2e-2 eager torch
+"""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
+from convlstm.backends import unavailable_reason
+
+FUSED = ("triton", "cuda", "cpu_twin")
+SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+TOLERANCE = {  # (dtype, fused) -> (atol, rtol)
+    (torch.float64, True): (1e-12, 1e-10), (torch.float64, False): (1e-12, 1e-10),
+    (torch.float32, True): (1e-5, 1e-5), (torch.float32, False): (1e-5, 1e-5),
+    (torch.bfloat16, True): (1e-3, 1.6e-2), (torch.bfloat16, False): (0.1, 0.1),
+    (torch.float16, True): (1e-4, 2e-3), (torch.float16, False): (2e-2, 2e-2),
+}
+
+
+def device_backend_cases(backends=("torch", "triton", "cuda", "cpu_twin")):
+    """(device, backend) pairs, skipped with the reason where they cannot run on this machine."""
+    cases = []
+    for device, names in (("cpu", ("torch", "triton", "cpu_twin")), ("cuda", ("torch", "triton", "cuda"))):
+        for name in (n for n in names if n in backends):
+            if device == "cuda" and not torch.cuda.is_available():
+                reason = "no CUDA device on this machine"
+            else:
+                reason = unavailable_reason(name, torch.device(device))
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            cases.append(pytest.param(device, name, id=f"{device}-{name}", marks=marks))
+    return cases
+
+
+def make_inputs(shape, dtype, device, layout="contiguous", peephole=False, seed=0):
+    """gates (B, 4C, H, W), c_prev (B, C, H, W) and the peephole weights (or Nones), all leaves needing grad."""
+    b, c, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    gates = torch.randn(b, 4 * c, h, w, generator=generator, dtype=torch.float64) * 2
+    c_prev = torch.randn(b, c, h, w, generator=generator, dtype=torch.float64)
+    weights = [torch.randn(c, 1, 1, generator=generator, dtype=torch.float64) for _ in range(3)]
+    gates, c_prev = gates.to(device, dtype), c_prev.to(device, dtype)
+    if layout == "channels_last":
+        gates, c_prev = (t.contiguous(memory_format=torch.channels_last) for t in (gates, c_prev))
+    elif layout == "noncontiguous":  # every other row of a taller tensor, and a transposed c_prev
+        gates = torch.cat([gates, gates], dim=2)[:, :, ::2]
+        c_prev = c_prev.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not gates.is_contiguous() and not c_prev.is_contiguous()
+    weights = [w.to(device, dtype).requires_grad_() for w in weights] if peephole else [None, None, None]
+    return gates.requires_grad_(), c_prev.requires_grad_(), weights
+
+
+def run_with_grads(fn, gates, c_prev, weights, grad_h, grad_c):
+    """Outputs of fn and the gradients of every input for the given output gradients (None: output unused).
+    An input the used outputs do not depend on (w_co when only c_next is used) gets a zero gradient."""
+    h_next, c_next = fn(gates, c_prev, *weights)
+    outputs = [o for o, g in ((h_next, grad_h), (c_next, grad_c)) if g is not None]
+    grads = [g for g in (grad_h, grad_c) if g is not None]
+    inputs = [t for t in (gates, c_prev, *weights) if t is not None]
+    input_grads = torch.autograd.grad(outputs, inputs, grads, allow_unused=True, materialize_grads=True)
+    return (h_next, c_next), input_grads
+
+
+def reference_in_float64(gates, c_prev, weights, grad_h, grad_c):
+    """lstm_gates_ref in float64 on the same stored values: the ground truth for every dtype."""
+    leaf = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
+    return run_with_grads(lstm_gates_ref, leaf(gates), leaf(c_prev), [leaf(w) for w in weights],
+                          None if grad_h is None else grad_h.double(), None if grad_c is None else grad_c.double())
+
+
+def assert_close(actual, expected, dtype, backend, what):
+    atol, rtol = TOLERANCE[dtype, backend in FUSED]
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("dtype", list(SHORT), ids=list(SHORT.values()))
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_lstm_gates_matches_reference(device, backend, dtype, layout, peephole):
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), dtype, device, layout, peephole)
+    grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
+    (h_next, c_next), grads = run_with_grads(lambda *a: lstm_gates(*a, backend=backend), gates, c_prev, weights,
+                                             grad_h, grad_c)
+    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+
+    assert h_next.dtype == c_next.dtype == dtype
+    if layout == "channels_last":  # the kernels ran on the NHWC layout and kept it
+        assert h_next.is_contiguous(memory_format=torch.channels_last)
+    assert_close(h_next, h_ref, dtype, backend, "h_next")
+    assert_close(c_next, c_ref, dtype, backend, "c_next")
+    names = ["grad_gates", "grad_c_prev", "grad_w_ci", "grad_w_cf", "grad_w_co"]
+    for name, grad, grad_ref, inp in zip(names, grads, grads_ref, (gates, c_prev, *weights)):
+        assert grad.dtype == inp.dtype and grad.shape == inp.shape, name
+        if name.startswith("grad_w") and dtype in (torch.bfloat16, torch.float16):
+            # A sum over B*H*W products: compare at the scale of the sum, not element by element.
+            scale = (grads_ref[0].abs().sum() / grads_ref[0].numel() * c_prev.numel() / c_prev.shape[1]).item()
+            torch.testing.assert_close(grad.double(), grad_ref, atol=2e-2 * scale, rtol=0, msg=name)
+        else:
+            assert_close(grad, grad_ref, dtype, backend, name)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (0, 3, 7, 5), (1, 4, 3, 3), (2, 5, 11, 13)],
+                         ids=["B1-C1-1x1", "B0-C3-7x5", "B1-C4-3x3", "B2-C5-11x13"])  # the last spans 2 programs
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_odd_shapes(device, backend, shape, peephole):
+    gates, c_prev, weights = make_inputs(shape, torch.float32, device, peephole=peephole)
+    grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
+    outputs, grads = run_with_grads(lambda *a: lstm_gates(*a, backend=backend), gates, c_prev, weights,
+                                    grad_h, grad_c)
+    outputs_ref, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    for actual, expected in zip(outputs + grads, outputs_ref + grads_ref):
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gate_dtype, state_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                                     (torch.float32, torch.float64), (torch.float16, torch.bfloat16)],
+                         ids=["bf16-f32", "f16-f32", "f32-f64", "f16-bf16"])
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_lstm_gates_mixed_dtypes_follow_promotion(device, backend, gate_dtype, state_dtype):
+    """Dtype policy: outputs in promote_types(gates, c_prev), as eager PyTorch; gradients in each input's dtype."""
+    gates, _, _ = make_inputs((2, 3, 7, 5), gate_dtype, device)
+    _, c_prev, _ = make_inputs((2, 3, 7, 5), state_dtype, device)
+    out_dtype = torch.promote_types(gate_dtype, state_dtype)
+    grad_h, grad_c = (torch.randn(2, 3, 7, 5, dtype=out_dtype, device=device) for _ in range(2))
+    (h_next, c_next), (grad_gates, grad_c_prev) = run_with_grads(
+        lambda *a: lstm_gates(*a, backend=backend), gates, c_prev, [None] * 3, grad_h, grad_c)
+    (h_ref, c_ref), (grad_gates_ref, grad_c_prev_ref) = reference_in_float64(gates, c_prev, [None] * 3, grad_h, grad_c)
+    assert h_next.dtype == c_next.dtype == out_dtype
+    assert grad_gates.dtype == gate_dtype and grad_c_prev.dtype == state_dtype
+    # The fused kernels do the math in float32 (float64) from the stored values, so the outputs are as precise as
+    # their dtype; eager torch runs the activations in the gates' dtype, so it is as precise as the coarsest input.
+    coarsest = max(gate_dtype, state_dtype, key=lambda t: torch.finfo(t).eps)
+    precision = out_dtype if backend in FUSED else coarsest
+    assert_close(h_next, h_ref, precision, backend, "h_next")
+    assert_close(c_next, c_ref, precision, backend, "c_next")
+    assert_close(grad_gates, grad_gates_ref, gate_dtype, backend, "grad_gates")
+    assert_close(grad_c_prev, grad_c_prev_ref, state_dtype if backend in FUSED else coarsest, backend, "grad_c_prev")
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the arguments of every op that reaches the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("used", ["h_only", "c_only"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_one_output_unused(device, backend, used):
+    """c_next unused at the last step (or h_next unused): the gradient is right, and the backward kernel is told
+    the gradient is absent (None) rather than handed a tensor of zeros to read."""
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
+    grad = torch.randn_like(c_prev)
+    grad_h, grad_c = (grad, None) if used == "h_only" else (None, grad)
+    h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend)
+    with RecordOps() as recorder:
+        grads = torch.autograd.grad(h_next if used == "h_only" else c_next, [gates, c_prev, *weights], grad)
+    _, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    for actual, expected in zip(grads, grads_ref):
+        torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
+    (args,) = [args for name, args in recorder.calls if name.startswith(f"convlstm.lstm_gates_{backend}_backward")]
+    op_grad_h, op_grad_c = args[5], args[6]
+    assert (op_grad_h is None, op_grad_c is None) == (grad_h is None, grad_c is None)
+
+
+def make_cell(backend, peephole, dtype=torch.float32, device="cpu", input_dim=2, hidden_dim=3, seed=0):
+    torch.manual_seed(seed)
+    cell = ConvLSTMCell(input_dim, hidden_dim, 3, True, backend=backend, peephole=peephole)
+    if peephole:  # non-zero, so the peephole terms matter
+        for w in (cell.w_ci, cell.w_cf, cell.w_co):
+            torch.nn.init.normal_(w)
+    return cell.to(device, dtype)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_cell_gradcheck_float64(device, backend, peephole, layout):
+    """torch.autograd.gradcheck through the whole ConvLSTMCell (conv + gates) in float64, odd sizes 5x3.
+    Triton's interpreter is slow, so the Triton case uses gradcheck's fast mode (a random projection of the
+    Jacobian, still compared numerically against autograd)."""
+    cell = make_cell(backend, peephole, torch.float64, device, input_dim=1, hidden_dim=2)
+    generator = torch.Generator().manual_seed(1)
+    x, h, c = (torch.randn(2, n, 5, 3, generator=generator, dtype=torch.float64).to(device) for n in (1, 2, 2))
+    if layout == "channels_last":
+        cell = cell.to(memory_format=torch.channels_last)
+        x, h, c = (t.contiguous(memory_format=torch.channels_last) for t in (x, h, c))
+    params = list(cell.parameters())
+    names = [name for name, _ in cell.named_parameters()]
+
+    def step(x, h, c, *param_values):
+        values = dict(zip(names, param_values))
+        h_next, c_next = torch.func.functional_call(cell, values, (x, (h, c)))
+        return h_next, c_next
+
+    inputs = [t.detach().requires_grad_() for t in (x, h, c, *params)]
+    assert torch.autograd.gradcheck(step, inputs, fast_mode=backend == "triton")
+    if layout == "channels_last":
+        assert step(*inputs)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_cell_autocast_bf16(device, backend, peephole):
+    """Under autocast the conv gives bf16 gates; with the float32 state of init_hidden, h and c stay float32 (the
+    dtype policy), as on the eager torch path. Loss and gradients agree with the torch path under autocast."""
+    results = {}
+    for name in ("torch", backend):
+        cell = make_cell(name, peephole, device=device)
+        x = torch.randn(2, 2, 7, 5, generator=torch.Generator().manual_seed(2)).to(device)
+        h, c = cell.init_hidden(2, (7, 5))
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            h1, c1 = cell(x, (h, c))
+            h2, c2 = cell(x, (h1, c1))
+        assert h1.dtype == c1.dtype == h2.dtype == c2.dtype == torch.float32
+        loss = (h2 ** 2).sum() + c2.sum()
+        loss.backward()
+        results[name] = (loss.detach(), {n: p.grad for n, p in cell.named_parameters()})
+    (loss_ref, grads_ref), (loss, grads) = results["torch"], results[backend]
+    # The torch path's sigmoid/tanh run in bf16, the fused ones in fp32: differences are bf16 rounding.
+    torch.testing.assert_close(loss, loss_ref, atol=0.05, rtol=0.02)
+    for name in grads_ref:
+        torch.testing.assert_close(grads[name], grads_ref[name], atol=0.1, rtol=0.05, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_encoder_decoder_sequence_matches_torch(device, backend, dtype):
+    """EncoderDecoderConvLSTM over 20 steps (10 in, 10 out): same loss and parameter gradients as the torch path."""
+    results = {}
+    for name in ("torch", backend):
+        torch.manual_seed(0)
+        model = EncoderDecoderConvLSTM(nf=3, in_chan=1, backend=name, peephole=True).to(device, dtype)
+        for module in (model.encoder_1_convlstm, model.encoder_2_convlstm, model.decoder_1_convlstm,
+                       model.decoder_2_convlstm):
+            for w in (module.w_ci, module.w_cf, module.w_co):
+                torch.nn.init.normal_(w, std=0.5)
+        generator = torch.Generator().manual_seed(3)
+        x = torch.rand(2, 10, 1, 6, 5, generator=generator, dtype=dtype).to(device)
+        target = torch.rand(2, 1, 10, 6, 5, generator=generator, dtype=dtype).to(device)
+        prediction = model(x, future_seq=10)
+        loss = torch.nn.functional.mse_loss(prediction, target)
+        loss.backward()
+        results[name] = loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    atol, rtol = (1e-12, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
+    (loss_ref, grads_ref), (loss, grads) = results["torch"], results[backend]
+    torch.testing.assert_close(loss, loss_ref, atol=atol, rtol=rtol)
+    assert grads.keys() == grads_ref.keys()
+    for name in grads_ref:
+        torch.testing.assert_close(grads[name], grads_ref[name], atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_cell_torch_compile_fullgraph(device, backend, peephole):
+    """torch.compile of the cell with fullgraph=True (a graph break would raise) gives the eager results."""
+    if device == "cpu" and backend == "triton":
+        pytest.skip("torch.compile of a triton_op needs a GPU: on CPU tensors Inductor cannot run the interpreter "
+                    "('Cannot access data pointer of Tensor'); the GPU run of this test covers it")
+    torch._dynamo.reset()
+    cell = make_cell(backend, peephole, device=device)
+    generator = torch.Generator().manual_seed(4)
+    x, h, c = (torch.randn(2, n, 7, 5, generator=generator).to(device) for n in (2, 3, 3))
+    results = []
+    for run in (cell, torch.compile(cell, fullgraph=True)):
+        cell.zero_grad()
+        h_next, c_next = run(x, (h, c))
+        ((h_next ** 2).sum() + c_next.sum()).backward()
+        results.append((h_next.detach(), c_next.detach(), [p.grad.clone() for p in cell.parameters()]))
+    (h_eager, c_eager, grads_eager), (h_compiled, c_compiled, grads_compiled) = results
+    torch.testing.assert_close(h_compiled, h_eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_compiled, c_eager, atol=1e-5, rtol=1e-5)
+    for grad_compiled, grad_eager in zip(grads_compiled, grads_eager):
+        torch.testing.assert_close(grad_compiled, grad_eager, atol=1e-5, rtol=1e-5)
+
+
+def test_available_backends_on_cpu():
+    """With the interpreter on (conftest.py), the CPU runs torch, triton and the twin; "auto" stays torch."""
+    assert available_backends("cpu") == ["torch", "triton", "cpu_twin"]
+    gates, c_prev, _ = make_inputs((2, 3, 7, 5), torch.float32, "cpu")
+    torch.testing.assert_close(lstm_gates(gates, c_prev), lstm_gates_ref(gates, c_prev), atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_available_backends_on_cuda_prefer_cuda_extension():
+    assert available_backends("cuda")[:2] == ["cuda", "triton"]
+    assert available_backends("cuda")[-1] == "torch"
+
+
+def test_triton_without_interpreter_is_unavailable_on_cpu():
+    """Without TRITON_INTERPRET, "triton" on CPU tensors is an error with the reason, not a fallback."""
+    import subprocess
+    import sys
+    code = (
+        "import torch, convlstm\n"
+        "print(convlstm.available_backends('cpu'))\n"
+        "g, c = torch.zeros(1, 4, 2, 2), torch.zeros(1, 1, 2, 2)\n"
+        "try:\n"
+        "    convlstm.lstm_gates(g, c, backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    print('error:', e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "['torch', 'cpu_twin']"
+    assert lines[1].startswith("error: backend 'triton' is not available for device cpu")
+    assert "TRITON_INTERPRET=1" in lines[1]
+
+
+@pytest.mark.parametrize("backend", ["fast", "Triton", ""])
+def test_unknown_backend_is_an_error(backend):
+    gates, c_prev, _ = make_inputs((2, 3, 7, 5), torch.float32, "cpu")
+    with pytest.raises(ValueError, match=f"unknown backend '{backend}'"):
+        lstm_gates(gates, c_prev, backend=backend)
+    with pytest.raises(ValueError, match=f"unknown backend '{backend}'"):
+        ConvLSTMCell(2, 3, 3, True, backend=backend)
+
+
+def test_unavailable_backend_is_an_error_not_a_fallback():
+    gates, c_prev, _ = make_inputs((2, 3, 7, 5), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available for device cpu: the cuda backend runs "
+                                           "on CUDA tensors only"):
+        lstm_gates(gates, c_prev, backend="cuda")
+    cell = ConvLSTMCell(2, 3, 3, True, backend="cuda")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+        cell(torch.zeros(1, 2, 4, 4), cell.init_hidden(1, (4, 4)))
+
+
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED + ("torch",)))
+def test_bad_inputs_are_clear_errors(device, backend):
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
+    call = lambda *args: lstm_gates(*args, backend=backend)  # noqa: E731
+    with pytest.raises(ValueError, match=r"expected gates \(B, 4C, H, W\) and c_prev \(B, C, H, W\), got "
+                                         r"\(2, 12, 7, 5\) and \(2, 4, 7, 5\)"):
+        call(gates, torch.zeros(2, 4, 7, 5, device=device))
+    with pytest.raises(ValueError, match=r"got \(2, 12, 7, 5\) and \(2, 3, 5, 7\)"):
+        call(gates, torch.zeros(2, 3, 5, 7, device=device))
+    with pytest.raises(ValueError, match="give all three peephole weights"):
+        call(gates, c_prev, weights[0], weights[1], None)
+    with pytest.raises(ValueError, match=r"w_cf must have shape \(C, 1, 1\) = \(3, 1, 1\), got \(3,\)"):
+        call(gates, c_prev, weights[0], weights[1].reshape(3), weights[2])
+    with pytest.raises(TypeError, match="c_prev has dtype torch.int64"):
+        call(gates, torch.zeros(2, 3, 7, 5, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match="c_prev is on meta but gates is on"):
+        call(gates, torch.zeros(2, 3, 7, 5, device="meta"))
+
+
+def test_cpu_twin_binding_checks_its_arguments():
+    """The C++ checks shared with the CUDA binding (lstm_gates_torch.h) reject misuse of the raw extension."""
+    from convlstm.lstm_gates_cpu_twin import extension
+    if unavailable_reason("cpu_twin", torch.device("cpu")):
+        pytest.skip(unavailable_reason("cpu_twin", torch.device("cpu")))
+    ext = extension()
+    gates, c_prev = torch.randn(2, 12, 7, 5), torch.randn(2, 3, 7, 5)
+    with pytest.raises(RuntimeError, match="must be channels_last-contiguous"):
+        ext.forward(gates, c_prev, None, None, None, True)
+    with pytest.raises(RuntimeError, match="unsupported dtype pair gates Float, c_prev Half"):
+        ext.forward(gates, c_prev.half(), None, None, None, False)
+    with pytest.raises(RuntimeError, match="peephole weights must be contiguous \\(C,\\) Float"):
+        ext.forward(gates, c_prev, *[torch.zeros(3, 1, 1)] * 3, False)
+    # An absent output gradient (None) means the same as a zero one.
+    grad = torch.randn_like(c_prev)
+    with_none = ext.backward(gates, c_prev, None, None, None, grad, None, False)
+    with_zeros = ext.backward(gates, c_prev, None, None, None, grad, torch.zeros_like(c_prev), False)
+    for a, b in zip(with_none, with_zeros):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device, backend", [c for c in device_backend_cases(FUSED) if c.values[0] == "cuda"])
+def test_lstm_gates_int64_offsets(device, backend):
+    """gates with more than 2^31 elements (4.4 GB in bf16): the last sample's gates sit past int32 offsets."""
+    b, c, h, w = 2, 16, 4100, 4100  # gates: 2*64*4100*4100 = 2.15e9 elements > 2^31
+    generator = torch.Generator(device=device).manual_seed(5)
+    gates = torch.randn(b, 4 * c, h, w, device=device, dtype=torch.bfloat16, generator=generator)
+    c_prev = torch.randn(b, c, h, w, device=device, dtype=torch.bfloat16, generator=generator)
+    gates.requires_grad_()
+    h_next, c_next = lstm_gates(gates, c_prev, backend=backend)
+    grad_gates, = torch.autograd.grad(h_next, gates, torch.ones_like(h_next))
+    tail = (slice(1, 2), slice(None), slice(-2, None))  # last sample, last two rows
+    small = gates[tail].detach().float().requires_grad_()
+    h_ref, c_ref = lstm_gates_ref(small, c_prev[tail].float())
+    grad_ref, = torch.autograd.grad(h_ref, small, torch.ones_like(h_ref))
+    torch.testing.assert_close(h_next[tail].float(), h_ref, atol=1e-3, rtol=1.6e-2)
+    torch.testing.assert_close(c_next[tail].float(), c_ref, atol=1e-3, rtol=1.6e-2)
+    torch.testing.assert_close(grad_gates[tail].float(), grad_ref, atol=1e-3, rtol=1.6e-2)

@@ -1,0 +1,111 @@
+"""The CUDA side of lstm_gates builds where CI can check it: nvcc compiles the kernels for sm_80 and sm_90 on a
+machine with no GPU (the .cu files include no PyTorch header), and setup.py builds the extension only when asked.
+Running the kernels is tested in test_lstm_gates.py (on a GPU; on the CPU through their twin)."""
+import re
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import setuptools
+import torch
+import torch.utils.cpp_extension
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "kernels" / "cuda"
+# The files nvcc sees: they must compile without PyTorch's headers (absent from the CPU wheel).
+TORCH_FREE = ["lstm_gates.cu", "lstm_gates.cuh", "lstm_gates.h"]
+INSTANTIATIONS = ["fff", "ddd", "6__halfS2_f", "13__nv_bfloat16S2_f", "6__halfff", "13__nv_bfloat16ff"]
+
+
+@pytest.mark.parametrize("name", TORCH_FREE)
+def test_cuda_sources_include_no_torch_header(name):
+    includes = re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', (CUDA_DIR / name).read_text(), flags=re.M)
+    assert includes, f"{name} has no #include lines: the pattern is wrong"
+    offending = [i for i in includes if re.match(r"(torch|ATen|c10|pybind11)/", i) or i.startswith("torch")]
+    assert not offending, f"{name} includes PyTorch headers: {offending}"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_cuda_kernels_compile_with_nvcc_for_sm80_and_sm90(tmp_path):
+    """nvcc -c for A100 (sm_80) and H100/H200 (sm_90), warnings as errors; the object holds code for both
+    architectures and every (gates, state) dtype pair of the forward and backward kernels."""
+    obj = tmp_path / "lstm_gates.o"
+    cmd = ["nvcc", "-c", "-O3", "-std=c++17", "--Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror",
+           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+           str(CUDA_DIR / "lstm_gates.cu"), "-o", str(obj)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    binary = obj.read_bytes()
+    assert b"sm_80" in binary and b"sm_90" in binary
+    for kernel in ("forward_kernel", "backward_kernel"):
+        for types in INSTANTIATIONS:
+            assert f"{kernel}I{types}EEv".encode() in binary, f"{kernel}<{types}> missing"
+
+
+class SetupRecorder:
+    """Stands in for setuptools.setup and torch's CUDAExtension: records what setup.py would build."""
+
+    def __init__(self, monkeypatch):
+        self.kwargs = None
+        self.extensions = []
+        monkeypatch.setattr(setuptools, "setup", self.setup)
+        monkeypatch.setattr(torch.utils.cpp_extension, "CUDAExtension", self.cuda_extension)
+
+    def setup(self, **kwargs):
+        self.kwargs = kwargs
+
+    def cuda_extension(self, name, sources, **kwargs):
+        self.extensions.append((name, sources))
+        return name
+
+
+def run_setup(monkeypatch, **env):
+    for name in ("CONVLSTM_FORCE_BUILD", "CONVLSTM_SKIP_CUDA_BUILD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # setup.py defaults the architecture list in os.environ; keep that change inside the test.
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    monkeypatch.chdir(ROOT)
+    recorder = SetupRecorder(monkeypatch)
+    runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    return recorder
+
+
+def test_setup_builds_cuda_extension_only_with_cuda_torch_and_nvcc(monkeypatch):
+    """Plain `pip install -e .`: on this CPU-torch machine nothing is built (fast install); with CUDA torch and
+    nvcc the extension is."""
+    recorder = run_setup(monkeypatch)
+    expected = torch.version.cuda is not None and shutil.which("nvcc") is not None
+    assert bool(recorder.kwargs.get("ext_modules")) == expected
+    assert recorder.kwargs["install_requires"][0].startswith("torch")
+
+
+def test_setup_force_build(monkeypatch):
+    recorder = run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE")
+    assert recorder.extensions == [("convlstm._lstm_gates_cuda",
+                                    ["kernels/cuda/lstm_gates_cuda.cpp", "kernels/cuda/lstm_gates.cu"])]
+    assert recorder.kwargs["ext_modules"] == ["convlstm._lstm_gates_cuda"]
+    assert "build_ext" in recorder.kwargs["cmdclass"]
+    for source in recorder.extensions[0][1]:
+        assert (ROOT / source).is_file()
+
+
+def test_setup_skip_cuda_build(monkeypatch):
+    recorder = run_setup(monkeypatch, CONVLSTM_SKIP_CUDA_BUILD="TRUE")
+    assert "ext_modules" not in recorder.kwargs and recorder.extensions == []
+
+
+def test_setup_force_and_skip_together_is_an_error(monkeypatch):
+    with pytest.raises(RuntimeError, match="CONVLSTM_FORCE_BUILD and CONVLSTM_SKIP_CUDA_BUILD are both set"):
+        run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE", CONVLSTM_SKIP_CUDA_BUILD="TRUE")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_extension_loads_prebuilt_or_jit():
+    """On a GPU the extension loads (setup.py's build, else a JIT build with ninja) and has both entry points."""
+    from convlstm.lstm_gates_cuda import extension
+    ext = extension()
+    assert hasattr(ext, "forward") and hasattr(ext, "backward")

@@ -1,0 +1,83 @@
+"""Bytes each backend keeps for backward per ConvLSTM step, counted with saved_tensors_hooks (kernels/README.md).
+
+A tensor saved twice, or saved as a view of another, is counted once (by storage), as it is held once.
+Per element of the state (B, C, H, W), one lstm_gates call keeps:
+  eager torch: i, f, o, g, tanh(c_next), c_prev                         6 tensors (24 B in fp32)
+               + w*c_prev terms: c_next and the weights with peephole    7 tensors (28 B in fp32)
+  fused:       gates (4C) and c_prev                                     5 tensors (20 B in fp32)
+               + c_next with peephole (for the w_co gradient)            6 tensors (24 B in fp32)
+"""
+import pytest
+import torch
+
+from convlstm import ConvLSTMCell, lstm_gates
+from test_lstm_gates import FUSED, device_backend_cases
+
+B, C, H, W = 2, 3, 7, 5
+N = B * C * H * W  # elements of the state
+
+
+def saved_bytes(fn):
+    """Run fn() and return the bytes of the distinct storages autograd saved for backward while it ran."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+# (gates dtype, state dtype) -> bytes per state element, eager torch and fused, without / with peephole.
+# The peephole weights add 3*C*4 bytes (three (C, 1, 1) float32 tensors) on both paths.
+EXPECTED = {
+    (torch.float32, torch.float32): dict(torch=(24, 28), fused=(20, 24)),
+    (torch.bfloat16, torch.float32): dict(torch=(16, 26), fused=(12, 16)),  # autocast with float32 state
+    (torch.bfloat16, torch.bfloat16): dict(torch=(12, 24), fused=(10, 12)),
+}
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("dtypes", list(EXPECTED), ids=["f32", "bf16-gates-f32-state", "bf16"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_saved_bytes_per_call(device, backend, dtypes, peephole):
+    gate_dtype, state_dtype = dtypes
+    gates = torch.randn(B, 4 * C, H, W, dtype=gate_dtype, device=device, requires_grad=True)
+    c_prev = torch.randn(B, C, H, W, dtype=state_dtype, device=device, requires_grad=True)
+    weights = [torch.randn(C, 1, 1, device=device, requires_grad=True) for _ in range(3)] if peephole else [None] * 3
+    weight_bytes = 3 * C * 4 if peephole else 0
+
+    eager = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend="torch"))
+    fused = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend=backend))
+
+    assert eager == EXPECTED[dtypes]["torch"][peephole] * N + weight_bytes
+    assert fused == EXPECTED[dtypes]["fused"][peephole] * N + weight_bytes
+    assert fused < eager
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_cell_sequence_saved_bytes_per_step(device, backend, peephole):
+    """Over a sequence, c is shared between steps (c_next of one is c_prev of the next), so a step adds i, f, o, g,
+    tanh(c_next) on the eager path and only gates (4C) on the fused one: one float32 state-sized tensor less per
+    step. The conv's saved input and weight are the same on both paths."""
+    steps = 4
+
+    def run(name):
+        torch.manual_seed(0)
+        cell = ConvLSTMCell(2, C, 3, True, backend=name, peephole=peephole).to(device)
+        x = torch.randn(B, steps, 2, H, W, device=device)
+        h, c = cell.init_hidden(B, (H, W))
+
+        def sequence():
+            state = (h, c)
+            for t in range(steps):
+                state = cell(x[:, t], state)
+
+        return saved_bytes(sequence)
+
+    eager, fused = run("torch"), run(backend)
+    assert eager - fused == 4 * N * steps
