@@ -1,0 +1,102 @@
+"""Figures of an evaluation: metrics against frame index, sample sequences as a grid and as an animated GIF.
+
+matplotlib draws through its Agg canvas directly (no pyplot, no display, no global backend switch); Pillow writes the
+GIF. Both are imported here only, so the rest of the package works without them.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from .metrics import METRIC_NAMES
+
+METRIC_LABELS = {
+    "mse": "MSE per frame (sum over pixels) \u2193",
+    "mae": "MAE per frame (sum over pixels) \u2193",
+    "psnr": "PSNR (dB) \u2191",
+    "ssim": "SSIM (OpenSTL, data_range 2) \u2191",
+    "ssim_uint8": "SSIM (PredRNN, uint8) \u2191",
+}
+
+
+def plot_per_frame(curves, first_frame, path):
+    """Each metric against the predicted frame's index, one line per curve.
+
+    curves: {label: {"per_frame": {metric: [value per predicted frame]}}} (e.g. the model and the baselines);
+    first_frame: index (1-based, in the whole sequence) of the first predicted frame; path: the .png to write.
+    """
+    fig = Figure(figsize=(4 * len(METRIC_NAMES), 3.4))
+    FigureCanvasAgg(fig)
+    for ax, name in zip(fig.subplots(1, len(METRIC_NAMES)), METRIC_NAMES):
+        for label, result in curves.items():
+            values = result["per_frame"][name]
+            ax.plot(range(first_frame, first_frame + len(values)), values, marker="o", markersize=3, label=label)
+        ax.set_title(METRIC_LABELS[name], fontsize=9)
+        ax.set_xlabel("frame")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.15, top=0.9, wspace=0.25)
+    fig.savefig(path, dpi=100)
+
+
+def plot_samples(inputs, target, pred, path, gap=2):
+    """One mosaic per sequence: rows inputs, ground truth, prediction, |error|; one column per frame.
+
+    inputs (K, T_in, C, H, W), target and pred (K, T_out, C, H, W): float arrays on the [0, 1] scale. Drawn as a
+    single image (one axes, not one per frame: fast for 10x40 frames); channels are averaged to grey.
+    """
+    k, t_in = inputs.shape[:2]
+    t_out = target.shape[1]
+    h, w = inputs.shape[-2:]
+    cols = max(t_in, t_out)
+    clipped = np.clip(pred, 0, 1)
+    rows = [("input", inputs, 1), ("truth", target, t_in + 1), ("prediction", clipped, t_in + 1),
+            ("|error|", np.abs(clipped - target), t_in + 1)]
+    mosaic = np.ones((4 * k * (h + gap) - gap, cols * (w + gap) - gap), dtype=np.float32)  # white gaps
+    labels = []
+    for seq in range(k):
+        for r, (label, frames, first) in enumerate(rows):
+            top = (4 * seq + r) * (h + gap)
+            for col in range(frames.shape[1]):
+                left = col * (w + gap)
+                mosaic[top:top + h, left:left + w] = frames[seq, col].mean(axis=0)
+            labels.append((top + h / 2, f"#{seq} {label} (t={first}..{first + frames.shape[1] - 1})"))
+    label_width, pixels_per_inch = 2.0, 40  # inches left of the frames for the row labels; frame scale
+    width, height = mosaic.shape[1] / pixels_per_inch, mosaic.shape[0] / pixels_per_inch
+    fig = Figure(figsize=(label_width + width + 0.1, height + 0.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((label_width / (label_width + width + 0.1), 0.1 / (height + 0.2),
+                       width / (label_width + width + 0.1), height / (height + 0.2)))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([y for y, _ in labels], [text for _, text in labels], fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.savefig(path, dpi=100)
+
+
+def save_gif(inputs, target, pred, path, scale=2, duration_ms=200):
+    """Animated GIF: per sequence side by side, ground truth | prediction, over the whole sequence.
+
+    During the input frames both panels show the input; afterwards the right panel shows the prediction. Arrays as
+    for plot_samples; frames are upscaled `scale` times (nearest) to be visible.
+    """
+    truth = np.concatenate([inputs, target], axis=1)  # (K, T, C, H, W)
+    shown = np.concatenate([inputs, np.clip(pred, 0, 1)], axis=1)
+    k, t, c, h, w = truth.shape
+    gap = 2
+    frames = []
+    for step in range(t):
+        canvas = np.ones((k * (h + gap) - gap, 2 * w + gap, c), dtype=np.float32)  # white gaps between panels
+        for seq in range(k):
+            top = seq * (h + gap)
+            canvas[top:top + h, :w] = truth[seq, step].transpose(1, 2, 0)
+            canvas[top:top + h, w + gap:] = shown[seq, step].transpose(1, 2, 0)
+        image = (np.clip(canvas, 0, 1) * 255).astype(np.uint8).repeat(scale, axis=0).repeat(scale, axis=1)
+        frames.append(Image.fromarray(image[..., 0] if c == 1 else image))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)

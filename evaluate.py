@@ -1,0 +1,294 @@
+"""Evaluate a train.py checkpoint on Moving MNIST in the published tables' conventions.
+
+    python evaluate.py --checkpoint runs/x/ckpt.pt --out_dir eval/x                    # generated test split
+    python evaluate.py --checkpoint runs/x/ckpt.pt --out_dir eval/x --data mnist_test_seq.npy
+    torchrun --nproc_per_node 8 evaluate.py --checkpoint ... --out_dir ...            # one shard per rank
+
+The model's configuration comes from the checkpoint (read with weights_only=True: no code in it ever runs). Each rank
+evaluates a contiguous shard of the sequences; per-frame metric sums and sequence counts are all-reduced, so each
+sequence counts once whatever the number of ranks. Two baselines are scored on the same sequences: repeating the
+last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
+
+    metrics.json     overall and per-frame metrics of the model and the baselines, what was evaluated, conventions
+    per_frame.png    each metric against the frame index
+    samples.png      inputs, ground truth, prediction and error of the first few sequences
+    samples.gif      the same sequences animated, ground truth | prediction
+    predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W)
+
+Metric conventions: see convlstm/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from convlstm.backends import BACKENDS, resolve_backend
+from convlstm.checkpoint import model_from_config
+from convlstm.config import DEVICES
+from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
+from convlstm.distributed import SetupError, distributed
+from convlstm.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
+
+OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
+REQUIRED_CONFIG = ("n_hidden_dim", "image_size", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole",
+                   "in_chan")
+BASELINES = ("last_frame", "zeros")
+DEFAULT_NUM_TEST = 10000  # the size of the standard test file, so generated results compare with it
+# The generated test split is the same for every checkpoint. train.py validates on the test split's sequences of
+# seed --seed (0 by default); a seed of its own keeps the reported sequences apart from those (checked below).
+TEST_SEED = 1_000_000
+
+
+class EvalError(Exception):
+    """Bad input: reported as one line, without a traceback."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    p.add_argument("--out_dir", required=True, help="where the results go")
+    p.add_argument("--data", default=None,
+                   help="the standard mnist_test_seq.npy (uint8 (20, N, 64, 64)); default: the generated test split")
+    p.add_argument("--num_test", type=int, default=None,
+                   help=f"sequences to evaluate (default {DEFAULT_NUM_TEST} generated, or all of --data)")
+    p.add_argument("--batch_size", type=int, default=32, help="sequences per forward pass on each rank")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="lstm_gates implementation")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto: the GPU of LOCAL_RANK when CUDA is available, else the CPU")
+    p.add_argument("--digits", default=None,
+                   help="MNIST IDX directory for the generated split (default: the checkpoint's --data, or the "
+                        "embedded digits if it had none)")
+    p.add_argument("--num_samples", type=int, default=4, help="sequences shown in samples.png and samples.gif")
+    p.add_argument("--save_predictions", action="store_true", help="also write predictions.npz")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out_dir")
+    return p.parse_args(argv)
+
+
+def check_out_dir(out_dir, overwrite):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise EvalError(f"--out_dir {out_dir} exists and is not a directory")
+    existing = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(out_dir, name))]
+    if existing and not overwrite:
+        raise EvalError(f"--out_dir {out_dir} already holds results ({', '.join(existing)}); pass --overwrite to "
+                        f"replace them or choose another directory")
+
+
+def load_checkpoint(path):
+    """The checkpoint dict, read with weights_only=True. Returns (config dict, model state_dict, dict)."""
+    if not os.path.isfile(path):
+        raise EvalError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
+                        f"checkpoint {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types for foreign files
+        detail = _load_error_detail(e)
+        if "GLOBAL" in detail:  # a class or function to import: refused by the weights-only unpickler
+            raise EvalError(f"refusing checkpoint {path}: it holds more than tensors and plain values, and "
+                            f"checkpoints are only ever loaded with weights_only=True ({detail})") from None
+        raise EvalError(f"{path} is not a PyTorch checkpoint file (torch.load failed: {detail})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or \
+            not isinstance(ckpt.get("config"), dict):
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise EvalError(f"{path} is not a train.py checkpoint: expected a dict with a 'model' state_dict and a "
+                        f"'config' dict, found {found}")
+    missing = [key for key in REQUIRED_CONFIG if key not in ckpt["config"]]
+    if missing:
+        raise EvalError(f"checkpoint {path}: its config lacks {', '.join(missing)}")
+    not_tensors = [key for key, value in ckpt["model"].items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise EvalError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a tensor)")
+    return ckpt["config"], ckpt["model"], ckpt
+
+
+def _load_error_detail(error):
+    """The informative line of a torch.load error, without its boilerplate (advice, links)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
+
+
+def build_model(config, state_dict, backend, path):
+    """The model the config describes (convlstm.checkpoint.model_from_config), with the checkpoint's weights,
+    checked key by key first so that a mismatch is one line naming the keys."""
+    try:
+        model = model_from_config(config, backend=backend)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise EvalError(f"checkpoint {path}: cannot build the model from its config ({e})") from None
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+    problems += [f"{k} has shape {tuple(state_dict[k].shape)}, config gives {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        shown = {k: config[k] for k in ("n_hidden_dim", "in_chan", "kernel_size", "peephole")}
+        raise EvalError(f"checkpoint {path}: weights do not match its config {shown}: "
+                        f"{'; '.join(problems[:3])}{more}")
+    model.load_state_dict(state_dict)
+    return model
+
+
+def build_dataset(args, config):
+    """The sequences to evaluate and a description of them for metrics.json."""
+    seq_len = config["n_steps_past"] + config["n_steps_ahead"]
+    if args.data is None:
+        if config.get("seed") == TEST_SEED and config.get("num_val", 0) > 0:
+            raise EvalError(f"checkpoint {args.checkpoint} was trained with seed {TEST_SEED} and validated on the "
+                            f"generated test split's sequences of that seed, which are the ones evaluate.py "
+                            f"reports: evaluate it with --data, or train with another --seed")
+        num = DEFAULT_NUM_TEST if args.num_test is None else args.num_test
+        digits = args.digits if args.digits is not None else config.get("data")
+        try:  # the test split of the data the model was trained on (train.py's defaults for older configs)
+            dataset = MovingMNIST(split="test", num_sequences=num, seq_len=seq_len, image_size=config["image_size"],
+                                  num_digits=config.get("num_digits", 2), digits=digits, seed=TEST_SEED,
+                                  generator=config.get("generator", "standard"))
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise EvalError(f"cannot generate the test split for this checkpoint (digits {digits or 'embedded'}; "
+                            f"--digits sets another MNIST directory): {e}") from None
+        return dataset, {"source": "generated", "dataset": repr(dataset)}
+    try:
+        dataset = StandardMovingMNIST(args.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalError(f"--data: {e}") from None
+    frames, size = dataset.array.shape[0], dataset.array.shape[-1]
+    if (frames, size) != (seq_len, config["image_size"]):
+        raise EvalError(f"--data {args.data} holds {frames} frames of {size}x{size}, but the checkpoint needs "
+                        f"{seq_len} frames (n_steps_past + n_steps_ahead) of "
+                        f"{config['image_size']}x{config['image_size']}")
+    if args.num_test is not None:
+        if args.num_test > len(dataset):
+            raise EvalError(f"--num_test {args.num_test} but {args.data} holds only {len(dataset)} sequences")
+        dataset = Subset(dataset, range(args.num_test))
+    return dataset, {"source": "file", "path": os.path.abspath(args.data)}
+
+
+def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples):
+    """Metric totals of the model and baselines over dataset[indices], plus samples and (optionally) predictions."""
+    n_past, n_ahead = config["n_steps_past"], config["n_steps_ahead"]
+    totals = {name: MetricTotals(n_ahead, device) for name in ("model", *BASELINES)}
+    samples, preds, targets = [], [], []
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        for batch in loader:
+            x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
+            pred = model(x, future_seq=n_ahead).permute(0, 2, 1, 3, 4)  # (B, 1, T, H, W) -> (B, T, 1, H, W)
+            totals["model"].add(frame_metrics(pred, y))
+            totals["last_frame"].add(frame_metrics(x[:, -1:].expand_as(y), y))
+            totals["zeros"].add(frame_metrics(torch.zeros_like(y), y))
+            if sum(len(s[0]) for s in samples) < num_samples:
+                samples.append((x.cpu(), y.cpu(), pred.cpu()))
+            if keep_predictions:
+                preds.append(pred.float().cpu().numpy())
+                targets.append(y.float().cpu().numpy())
+    samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
+    return totals, samples, preds, targets
+
+
+def gather_predictions(preds, targets, shape, rank, world_size):
+    """Every rank's (pred, target) arrays, concatenated in rank order (= sequence order) on rank 0; else None."""
+    empty = np.zeros((0, *shape), dtype=np.float32)
+    local = (np.concatenate(preds) if preds else empty, np.concatenate(targets) if targets else empty)
+    if world_size == 1:
+        return local
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if rank != 0:
+        return None
+    return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+
+
+def write_outputs(args, results, samples, predictions, first_frame):
+    from convlstm.plots import plot_per_frame, plot_samples, save_gif  # matplotlib and Pillow: rank 0 only
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    curves = {"model": results, **{f"baseline: {name}": results["baselines"][name] for name in BASELINES}}
+    plot_per_frame(curves, first_frame, os.path.join(args.out_dir, "per_frame.png"))
+    plot_samples(*samples, os.path.join(args.out_dir, "samples.png"))
+    save_gif(*samples, os.path.join(args.out_dir, "samples.gif"))
+    npz = os.path.join(args.out_dir, "predictions.npz")
+    if predictions is not None:
+        np.savez(npz, pred=predictions[0], target=predictions[1])
+    elif os.path.exists(npz):  # --overwrite without --save_predictions: an old file would not match these results
+        os.remove(npz)
+
+
+def run(args):
+    if args.num_test is not None and args.num_test < 1:
+        raise EvalError(f"--num_test must be at least 1, got {args.num_test}")
+    if args.batch_size < 1:
+        raise EvalError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.num_samples < 1:
+        raise EvalError(f"--num_samples must be at least 1, got {args.num_samples}")
+    check_out_dir(args.out_dir, args.overwrite)
+    config, state_dict, ckpt = load_checkpoint(args.checkpoint)
+    dataset, data_info = build_dataset(args, config)
+
+    try:
+        with distributed(args.device) as info:  # the process group under torchrun, destroyed on every way out
+            evaluate_and_write(args, info, config, state_dict, ckpt, dataset, data_info)
+    except SetupError as e:
+        raise EvalError(str(e)) from None
+
+
+def evaluate_and_write(args, info, config, state_dict, ckpt, dataset, data_info):
+    try:
+        backend = resolve_backend(args.backend, info.device)
+    except (ValueError, RuntimeError) as e:
+        raise EvalError(f"--backend: {e}") from None
+    model = build_model(config, state_dict, backend, args.checkpoint).to(info.device).eval()
+    n, world_size = len(dataset), info.world_size
+    start, stop = -(-info.rank * n // world_size), -(-(info.rank + 1) * n // world_size)  # rank 0's never empty
+    started = time.time()
+    totals, samples, preds, targets = evaluate_shard(model, dataset, range(start, stop), config, args.batch_size,
+                                                     info.device, args.save_predictions, args.num_samples)
+    for name in totals:  # the same collectives in the same order on every rank
+        totals[name].all_reduce()
+    predictions = None
+    if args.save_predictions:
+        shape = (config["n_steps_ahead"], *dataset[0].shape[1:])
+        predictions = gather_predictions(preds, targets, shape, info.rank, world_size)
+    if info.is_main:
+        results = totals["model"].summary()
+        results["baselines"] = {name: totals[name].summary() for name in BASELINES}
+        results.update({
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "checkpoint_step": ckpt.get("step"), "checkpoint_epoch": ckpt.get("epoch"),
+            "data": data_info, "n_steps_past": config["n_steps_past"], "n_steps_ahead": config["n_steps_ahead"],
+            "model_config": config, "device": str(info.device), "backend": backend, "world_size": world_size,
+            "seconds": round(time.time() - started, 3), "conventions": CONVENTIONS,
+        })
+        write_outputs(args, results, samples, predictions, first_frame=config["n_steps_past"] + 1)
+        print_table(results, args.out_dir)
+
+
+def print_table(results, out_dir):
+    rows = [("model", results), *((f"baseline: {b}", results["baselines"][b]) for b in BASELINES)]
+    print(f"{results['num_sequences']} sequences, {results['n_steps_ahead']} predicted frames each")
+    print(f"{'':20s}" + "".join(f"{name:>12s}" for name in METRIC_NAMES))
+    for label, r in rows:
+        print(f"{label:20s}" + "".join(f"{r[name]:12.4f}" for name in METRIC_NAMES))
+    print(f"results in {out_dir}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except EvalError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
