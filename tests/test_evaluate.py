@@ -251,8 +251,8 @@ def make_bad_case(case, d):
 SUBPROCESS_CASES = ["missing_checkpoint", "text_file_checkpoint", "weights_do_not_match_config", "malicious_pickle",
                     "data_wrong_shape", "num_test_zero"]
 # The other bad paths go through the same main() in this process (same exit code and stderr), to keep the suite fast.
-IN_PROCESS_CASES = ["existing_results", "bare_tensor_checkpoint", "config_lacks_keys", "model_not_a_state_dict", "data_missing",
-                    "data_does_not_fit_checkpoint", "num_test_beyond_file", "batch_size_zero",
+IN_PROCESS_CASES = ["existing_results", "bare_tensor_checkpoint", "config_lacks_keys", "model_not_a_state_dict",
+                    "data_missing", "data_does_not_fit_checkpoint", "num_test_beyond_file", "batch_size_zero",
                     "trained_on_the_test_seed",
                     pytest.param("cuda_without_gpu", marks=pytest.mark.skipif(
                         torch.cuda.is_available(), reason="this machine has CUDA"))]
