@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The one script a session with the H200 runs through the device tool, from the repository root:
+#
+#     bash benchmarks/gpu_session.sh            (run with timeout_s=600; typically 6-8 minutes, at most ~9.3:
+#                                               the steps' time boxes add up to 550 s)
+#
+# Steps, each time-boxed, each logged to its own file under $OUT (8 files, flat names, as the tool brings back):
+#   build   pip install -e . (no deps: the machine's torch 2.11 / triton 3.6 stay), then load the CUDA extension
+#           (prebuilt by setup.py, else JIT-built) and require "cuda" and "triton" among the CUDA backends
+#   tests   pytest tests/ on the GPU (kernel tests run on CUDA tensors there)          -> tests.log, tests_junit.xml
+#   gates   benchmarks/bench_gates.py --device cuda                                    -> gates.log, gates_cuda.json
+#   train   benchmarks/bench_train.py --device cuda (tutorial config)                  -> train.log, train_cuda.json
+# then make_table.py's target checks into summary.txt. Every step runs even if an earlier one failed (so one run
+# brings back as much as it can). Exit status: 1 if any step failed or timed out, else 3 if a benchmark's time budget
+# skipped cases, else 0; summary.txt lists each step's exit status and ends with FAILED: <steps>,
+# INCOMPLETE (time budget): <steps>, or ALL STEPS PASSED.
+#
+# Afterwards, on the development machine: copy gates_cuda.json and train_cuda.json from the tool's files_at folder
+# into benchmarks/results/ and run `python benchmarks/make_table.py --write`.
+#
+# Environment (for a dry run elsewhere): OUT (default ./gpu_session_out), PYTHON (default python3),
+# GPU_SESSION_DEVICE=cpu with GPU_SESSION_QUICK=1 runs the same plumbing on the CPU in seconds (the build step then
+# skips the install and CUDA checks), GPU_SESSION_TESTS overrides pytest's arguments (default tests/),
+# GPU_SESSION_BENCH_ARGS adds arguments to both benchmarks (e.g. "--threads 1").
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+OUT=${OUT:-$ROOT/gpu_session_out}
+PYTHON=${PYTHON:-python3}
+DEVICE=${GPU_SESSION_DEVICE:-cuda}
+QUICK=${GPU_SESSION_QUICK:+--quick}
+TESTS=${GPU_SESSION_TESTS:-tests/}
+BENCH_ARGS=${GPU_SESSION_BENCH_ARGS:-}
+mkdir -p "$OUT" || exit 2
+SUMMARY=$OUT/summary.txt
+export PYTHONUNBUFFERED=1
+FAILED=()
+INCOMPLETE=()
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+# step NAME SECONDS COMMAND...: run COMMAND under `timeout`, output to $OUT/NAME.log, status into the summary.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS rc
+    timeout --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    local meaning="ok"
+    case $rc in
+        0) ;;
+        124|137) meaning="TIMED OUT after ${limit}s" ;;
+        3) meaning="INCOMPLETE: cases skipped by the time budget" ;;
+        *) meaning="FAILED" ;;
+    esac
+    if [ "$rc" -eq 3 ]; then INCOMPLETE+=("$name"); elif [ "$rc" -ne 0 ]; then FAILED+=("$name"); fi
+    note "step $name: exit $rc ($meaning) in $((SECONDS - start))s; log $name.log"
+    tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    return 0
+}
+
+: >"$SUMMARY"
+note "gpu_session.sh at $(date -u +%FT%TZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown), device $DEVICE"
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 \
+        | sed 's/^/    /' | tee -a "$SUMMARY"
+fi
+"$PYTHON" -c "import sys, torch; print('    python', sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())" 2>&1 | tee -a "$SUMMARY"
+
+# 1. build. The check fails unless both fused CUDA backends load: a JIT build error is printed as the reason.
+build_check='
+import sys, torch, convlstm
+from convlstm import backends
+device = torch.device(sys.argv[1])
+if device.type == "cuda":  # (on the CPU, asking would build the cpu_twin debugging path: not needed here)
+    print("available backends on", device, ":", convlstm.available_backends(device))
+for name in ("cuda", "triton") if device.type == "cuda" else ():
+    reason = backends.unavailable_reason(name, device)
+    print(name, ":", reason or "runs")
+    if reason is not None:
+        sys.exit(f"backend {name} cannot run: {reason}")
+'
+if [ "$DEVICE" = cuda ]; then
+    # shellcheck disable=SC2016
+    step build 120 bash -c 'CONVLSTM_FORCE_BUILD=TRUE "$0" -m pip install -e . --no-deps --no-build-isolation \
+        --no-cache-dir -q && "$0" -c "$1" cuda' "$PYTHON" "$build_check"
+else
+    step build 60 "$PYTHON" -c "$build_check" cpu
+fi
+
+# 2. tests. pytest-timeout (in the GPU image) stops one hung test without losing the rest.
+timeout_flag=""
+"$PYTHON" -c "import pytest_timeout" 2>/dev/null && timeout_flag="--timeout=90"
+# shellcheck disable=SC2086
+step tests 120 "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider $timeout_flag --junitxml="$OUT/tests_junit.xml"
+
+# 3, 4. benchmarks: --budget-s stops them starting new cases in time; the JSON is rewritten after every case.
+# shellcheck disable=SC2086
+step gates 130 "$PYTHON" benchmarks/bench_gates.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 90 \
+    --out "$OUT/gates_$DEVICE.json"
+step train 180 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 115 \
+    --out "$OUT/train_$DEVICE.json"
+
+rm -f "$OUT"/*.tmp  # a half-written JSON of a killed run: the complete one beside it is what counts
+
+# 5. the target checks, from what came out (not a step of its own: it cannot fail a good run, only report).
+results=()
+for f in "$OUT/gates_$DEVICE.json" "$OUT/train_$DEVICE.json"; do [ -s "$f" ] && results+=("$f"); done
+if [ ${#results[@]} -gt 0 ]; then
+    note "targets:"
+    "$PYTHON" benchmarks/make_table.py "${results[@]}" 2>&1 | sed -n '/^## Targets/,$p' | tee -a "$SUMMARY"
+else
+    note "no results files to check targets on"
+    FAILED+=("results")
+fi
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+    note "FAILED: ${FAILED[*]}${INCOMPLETE[*]:+; INCOMPLETE (time budget): ${INCOMPLETE[*]}}"
+    exit 1
+fi
+if [ ${#INCOMPLETE[@]} -gt 0 ]; then
+    note "INCOMPLETE (time budget): ${INCOMPLETE[*]}; every case that ran passed"
+    exit 3
+fi
+note "ALL STEPS PASSED"
