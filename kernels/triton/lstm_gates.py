@@ -15,8 +15,10 @@ from triton.runtime.interpreter import InterpretedFunction
 def _load(ptr, mask, ACC_FP64: tl.constexpr):
     x = tl.load(ptr, mask=mask, other=0.0)
     if ACC_FP64:
-        return x.to(tl.float64)
-    return x.to(tl.float32)
+        x = x.to(tl.float64)
+    else:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -40,9 +42,13 @@ def _locate(n, channels, spatial, plane, CHANNELS_LAST: tl.constexpr):
     if CHANNELS_LAST:
         channel = n % channels
         s = (n - b * plane) // channels
-        return channel, n + 3 * b * plane + 3 * s * channels, channels  # b*4CS + s*4C + c, then + k*C
-    channel = (n // spatial) % channels
-    return channel, n + 3 * b * plane, plane  # b*4CS + c*S + s, then + k*CS
+        gate_base = n + 3 * b * plane + 3 * s * channels  # b*4CS + s*4C + c
+        gate_stride = channels
+    else:
+        channel = (n // spatial) % channels
+        gate_base = n + 3 * b * plane  # b*4CS + c*S + s
+        gate_stride = plane
+    return channel, gate_base, gate_stride
 
 
 @triton.jit
