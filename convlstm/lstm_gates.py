@@ -35,7 +35,8 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def check_inputs(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
-    """Raise ValueError naming the problem and the value if the arguments of `lstm_gates` do not fit together."""
+    """Raise ValueError (TypeError for a dtype) naming the problem and the value if the arguments of `lstm_gates`
+    do not fit together."""
     peephole = (w_ci, w_cf, w_co)
     if any(w is None for w in peephole) and any(w is not None for w in peephole):
         raise ValueError("lstm_gates: give all three peephole weights (w_ci, w_cf, w_co) or none")
