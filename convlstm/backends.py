@@ -66,9 +66,6 @@ def check_backend_name(backend: str) -> str:
 _GATE_FUNCTIONS = {}
 
 
-# torch.compile runs this once while tracing and keeps the answer (the choice depends only on the backend name and
-# the device, both fixed in a compiled graph), instead of tracing the imports and builds behind it.
-@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device) -> str:
     """Turn "auto" into a concrete backend for `device`; check a named one can run there."""
     check_backend_name(backend)
@@ -85,6 +82,14 @@ def resolve_backend(backend: str, device) -> str:
         else:
             _GATE_FUNCTIONS[name] = getattr(_module(name)[0], f"lstm_gates_{name}")
     return name
+
+
+# torch.compile runs resolve_backend once while tracing and keeps the answer (the choice depends only on the backend
+# name and the device, both fixed in a compiled graph), instead of tracing the imports and builds behind it. This is
+# what @torch.compiler.assume_constant_result does (it sets this one attribute, torch 2.0 to 2.13), but importing it
+# pulls in torch._dynamo: +2.0 s on every `import convlstm` here (4.1 s vs 2.3 s), paid by every train.py process.
+# The fullgraph torch.compile tests in tests/test_lstm_gates.py fail if this ever stops working.
+resolve_backend._dynamo_marked_constant = True
 
 
 def gate_function(name: str):
