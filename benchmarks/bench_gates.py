@@ -12,7 +12,8 @@ Cases: dtypes fp32, bf16, fp16; layouts NCHW and channels_last; hidden-state sha
   cuda: (256, 64, 64, 64), (12, 64, 64, 64) the tutorial's step, and (64, 64, 64, 64);
   cpu:  (4, 32, 32, 32) and (12, 64, 32, 32), the tutorial's batch and channels at half its resolution, so a full
         run fits in minutes on 2 cores; --quick: (2, 8, 16, 16), fp32, NCHW.
-The forward runs with inputs that require grad, as in training. No peephole (the model's default).
+The forward runs with inputs that require grad, as in training. No peephole (the model's default). Before timing,
+each backend's outputs are compared with the reference in float32 (`max_abs_err`): a mismatch fails the case.
 
 Bytes each pass must move at least, with n = B*C*H*W elements of the hidden state and every tensor in one dtype:
   forward:  reads gates (4n) and c_prev (n); writes h_next (n) and c_next (n)             -> 7n elements
@@ -89,11 +90,29 @@ def pass_fn(op, pass_name, gates, c_prev, grad_h, grad_c):
     return lambda: torch.autograd.grad((h_next, c_next), (gates, c_prev), (grad_h, grad_c), retain_graph=True)
 
 
+# Largest |output - float32 reference| a backend may show before its timings are refused: outputs are O(1)
+# (|h| < 1, |c| < |c_prev| + 1), so these are a few units in the last place of each storage dtype.
+MAX_ABS_ERR = {"fp32": 1e-4, "bf16": 6e-2, "fp16": 8e-3}
+
+
+def check_outputs(op, gates, c_prev, dtype_name):
+    """Max |op - lstm_gates_ref in float32| over h_next and c_next; raises if over MAX_ABS_ERR (a fast wrong
+    kernel must not post a number)."""
+    with torch.no_grad():
+        got = op(gates, c_prev)
+        want = convlstm.lstm_gates_ref(gates.float(), c_prev.float())
+        err = max((g.float() - w).abs().max().item() for g, w in zip(got, want))
+    if not err <= MAX_ABS_ERR[dtype_name]:
+        raise AssertionError(f"outputs differ from lstm_gates_ref by {err:.3g} (allowed {MAX_ABS_ERR[dtype_name]})")
+    return err
+
+
 def run_case(backend, dtype_name, layout, shape, device, args, copy_gbps):
     """Records for the three passes of one (backend, dtype, layout, shape)."""
     dtype = benchutil.DTYPES[dtype_name]
     op = gate_op(backend, args.compile_backend)
     inputs = make_inputs(shape, dtype, layout, device)
+    max_abs_err = check_outputs(op, inputs[0], inputs[1], dtype_name)
     records = []
     for pass_name in PASSES:
         record = dict(backend=backend, dtype=dtype_name, layout=layout, shape=list(shape), **{"pass": pass_name})
@@ -101,7 +120,7 @@ def run_case(backend, dtype_name, layout, shape, device, args, copy_gbps):
         ms, spread = benchutil.time_ms(fn, device, seconds=0.03 if args.quick else 0.1)
         nbytes = gate_bytes(shape, dtype, pass_name)
         gbps = nbytes / (ms * 1e-3) / 1e9
-        record.update(status="ok", ms=ms, ms_spread=spread, bytes=nbytes, gbps=gbps,
+        record.update(status="ok", max_abs_err=max_abs_err, ms=ms, ms_spread=spread, bytes=nbytes, gbps=gbps,
                       copy_fraction=gbps / copy_gbps, peak_mem_mb=benchutil.peak_mem_mb(fn, device))
         records.append(record)
     return records

@@ -19,7 +19,8 @@ default) where it is not one of them already; x compile off/on
 time steps and takes minutes; --compile-scope model does that instead); x channels_last off/on (the Conv2d weights
 and the input frames); x amp none/bf16 (autocast; no GradScaler, which only fp16 needs).
 
-Reported per configuration: median step time and its spread, sequences/s (batch / step time), peak memory (see
+Each configuration's first loss (initial weights, same data) must match the eager reference's at the same amp
+(LOSS_RTOL), else the case fails. Reported per configuration: median step time and its spread, sequences/s (batch / step time), peak memory (see
 benchutil), the first steps' time (compile included), and model FLOPs utilisation: conv FLOPs per step,
 2*B*H*W*Cin*Cout*kh*kw per conv per time step (the Conv3d head: per frame), x3 for forward + backward, over the step
 time, against the dense matmul rate measured at the start of the same run (bf16 for amp bf16; float32 with TF32
@@ -104,7 +105,14 @@ def make_step(model, optimizer, x, target, amp, t_out, device):
     return step, losses
 
 
-def run_case(backend, compile_on, channels_last, amp, config, device, args, peaks):
+# How far a configuration's first loss (initial weights, same data) may be from the eager reference's at the same amp,
+# relative: float32 runs differ by convolution algorithms (TF32 on a GPU), bf16 ones also by where they round.
+LOSS_RTOL = {"none": 1e-3, "bf16": 2e-2}
+
+
+def run_case(backend, compile_on, channels_last, amp, config, device, args, peaks, reference_losses):
+    """One configuration's record. `reference_losses` maps amp to the eager reference's first loss: the reference
+    fills it, the others are checked against it (a backend that trains something else must not post a speed)."""
     record = dict(backend=backend, backend_resolved=convlstm.backends.resolve_backend(backend, device),
                   amp=amp, compile=compile_on, channels_last=channels_last, config=dict(config))
     model, optimizer, x, target = build(backend, compile_on, channels_last, config, device, args)
@@ -121,10 +129,16 @@ def run_case(backend, compile_on, channels_last, amp, config, device, args, peak
     loss = torch.stack(losses).float()
     if not torch.isfinite(loss).all():
         raise FloatingPointError(f"non-finite loss in the training step: {loss.tolist()}")
+    first = loss[0].item()
+    if backend == "torch" and not compile_on and not channels_last:
+        reference_losses[amp] = first
+    elif amp in reference_losses and not abs(first - reference_losses[amp]) <= LOSS_RTOL[amp] * reference_losses[amp]:
+        raise AssertionError(f"first-step loss {first:.6f} differs from the eager reference's "
+                             f"{reference_losses[amp]:.6f} by more than {LOSS_RTOL[amp]:.0e} relative")
     flops = train_step_flops(model, config["batch"], config["size"], config["t_in"], config["t_out"])
     tflops = flops / (ms * 1e-3) / 1e12
     record.update(status="ok", ms=ms, ms_spread=spread, seq_per_s=config["batch"] / (ms * 1e-3),
-                  loss=loss[-1].item(), flops_per_step=flops, tflops=tflops, mfu=tflops / peaks[amp])
+                  loss_first=first, loss=loss[-1].item(), flops_per_step=flops, tflops=tflops, mfu=tflops / peaks[amp])
     return record
 
 
@@ -183,14 +197,15 @@ def main(argv=None):
                 [c == "on" for c in compiles], amps, backends, [c == "on" for c in layouts])]
     grid.sort(key=lambda case: (case[0], case[0] and case[1] == "torch"))  # stable: keeps the order above
     budget = benchutil.Budget(args.budget_s)
-    results = []
+    results, reference_losses = [], {}
     for compile_on, backend, channels_last, amp in grid:
         case = dict(backend=backend, amp=amp, compile=compile_on, channels_last=channels_last, config=dict(config))
         if budget.spent():
             record = dict(case, status="skipped", reason="time budget")
         else:
             try:
-                record = run_case(backend, compile_on, channels_last, amp, config, device, args, peaks)
+                record = run_case(backend, compile_on, channels_last, amp, config, device, args, peaks,
+                                  reference_losses)
             except Exception as error:  # keep the other cases' numbers; the exit code says it failed
                 record = dict(case, status="error", error=f"{type(error).__name__}: {error}")
         results.append(record)

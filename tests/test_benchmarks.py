@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+import convlstm
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
@@ -83,6 +85,7 @@ def test_bench_gates_quick_writes_schema_and_table(session_run):
         for key in ("ms", "gbps", "peak_mem_mb", "copy_fraction", "bytes"):
             assert positive_finite(r[key]), (key, r)
         assert r["bytes"] == bench_gates.gate_bytes(r["shape"], torch.float32, r["pass"])
+        assert 0 <= r["max_abs_err"] <= 1e-4
         assert r["gbps"] == pytest.approx(r["bytes"] / (r["ms"] * 1e-3) / 1e9)
     assert "GB/s" in log and "fwd+bwd" in log and "compile" in log
 
@@ -98,8 +101,18 @@ def test_gate_bytes_by_hand():
         bench_gates.gate_bytes((1, 2, 3, 4), torch.float32, "sideways")
 
 
+def test_a_wrong_backend_is_refused_before_timing():
+    gates, c_prev, _, _ = bench_gates.make_inputs((2, 3, 5, 7), torch.bfloat16, "channels_last", torch.device("cpu"))
+    assert bench_gates.check_outputs(convlstm.lstm_gates_ref, gates, c_prev, "bf16") < 0.06
+
+    def off_by_a_bit(gates, c_prev):
+        h_next, c_next = convlstm.lstm_gates_ref(gates, c_prev)
+        return h_next, c_next + 0.1
+    with pytest.raises(AssertionError, match="outputs differ from lstm_gates_ref by 0.1"):
+        bench_gates.check_outputs(off_by_a_bit, gates.float(), c_prev.float(), "fp32")
+
+
 def test_train_step_flops_by_hand():
-    import convlstm
     model = convlstm.EncoderDecoderConvLSTM(nf=4, in_chan=1, kernel_size=3)
     batch, size, t_in, t_out = 2, 5, 3, 2
     per_pixel = 2 * batch * size * size * 9  # 2*B*H*W*k*k
@@ -173,6 +186,14 @@ def test_a_failing_case_is_recorded_and_exits_1(tmp_path, monkeypatch, capsys):
     (record,) = json.loads(out.read_text())["results"]
     assert record["status"] == "error" and record["error"] == "RuntimeError: kernel exploded"
     assert "kernel exploded" in capsys.readouterr().err
+
+
+def test_a_training_step_with_another_loss_is_refused():
+    args = bench_train.argparse.Namespace(compile_scope="cell", compile_backend="inductor", quick=True)
+    peaks = {"none": 1.0, "bf16": 1.0}
+    with pytest.raises(AssertionError, match="differs from the eager reference's 123.000000"):
+        bench_train.run_case("auto", False, False, "none", bench_train.CONFIGS["quick"], torch.device("cpu"), args,
+                             peaks, {"none": 123.0})
 
 
 # ---- make_table on synthetic results ---------------------------------------------------------------------------
@@ -296,6 +317,9 @@ def test_gpu_session_dry_run_reports_failure(session_run):
                                        "tests_junit.xml", "train.log", "train_cpu.json"]
     train = json.loads((out / "train_cpu.json").read_text())["results"]
     # --quick alone: the eager cases of the reference and "auto", both amps
+    by_case = {(r["backend"], r["amp"]): r for r in train}
+    for amp in ("none", "bf16"):  # same weights, same data: "auto" (the reference on the CPU) gives the same loss
+        assert by_case["auto", amp]["loss_first"] == pytest.approx(by_case["torch", amp]["loss_first"], rel=1e-6)
     assert sorted((r["backend"], r["amp"], r["compile"], r["status"]) for r in train) == [
         ("auto", "bf16", False, "ok"), ("auto", "none", False, "ok"),
         ("torch", "bf16", False, "ok"), ("torch", "none", False, "ok")]
