@@ -50,7 +50,8 @@ def describe(run):
     extra = f"copy {h['copy_gbps']:.0f} GB/s" if "copy_gbps" in h else \
         "matmul " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in h.get("matmul_tflops", {}).items())
     return (f"`{run['path']}`: {h['device_name']} ({h['device']}, {h.get('cpu_threads')} CPU threads), {versions}; "
-            f"commit {h.get('git_commit')}, {h.get('date')}; {extra}" + ("; **quick run**" if h.get("quick") else ""))
+            f"commit {h.get('git_commit')}, {h.get('date')}; {extra}; `{h.get('command')}`"
+            + ("; **quick run**" if h.get("quick") else ""))
 
 
 def gates_table(run):
