@@ -7,9 +7,12 @@ process group starts (NCCL binds to the current device); NCCL on GPUs, gloo on t
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import os
 import signal
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +64,9 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
 
 @contextlib.contextmanager
 def distributed(requested_device: str = "auto"):
-    """Yield a DistInfo; under torchrun start the process group and destroy it on every way out.
-
-    SIGTERM (what torchrun sends the surviving workers when one fails) becomes SystemExit, so the `finally` below
-    runs then too.
+    """Yield a DistInfo; under torchrun start the process group and destroy it on every way out of Python (return,
+    exception, sys.exit). A signal that ends the process (torchrun's SIGTERM to the survivors when a worker fails)
+    needs no teardown: the process and its sockets are gone.
     """
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -74,8 +76,9 @@ def distributed(requested_device: str = "auto"):
         torch.cuda.set_device(device)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched:
-        previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+        store = _store_of_this_attempt(rank, world_size) if _agent_store_shared() else None
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store,
+                                rank=rank if store else -1, world_size=world_size if store else -1,
                                 device_id=device if device.type == "cuda" else None)
     try:
         yield DistInfo(rank, local_rank, world_size, device)
@@ -83,11 +86,45 @@ def distributed(requested_device: str = "auto"):
         if launched:
             if dist.is_initialized():
                 dist.destroy_process_group()
-            signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
+def _agent_store_shared() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_ADDR" in os.environ
+
+
+def _store_of_this_attempt(rank: int, world_size: int, timeout=datetime.timedelta(minutes=10)):
+    """torchrun's key-value store, under a prefix that only this attempt's workers share.
+
+    torchrun (torch 2.13, c10d rendezvous) keeps one store for the whole job and hands it to every attempt. After
+    --max-restarts restarts the worker group, the keys that the process group wrote during the failed attempt are
+    still there, and a new worker may read a dead peer's address from them and wait for it forever (seen here:
+    both ranks stuck in gloo's connectFullMesh; pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT cannot name
+    the attempt, as each machine counts its own restarts. So rank 0 draws a fresh token and hands it to each peer
+    under a key that holds the peer's own fresh nonce, which no earlier attempt can have written.
+    """
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False,
+                         timeout=timeout)
+    if rank == 0:
+        token, answered, pending = uuid.uuid4().hex, {}, set(range(1, world_size))
+        deadline = time.monotonic() + timeout.total_seconds()
+        while pending:
+            for peer in sorted(pending):
+                if base.check([f"convlstm/joined/{token}/{peer}"]):
+                    pending.discard(peer)
+                elif base.check([f"convlstm/hello/{peer}"]):
+                    nonce = base.get(f"convlstm/hello/{peer}").decode()
+                    if answered.get(peer) != nonce:  # a stale nonce is answered too; nobody waits on that key
+                        base.set(f"convlstm/welcome/{peer}/{nonce}", token)
+                        answered[peer] = nonce
+            if time.monotonic() > deadline:
+                raise SetupError(f"ranks {sorted(pending)} did not join within {timeout}")
+            time.sleep(0.01)
+    else:
+        nonce = uuid.uuid4().hex
+        base.set(f"convlstm/hello/{rank}", nonce)
+        token = base.get(f"convlstm/welcome/{rank}/{nonce}").decode()  # waits until rank 0 answers
+        base.set(f"convlstm/joined/{token}/{rank}", "1")
+    return dist.PrefixStore(f"convlstm/{token}/", base)
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,0 +1,88 @@
+"""train.py launched as users launch it, on the CPU with gloo: `python train.py` and `torchrun`.
+
+Three runs start together (to share their start-up seconds) and are compared:
+  one process, --batch_size 4                          `python train.py`
+  two processes, --batch_size 2 each                   `torchrun --standalone --nproc_per_node=2`
+  the same two processes, rank 1 SIGKILLed at step 3   `torchrun --max-restarts=1`, first attempt only
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from convlstm.distributed import FAULT_ENV
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 16 sequences, global batch 4: 4 steps per epoch; 6 steps cross into the second epoch. 5 held-out sequences do not
+# split evenly over 2 ranks, so padding duplicates would change the validation loss.
+FLAGS = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "16", "--num_val", "5", "--max_steps", "6",
+         "--checkpoint_every", "2", "--log_every", "2", "--num_workers", "0", "--amp", "none"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    commands = {
+        "one": ([sys.executable, "train.py", "--batch_size", "4"], env),
+        "two": (TORCHRUN + ["train.py", "--batch_size", "2"], env),
+        "killed": (TORCHRUN + ["--max-restarts=1", "train.py", "--batch_size", "2"], dict(env, **{FAULT_ENV: "1:3"})),
+    }
+    started = {}
+    for name, (command, run_env) in commands.items():
+        # Output goes to a file, not a pipe, so a stuck worker holding it open cannot block the test.
+        with open(root / f"{name}.out", "w") as out:
+            started[name] = subprocess.Popen(command + FLAGS + ["--run_dir", str(root / name)], cwd=REPO,
+                                             env=run_env, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+    deadline, results = time.monotonic() + TIMEOUT_S, {}
+    for name, process in started.items():
+        try:
+            process.wait(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)  # torchrun passes SIGTERM on to its workers
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        results[name] = (process.returncode, (root / f"{name}.out").read_text(), root / name)
+    return results
+
+
+def final(runs, name):
+    returncode, output, run_dir = runs[name]
+    assert returncode == 0, output[-3000:]
+    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True), output, run_dir
+
+
+def test_two_processes_train_the_same_weights_as_one_with_the_global_batch(runs):
+    one, _, _ = final(runs, "one")
+    two, output, run_dir = final(runs, "two")
+    assert one["step"] == two["step"] == 6 and one["epoch"] == two["epoch"] == 1
+    for key, weight in one["model"].items():
+        # Same sequences in every step; only the order of floating-point sums differs (batch of 4 vs DDP's mean of
+        # two batches of 2), so the weights agree to float32 rounding (seen: 7e-9 at most).
+        torch.testing.assert_close(two["model"][key], weight, rtol=1e-6, atol=1e-7, msg=key)
+    # Validation counts each of the 5 held-out sequences once across the ranks.
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert "[rank 1]" not in output  # the other rank stays quiet
+    log = (run_dir / "train.log").read_text()
+    assert "2 process(es) on cpu, global batch 4" in log and "step 6/6" in log
+
+
+def test_a_killed_worker_is_restarted_and_ends_at_the_uninterrupted_weights(runs):
+    two, _, _ = final(runs, "two")
+    killed, output, run_dir = final(runs, "killed")
+    log = (run_dir / "train.log").read_text()
+    assert "resumed from step 2" in log  # the restarted group picked up the step-2 checkpoint by itself
+    assert "failed (exitcode: -9) local_rank: 1" in output  # torchrun saw rank 1 die of SIGKILL
+    assert killed["step"] == 6
+    for key, weight in two["model"].items():
+        assert torch.equal(killed["model"][key], weight), key
