@@ -14,24 +14,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.amp import Precision
+from convlstm.amp import NonFiniteWatch, Precision
 from convlstm.backends import resolve_backend
 from convlstm.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint,
-                                 model_from_config, rng_state, save_checkpoint, set_rng_state, unwrap,
+                                 model_from_config, rng_state, save_checkpoint, set_rng_state,
                                  write_config, write_elastic_run_id)
 from convlstm.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.data import MovingMNIST, split_sequence
-from convlstm.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed, kill_self,
-                                  parse_fault, restart_count)
-from convlstm.logging_utils import (PICTURE_FILE, close_logger, make_logger, prediction_grid, progress_bar,
-                                    save_picture, start_tensorboard_server, tensorboard_writer)
+from convlstm.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed,
+                                  kill_self, parse_fault, restart_count)
+from convlstm.logging_utils import Reporter, close_logger, make_logger, start_tensorboard_server
 
 
 class TrainingError(RuntimeError):
@@ -47,7 +45,7 @@ def predict(model, batch, cfg, precision):
 
 
 def validate(model, loader, cfg, precision, device) -> float:
-    """Mean squared error over the held-out sequences; each rank holds a disjoint share and each sequence counts once."""
+    """Mean squared error over the held-out sequences: each rank holds a disjoint share, each sequence counts once."""
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-sequence MSE, sequences)
     model.eval()
     with torch.no_grad():
@@ -82,7 +80,7 @@ def start_state(cfg, info, warnings: list):
 
 
 def restore(state, cfg, model, optimizer, precision, log) -> None:
-    """Load a checkpoint into the fresh model, optimizer and scaler, and restore the RNG; the model's shape must match."""
+    """Load a checkpoint into the fresh model, optimizer and scaler and restore the RNG; the model must match."""
     saved = state["config"]
     mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
                   for name in MODEL_FIELDS if saved.get(name) != getattr(cfg, name)]
@@ -167,25 +165,18 @@ def _train(cfg, info, state, backend, log) -> None:
         model = torch.compile(model)
     parameters = list(raw_model.parameters())
 
-    writer = tensorboard_writer(cfg.run_dir, info.is_main)
-    if cfg.tensorboard and info.is_main:
-        log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
     total_steps = cfg.epochs * len(train_loader)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    reporter = Reporter(cfg.run_dir, info.is_main, info.world_size, global_batch, total_steps, step, device, log)
+    if cfg.tensorboard and info.is_main:
+        log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
+    watch = NonFiniteWatch(enabled=cfg.amp != "fp16", device=device)
     fault_step = parse_fault(info)
-    check_loss = cfg.amp != "fp16"  # under fp16 the GradScaler skips overflowing steps instead
-    no_bad_step = torch.iinfo(torch.int64).max
-
-    # Device-side running sums since the last log line: no host sync on the hot path.
-    loss_sum = torch.zeros((), device=device)
-    grad_norm_sum = torch.zeros((), device=device)
-    first_bad_step = torch.full((), no_bad_step, dtype=torch.int64, device=device)
-    interval_steps, interval_start = 0, time.perf_counter()
 
     def stop_if_not_finite():
-        bad = all_reduce(first_bad_step.clone(), torch.distributed.ReduceOp.MIN).item() if check_loss else no_bad_step
-        if bad != no_bad_step:
+        bad = watch.first_bad_step(lambda t: all_reduce(t, torch.distributed.ReduceOp.MIN))
+        if bad is not None:
             raise TrainingError(f"non-finite training loss at step {bad}; stopping. The last good checkpoint is "
                                 f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} (left as it was)")
 
@@ -203,7 +194,6 @@ def _train(cfg, info, state, backend, log) -> None:
                 "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
         barrier(info)  # the other ranks go on only once the checkpoint is complete
 
-    bar = progress_bar(total_steps, step, info.is_main)
     while step < total_steps:
         sampler.set_epoch(epoch, samples_seen)
         batches_left = len(train_loader)
@@ -214,54 +204,26 @@ def _train(cfg, info, state, backend, log) -> None:
             loss = F.mse_loss(y_hat, y)
             grad_norm = precision.step(loss, optimizer, parameters, cfg.grad_clip)
             step, samples_seen, batches_left = step + 1, samples_seen + global_batch, batches_left - 1
-            loss_sum += loss.detach()
-            grad_norm_sum += grad_norm.detach()
-            if check_loss:
-                first_bad_step = torch.minimum(first_bad_step, torch.where(torch.isfinite(loss), no_bad_step, step))
-            interval_steps += 1
-            bar.update(1)
+            reporter.record(loss, grad_norm)
+            watch.observe(loss, step)
             epoch_done, last_step = batches_left == 0, step == total_steps
             if epoch_done:
                 epoch, samples_seen = epoch + 1, 0
 
             if step % cfg.log_every == 0 or last_step:
                 stop_if_not_finite()
-                totals = all_reduce(torch.stack([loss_sum, grad_norm_sum])) / (info.world_size * interval_steps)
-                train_loss, mean_grad_norm = totals.tolist()
-                seconds = time.perf_counter() - interval_start
-                throughput = global_batch * interval_steps / seconds
-                bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
-                log.info(f"step {step}/{total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm "
-                         f"{mean_grad_norm:.4f} {throughput:.1f} sequences/s")
-                if writer is not None:
-                    writer.add_scalar("train/loss", train_loss, step)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                    writer.add_scalar("train/grad_norm", mean_grad_norm, step)
-                    writer.add_scalar("train/sequences_per_s", throughput, step)
-                    if device.type == "cuda":
-                        writer.add_scalar("gpu/max_memory_allocated_gib",
-                                          torch.cuda.max_memory_allocated(device) / 2 ** 30, step)
-                loss_sum.zero_()
-                grad_norm_sum.zero_()
-                interval_steps, interval_start = 0, time.perf_counter()
-            if info.is_main and (step % cfg.image_every == 0 or last_step):
-                grid = prediction_grid(x[0], y[0], y_hat[0])
-                writer.add_image("predictions", grid, step)
-                save_picture(grid, os.path.join(cfg.run_dir, PICTURE_FILE))
-
+                reporter.report(step, epoch, optimizer.param_groups[0]["lr"], all_reduce)
+            if step % cfg.image_every == 0 or last_step:
+                reporter.picture(step, x[0], y[0], y_hat[0])
             val_loss = None
             if epoch_done or last_step:
                 val_loss = validate(raw_model, val_loader, cfg, precision, device)
-                log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({cfg.num_val} sequences)")
-                if writer is not None:
-                    writer.add_scalar("val/loss", val_loss, step)
+                reporter.validation(step, epoch, val_loss, cfg.num_val)
             if epoch_done or last_step or step % cfg.checkpoint_every == 0:
                 save(val_loss)
             if last_step:
                 break
-    bar.close()
-    if writer is not None:
-        writer.close()
+    reporter.close()
     if info.is_main:
         log.info(f"done: {step} steps; checkpoints in {checkpoint_dir(cfg.run_dir)}")
 

@@ -47,3 +47,27 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler.is_enabled() and state:
             self.scaler.load_state_dict(state)
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was inf or nan (no host sync per step).
+
+    Off under fp16, where an overflowing step is the GradScaler's business: it skips the step and lowers the scale.
+    """
+
+    NONE = torch.iinfo(torch.int64).max
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.first_bad = torch.full((), self.NONE, dtype=torch.int64, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        if self.enabled:
+            self.first_bad = torch.minimum(self.first_bad, torch.where(torch.isfinite(loss), self.NONE, step))
+
+    def first_bad_step(self, all_reduce_min) -> int | None:
+        """The earliest bad step over all ranks (a collective), or None."""
+        if not self.enabled:
+            return None
+        step = all_reduce_min(self.first_bad.clone()).item()
+        return None if step == self.NONE else step

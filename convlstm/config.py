@@ -39,7 +39,7 @@ class Config:
     run_dir: str = _arg("runs/convlstm", "directory for checkpoints/, TensorBoard events, train.log, config.json")
     max_steps: int = _arg(0, "stop after this many optimizer steps in all (0: run all --epochs)")
     resume: bool = _arg(False, "continue from <run_dir>/checkpoints/latest.pt when there is one")
-    checkpoint_every: int = _arg(500, "steps between checkpoints (one is also written after every epoch and at the end)")
+    checkpoint_every: int = _arg(500, "steps between checkpoints (also written after every epoch and at the end)")
     keep_checkpoints: int = _arg(3, "how many step_<N>.pt checkpoints to keep besides latest.pt and best.pt")
     # Data.
     data: Optional[str] = _arg(None, "directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "

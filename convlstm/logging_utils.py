@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -105,3 +106,61 @@ def save_picture(grid: torch.Tensor, path: str) -> None:
     tmp = f"{path}.tmp.png"
     image.save(tmp)
     os.replace(tmp, path)
+
+
+class Reporter:
+    """Rank 0's view of training: progress bar, train.log lines, TensorBoard scalars and pictures.
+
+    `record` adds a step's loss and gradient norm to sums kept on the device (no host sync on the hot path); `report`
+    averages them over the steps since the last report and over all ranks (a collective: call it on every rank at
+    the same steps), then writes them on rank 0.
+    """
+
+    def __init__(self, run_dir: str, is_main: bool, world_size: int, global_batch: int, total_steps: int,
+                 done_steps: int, device: torch.device, log: logging.Logger):
+        self.run_dir, self.is_main, self.world_size, self.global_batch = run_dir, is_main, world_size, global_batch
+        self.total_steps, self.device, self.log = total_steps, device, log
+        self.writer = tensorboard_writer(run_dir, is_main)
+        self.bar = progress_bar(total_steps, done_steps, is_main)
+        self.sums = torch.zeros(2, device=device)  # (loss, gradient norm) summed since the last report
+        self.steps, self.start = 0, time.perf_counter()
+
+    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.sums += torch.stack([loss.detach().float(), grad_norm.detach().float()])
+        self.steps += 1
+        self.bar.update(1)
+
+    def report(self, step: int, epoch: int, lr: float, all_reduce) -> None:
+        train_loss, grad_norm = (all_reduce(self.sums.clone()) / (self.world_size * self.steps)).tolist()
+        throughput = self.global_batch * self.steps / (time.perf_counter() - self.start)
+        self.sums.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        if not self.is_main:
+            return
+        self.bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
+        self.log.info(f"step {step}/{self.total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm {grad_norm:.4f} "
+                      f"{throughput:.1f} sequences/s")
+        self.writer.add_scalar("train/loss", train_loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, step)
+        self.writer.add_scalar("train/sequences_per_s", throughput, step)
+        if self.device.type == "cuda":
+            self.writer.add_scalar("gpu/max_memory_allocated_gib",
+                                   torch.cuda.max_memory_allocated(self.device) / 2 ** 30, step)
+
+    def picture(self, step: int, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor) -> None:
+        """The tutorial's grid of one sequence (see prediction_grid) to TensorBoard and <run_dir>/predictions.png."""
+        if self.is_main:
+            grid = prediction_grid(x, y, y_hat)
+            self.writer.add_image("predictions", grid, step)
+            save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
+
+    def validation(self, step: int, epoch: int, val_loss: float, num_val: int) -> None:
+        if self.is_main:
+            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences)")
+            self.writer.add_scalar("val/loss", val_loss, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
