@@ -195,8 +195,9 @@ def make_cell(backend, peephole, dtype=torch.float32, device="cpu", input_dim=2,
 @pytest.mark.parametrize("device, backend", device_backend_cases())
 def test_cell_gradcheck_float64(device, backend, peephole, layout):
     """torch.autograd.gradcheck through the whole ConvLSTMCell (conv + gates) in float64, odd sizes 5x3.
-    Triton's interpreter is slow, so the Triton case uses gradcheck's fast mode (a random projection of the
-    Jacobian, still compared numerically against autograd)."""
+    Fast mode (a random projection of the Jacobian, still compared numerically against autograd): the full
+    Jacobian of ~380 inputs took 16 s per case on 2 cores; test_lstm_gates_gradcheck_full checks the op's full
+    Jacobian."""
     cell = make_cell(backend, peephole, torch.float64, device, input_dim=1, hidden_dim=2)
     generator = torch.Generator().manual_seed(1)
     x, h, c = (torch.randn(2, n, 5, 3, generator=generator, dtype=torch.float64).to(device) for n in (1, 2, 2))
@@ -212,9 +213,20 @@ def test_cell_gradcheck_float64(device, backend, peephole, layout):
         return h_next, c_next
 
     inputs = [t.detach().requires_grad_() for t in (x, h, c, *params)]
-    assert torch.autograd.gradcheck(step, inputs, fast_mode=backend == "triton")
+    assert torch.autograd.gradcheck(step, inputs, fast_mode=True)
     if layout == "channels_last":
         assert step(*inputs)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_lstm_gates_gradcheck_full(device, backend, layout):
+    """Full-Jacobian float64 gradcheck of the op itself (gates, c_prev and the peephole weights), odd sizes 3x5."""
+    gates, c_prev, weights = make_inputs((1, 2, 3, 5), torch.float64, device, peephole=True)
+    if layout == "channels_last":
+        gates, c_prev = (t.contiguous(memory_format=torch.channels_last) for t in (gates, c_prev))
+    inputs = [t.detach().requires_grad_() for t in (gates, c_prev, *weights)]
+    assert torch.autograd.gradcheck(lambda *args: lstm_gates(*args, backend=backend), inputs)
 
 
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
