@@ -71,7 +71,7 @@ def start_state(cfg, info, warnings: list):
         else:
             decision = ("resume", found[0]) if found else ("fresh", None)
             state = found[1] if found else None
-    kind, detail = broadcast_object(decision, info)
+    kind, detail = broadcast_object(decision)
     if kind == "error":
         raise TrainingError(detail)
     if kind == "fresh":

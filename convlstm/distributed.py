@@ -142,7 +142,7 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj, info: DistInfo):
+def broadcast_object(obj):
     """Rank 0's `obj` on every rank (a small picklable value)."""
     if not dist.is_initialized():
         return obj
