@@ -19,6 +19,10 @@ default) where it is not one of them already; x compile off/on
 time steps and takes minutes; --compile-scope model does that instead); x channels_last off/on (the Conv2d weights
 and the input frames); x amp none/bf16 (autocast; no GradScaler, which only fp16 needs).
 
+Every configuration other than its eager reference (see reference_options) is also timed against that reference in
+one window, alternating calls: ms_paired, reference_ms_paired (medians) and speedup_vs_reference (their ratio,
+reference over case). Timings taken one case after another drift by 10-30% on a shared CPU; paired ones do not.
+
 Each configuration's first loss (initial weights, same data) must match the eager reference's at the same amp
 (LOSS_RTOL), else the case fails. Reported per configuration: median step time and its spread, sequences/s (batch / step time), peak memory (see
 benchutil), the first steps' time (compile included), and model FLOPs utilisation: conv FLOPs per step,
@@ -81,7 +85,6 @@ def build(backend, compile_on, channels_last, config, device, args):
                 module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     if compile_on:
-        torch._dynamo.reset()
         if args.compile_scope == "model":
             model.compile(backend=args.compile_backend)
         else:
@@ -89,6 +92,17 @@ def build(backend, compile_on, channels_last, config, device, args):
                 if isinstance(module, convlstm.ConvLSTMCell):
                     module.compile(backend=args.compile_backend)
     return model, optimizer, x, target
+
+
+def reference_options(backend, compile_on, channels_last, device):
+    """(compile, channels_last) of the eager-reference configuration make_table compares this case with, or None
+    when the case is that configuration itself. The reference is always backend "torch" at the same amp. On a GPU
+    the training target compares against the plain eager reference (no compile, NCHW); on the CPU the target
+    compares "auto" with "torch" under the same options."""
+    options = (False, False) if device.type == "cuda" else (compile_on, channels_last)
+    if backend == "torch" and (compile_on, channels_last) == options:
+        return None
+    return options
 
 
 def make_step(model, optimizer, x, target, amp, t_out, device):
@@ -115,6 +129,7 @@ def run_case(backend, compile_on, channels_last, amp, config, device, args, peak
     fills it, the others are checked against it (a backend that trains something else must not post a speed)."""
     record = dict(backend=backend, backend_resolved=convlstm.backends.resolve_backend(backend, device),
                   amp=amp, compile=compile_on, channels_last=channels_last, config=dict(config))
+    torch._dynamo.reset()  # each case compiles afresh; its paired reference (below) compiles beside it
     model, optimizer, x, target = build(backend, compile_on, channels_last, config, device, args)
     step, losses = make_step(model, optimizer, x, target, amp, config["t_out"], device)
     warmup = 2
@@ -139,13 +154,32 @@ def run_case(backend, compile_on, channels_last, amp, config, device, args, peak
     tflops = flops / (ms * 1e-3) / 1e12
     record.update(status="ok", ms=ms, ms_spread=spread, seq_per_s=config["batch"] / (ms * 1e-3),
                   loss_first=first, loss=loss[-1].item(), flops_per_step=flops, tflops=tflops, mfu=tflops / peaks[amp])
+    options = reference_options(backend, compile_on, channels_last, device)
+    if options is not None:
+        record.update(time_against_reference(step, options, amp, config, device, args))
     return record
+
+
+def time_against_reference(step, options, amp, config, device, args):
+    """The case's step and its eager reference's, timed in one window, alternating (benchutil.time_paired_ms):
+    timings of two cases taken minutes apart drift by 10-30% on a shared CPU, which is larger than the differences
+    the targets judge. The reference is built afresh from the same seed (same weights and data); the case's model
+    is already warm."""
+    ref_compile, ref_channels_last = options
+    model, optimizer, x, target = build("torch", ref_compile, ref_channels_last, config, device, args)
+    ref_step, _ = make_step(model, optimizer, x, target, amp, config["t_out"], device)
+    ms, spread, ref_ms, ref_spread = benchutil.time_paired_ms(
+        step, ref_step, device, seconds=0.0 if args.quick else 3.0, min_reps=2 if args.quick else 5, max_reps=30,
+        warmup=2)  # the reference's first steps compile it (compile on) and create its Adam state
+    return dict(reference=dict(backend="torch", compile=ref_compile, channels_last=ref_channels_last),
+                ms_paired=ms, ms_spread_paired=spread, reference_ms_paired=ref_ms,
+                reference_ms_spread_paired=ref_spread, speedup_vs_reference=ref_ms / ms)
 
 
 COLUMNS = [("backend", "backend", ""), ("ran", "backend_resolved", ""), ("amp", "amp", ""),
            ("compile", "compile", ""), ("ch_last", "channels_last", ""), ("ms", "ms", ".2f"),
            ("seq/s", "seq_per_s", ".2f"), ("TFLOP/s", "tflops", ".3f"), ("MFU", "mfu", ".1%"),
-           ("peak MiB", "peak_mem_mb", ".1f"), ("first s", "first_steps_s", ".1f"), ("status", "status", "")]
+           ("vs ref", "speedup_vs_reference", ".3f"), ("peak MiB", "peak_mem_mb", ".1f"), ("first s", "first_steps_s", ".1f"), ("status", "status", "")]
 
 
 def main(argv=None):

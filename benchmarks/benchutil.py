@@ -3,6 +3,8 @@
 Timing: on the GPU, CUDA events around each call, with a 256 MB buffer zeroed between calls so every call starts
 from a cold L2 (the H200's is 60 MB, the tutorial's gate step moves 44-88 MB); on the CPU, a wall clock around each
 call. Both warm up first and report the median and the spread (interquartile range over the median).
+A comparison of two configurations (time_paired_ms) times them in one window, alternating calls, so drift between
+windows (10-30% on a shared CPU) does not land on one side only.
 
 Peak memory (`peak_mem_mb`): the most memory allocated at once during one call, above what was allocated when the
 call began (inputs, weights and optimizer state that exist before the call are not counted; everything the call
@@ -187,6 +189,43 @@ def time_ms(fn, device, seconds=0.2, min_reps=5, max_reps=200, warmup=3):
             fn()
             times.append((time.perf_counter() - start) * 1e3)
     return median_and_spread(times)
+
+
+def time_paired_ms(fn_a, fn_b, device, seconds=0.4, min_reps=5, max_reps=200, warmup=2):
+    """Medians and spreads of fn_a()'s and fn_b()'s times in ms, timed in one window, alternating A, B, A, B, ...
+
+    Returns (ms_a, spread_a, ms_b, spread_b). Both see the same clock speed, cache pressure and neighbours, so
+    their ratio is fair even where timings taken one after another drift (by 10-30% on a shared CPU). `seconds`
+    is the window for both together; each call is timed as in time_ms.
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    sync(device)
+    start = time.perf_counter()
+    fn_a()
+    fn_b()
+    sync(device)
+    estimate = max(time.perf_counter() - start, 1e-6)  # one A and one B
+    reps = int(min(max(seconds / estimate, min_reps), max_reps))
+    order = [fn_a, fn_b] * reps
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in order]
+        for fn, (begin, end) in zip(order, events):
+            _ColdL2.flush(device)
+            begin.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [begin.elapsed_time(end) for begin, end in events]
+    else:
+        times = []
+        for fn in order:
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return median_and_spread(times[0::2]) + median_and_spread(times[1::2])
 
 
 def median_and_spread(times):

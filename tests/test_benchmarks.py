@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
 import bench_gates  # noqa: E402
+import benchutil  # noqa: E402
 import bench_train  # noqa: E402
 import make_table  # noqa: E402
 
@@ -138,7 +140,37 @@ def test_bench_train_quick_writes_schema_and_table(train_run):
         for key in ("ms", "seq_per_s", "peak_mem_mb", "mfu", "tflops", "flops_per_step", "loss"):
             assert positive_finite(r[key]), (key, r)
         assert r["seq_per_s"] == pytest.approx(r["config"]["batch"] / (r["ms"] * 1e-3))
-    assert "seq/s" in proc.stdout and "MFU" in proc.stdout
+        # "auto" is timed against "torch" with its own options (the CPU target's pair), in one window
+        assert r["reference"] == {"backend": "torch", "compile": r["compile"], "channels_last": r["channels_last"]}
+        for key in ("ms_paired", "reference_ms_paired", "speedup_vs_reference"):
+            assert positive_finite(r[key]), (key, r)
+        assert r["speedup_vs_reference"] == pytest.approx(r["reference_ms_paired"] / r["ms_paired"])
+    assert "seq/s" in proc.stdout and "MFU" in proc.stdout and "vs ref" in proc.stdout
+
+
+def test_reference_of_each_case_is_the_one_make_table_compares_with():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert bench_train.reference_options("auto", True, True, cpu) == (True, True)  # CPU: same options
+    assert bench_train.reference_options("torch", True, False, cpu) is None  # that is the reference itself
+    assert bench_train.reference_options("cuda", True, True, cuda) == (False, False)  # GPU: plain eager
+    assert bench_train.reference_options("torch", True, False, cuda) == (False, False)
+    assert bench_train.reference_options("torch", False, False, cuda) is None
+
+
+def test_paired_timing_alternates_and_splits_the_two_sides():
+    calls = []
+
+    def slow():  # 4 ms
+        calls.append("a")
+        end = time.perf_counter() + 4e-3
+        while time.perf_counter() < end:
+            pass
+
+    def fast():
+        calls.append("b")
+    ms_a, spread_a, ms_b, spread_b = benchutil.time_paired_ms(slow, fast, "cpu", seconds=0.0, min_reps=6, warmup=1)
+    assert calls == ["a", "b"] * 8  # warm-up, estimate, then 6 timed pairs, always A then B
+    assert 4.0 <= ms_a < 40.0 and ms_b < 1.0 and spread_a >= 0 and spread_b >= 0
 
 
 @pytest.mark.parametrize("module, args, message", [
@@ -213,6 +245,16 @@ def train_record(backend, amp, seq_per_s, peak, compile_on=False, channels_last=
             "loss": 0.7, "first_steps_s": 1.0}
 
 
+def paired(record, ratio, spread=0.01):
+    """record, timed against its eager reference in one window: ratio = reference ms / record ms."""
+    ref = {"backend": "torch", "compile": record["compile"], "channels_last": record["channels_last"]}
+    if record["config"] == bench_train.CONFIGS["tutorial"]:  # the GPU target's reference is plain eager
+        ref.update(compile=False, channels_last=False)
+    return dict(record, reference=ref, ms_paired=record["ms"], ms_spread_paired=spread / 2,
+                reference_ms_paired=record["ms"] * ratio, reference_ms_spread_paired=spread / 2,
+                speedup_vs_reference=ratio)
+
+
 def header(kind, device, **extra):
     return dict({"kind": kind, "device": device, "device_name": "NVIDIA H200" if device == "cuda" else "test CPU",
                  "cpu_threads": 2, "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0", "git_commit": "abc123",
@@ -282,6 +324,33 @@ def test_make_table_target_not_met_and_not_measured(synthetic_results, tmp_path)
     lines = target_lines(text)
     assert [line.split("**")[1] for line in lines] == ["not measured"] * 4 + ["not met"]
     assert "worst auto/eager 0.90x" in lines[-1]
+
+
+def test_make_table_decides_on_the_paired_ratio(synthetic_results, tmp_path):
+    """Separately timed, "auto" looks 13% slower on the CPU (drift between the two windows) but paired it is 0.98x
+    within a 3% spread: met. Paired at 0.93x with 10% spread it is not (the spread forgiven is capped at 5%)."""
+    gates_cuda, train_cuda, train_cpu = synthetic_results
+    data = json.loads(open(train_cpu).read())
+    results = data["results"]
+    results[1]["seq_per_s"] = 8.7
+    results[1] = paired(results[1], 0.98, spread=0.03)
+    results[3] = paired(results[3], 1.01)
+    gpu = json.loads(open(train_cuda).read())
+    gpu["results"][1] = paired(gpu["results"][1], 1.6)  # 1.4x apart, 1.6x paired, 50% memory: passes
+    gpu["results"][2] = paired(gpu["results"][2], 1.3)  # compiled: 1.7x apart, only 1.3x paired: does not
+    for name, contents in (("cpu.json", data), ("gpu.json", gpu)):
+        (tmp_path / name).write_text(json.dumps(contents))
+    runs = make_table.load([str(tmp_path / "gpu.json"), str(tmp_path / "cpu.json")])
+    lines = target_lines(make_table.render(runs))[3:]  # after the three gate targets
+    assert lines[0].startswith("- **met**: train step") and "cuda(cuda) compile=False" in lines[0]
+    assert "1.60x seq/s paired, 50% memory" in lines[0]
+    assert lines[1].startswith("- **met**: CPU train step") and "worst auto/eager 0.98x, spread 3.0%" in lines[1]
+    assert "over 2 pairs (paired:" in lines[1]
+
+    results[1] = paired(results[1], 0.93, spread=0.10)
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    cpu_line = target_lines(make_table.render(make_table.load([str(tmp_path / "cpu.json")])))[-1]
+    assert cpu_line.startswith("- **not met**: CPU train step") and "worst auto/eager 0.93x, spread 10.0%" in cpu_line
 
 
 def test_make_table_writes_readme_between_markers(synthetic_results, tmp_path):
