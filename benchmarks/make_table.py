@@ -77,13 +77,24 @@ def _gate_cell(r):
     return f"{r['ms']:.3f}, {gbps} ({r['copy_fraction']:.0%})"
 
 
+def _vs_reference(r):
+    """Speedup over the eager reference timed alongside (reference options in brackets when not plain eager)."""
+    if "speedup_vs_reference" not in r:
+        return "-"
+    ref = r["reference"]
+    options = [name for name in ("compile", "channels_last") if ref[name]]
+    return f"{r['speedup_vs_reference']:.3f}x" + (f" (torch {'+'.join(options)})" if options else "")
+
+
 def train_table(run):
-    rows = [["backend (ran)", "amp", "compile", "channels_last", "ms/step", "seq/s", "MFU", "peak MiB", "status"]]
+    rows = [["backend (ran)", "amp", "compile", "channels_last", "ms/step", "seq/s", "x reference (paired)", "MFU",
+             "peak MiB", "status"]]
     for r in run["results"]:
         good = r.get("status") == "ok"
         rows.append([f"{r['backend']} ({r.get('backend_resolved', '-')})", r["amp"], str(r["compile"]),
                      str(r["channels_last"]), f"{r['ms']:.1f}" if good else "-",
-                     f"{r['seq_per_s']:.2f}" if good else "-", f"{r['mfu']:.1%}" if good else "-",
+                     f"{r['seq_per_s']:.2f}" if good else "-", _vs_reference(r) if good else "-",
+                     f"{r['mfu']:.1%}" if good else "-",
                      f"{r['peak_mem_mb']:.0f}" if good else "-", r.get("status", "?")])
     config = run["results"][0]["config"] if run["results"] else {}
     return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)

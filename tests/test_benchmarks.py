@@ -302,7 +302,7 @@ def test_make_table_tables_and_targets(synthetic_results):
     assert "| 256x64x64x64 | bf16 | nchw | fwd+bwd | 4.000, 880 (22%) | 1.300, 2760 (69%) | 1.050, 3440 (86%) " \
            "| 1.000, 3600 (90%) |" in text
     # train: one row per configuration
-    assert "| cuda (cuda) | bf16 | True | False | 705.9 | 17.00 | 25.0% | 650 | ok |" in text
+    assert "| cuda (cuda) | bf16 | True | False | 705.9 | 17.00 | - | 25.0% | 650 | ok |" in text
     lines = target_lines(text)
     assert len(lines) == 5
     copy, eager, compiled, train, cpu = lines
@@ -332,7 +332,7 @@ def test_make_table_decides_on_the_paired_ratio(synthetic_results, tmp_path):
     gates_cuda, train_cuda, train_cpu = synthetic_results
     data = json.loads(open(train_cpu).read())
     results = data["results"]
-    results[1]["seq_per_s"] = 8.7
+    results[1].update(seq_per_s=8.7, ms=4 / 8.7 * 1e3)
     results[1] = paired(results[1], 0.98, spread=0.03)
     results[3] = paired(results[3], 1.01)
     gpu = json.loads(open(train_cuda).read())
@@ -346,6 +346,8 @@ def test_make_table_decides_on_the_paired_ratio(synthetic_results, tmp_path):
     assert "1.60x seq/s paired, 50% memory" in lines[0]
     assert lines[1].startswith("- **met**: CPU train step") and "worst auto/eager 0.98x, spread 3.0%" in lines[1]
     assert "over 2 pairs (paired:" in lines[1]
+    table = make_table.train_table(runs[1])
+    assert "| auto (torch) | none | False | False | 459.8 | 8.70 | 0.980x | 25.0% | 50 | ok |" in table
 
     results[1] = paired(results[1], 0.93, spread=0.10)
     (tmp_path / "cpu.json").write_text(json.dumps(data))
