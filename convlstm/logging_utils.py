@@ -5,6 +5,7 @@ they stay quiet unless something is wrong.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -55,9 +56,11 @@ def close_logger(logger: logging.Logger) -> None:
 
 
 def progress_bar(total_steps: int, done_steps: int, enabled: bool):
-    """tqdm over optimizer steps: tqdm itself gives the rate and the ETA; the loop adds loss and sequences/s."""
-    return tqdm(total=total_steps, initial=done_steps, disable=not enabled, unit="step", dynamic_ncols=True,
-                file=sys.stderr)
+    """tqdm over optimizer steps: tqdm itself gives the rate and the ETA; the loop adds loss and sequences/s.
+    Only on a terminal: in a file (a cluster job's log, CI) tqdm's carriage-return redraws pile up into one huge
+    line per update, and the train.log lines carry the same loss, rate and ETA."""
+    return tqdm(total=total_steps, initial=done_steps, disable=not (enabled and sys.stderr.isatty()), unit="step",
+                dynamic_ncols=True, file=sys.stderr)
 
 
 def tensorboard_writer(run_dir: str, enabled: bool):
@@ -132,14 +135,16 @@ class Reporter:
 
     def report(self, step: int, epoch: int, lr: float, all_reduce) -> None:
         train_loss, grad_norm = (all_reduce(self.sums.clone()) / (self.world_size * self.steps)).tolist()
-        throughput = self.global_batch * self.steps / (time.perf_counter() - self.start)
+        seconds = time.perf_counter() - self.start
+        throughput = self.global_batch * self.steps / seconds
+        eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
         self.sums.zero_()
         self.steps, self.start = 0, time.perf_counter()
         if not self.is_main:
             return
         self.bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
         self.log.info(f"step {step}/{self.total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm {grad_norm:.4f} "
-                      f"{throughput:.1f} sequences/s")
+                      f"{throughput:.1f} sequences/s ETA {eta}")
         self.writer.add_scalar("train/loss", train_loss, step)
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
