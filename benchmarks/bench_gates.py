@@ -146,12 +146,7 @@ def main(argv=None):
                         help="torch.compile backend for 'compile' (default inductor; the tests use aot_eager)")
     args = parser.parse_args(argv)
     device = benchutil.check_common_args(parser, args)
-    available = backends_for(device)
-    backends = args.backends or available
-    missing = [name for name in backends if name not in available]
-    if missing:
-        parser.error(f"--backends: {', '.join(missing)} cannot run on {device.type} here "
-                     f"(available: {', '.join(available)})")
+    backends = benchutil.check_backends(parser, args.backends, backends_for(device), device)
     dtypes = args.dtypes or (["fp32"] if args.quick else list(benchutil.DTYPES))
     layouts = args.layouts or (["nchw"] if args.quick else list(LAYOUTS))
     shapes = SHAPES["quick" if args.quick else device.type]

@@ -199,12 +199,7 @@ def main(argv=None):
                         help="torch.compile backend (default inductor; the tests use aot_eager)")
     args = parser.parse_args(argv)
     device = benchutil.check_common_args(parser, args)
-    available = backends_for(device)
-    backends = args.backends or available
-    missing = [name for name in backends if name not in available]
-    if missing:
-        parser.error(f"--backends: {', '.join(missing)} cannot run on {device.type} here "
-                     f"(available: {', '.join(available)})")
+    backends = benchutil.check_backends(parser, args.backends, backends_for(device), device)
     config_name = args.config or ("quick" if args.quick else "tutorial" if device.type == "cuda" else "cpu")
     config = CONFIGS[config_name]
     amps = args.amp or list(AMPS)

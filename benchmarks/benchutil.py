@@ -68,6 +68,15 @@ def add_common_args(parser):
                         help="CPU threads for torch (default: torch's choice, recorded in the header)")
 
 
+def check_backends(parser, requested, available, device):
+    """The --backends asked for (default: all `available`); one that cannot run on `device` is an argument error."""
+    missing = [name for name in requested or () if name not in available]
+    if missing:
+        parser.error(f"--backends: {', '.join(missing)} cannot run on {device.type} here "
+                     f"(available: {', '.join(available)})")
+    return requested or available
+
+
 def check_common_args(parser, args):
     """Turn bad arguments into a clear error (argparse exits with status 2)."""
     if args.device == "cuda" and not torch.cuda.is_available():
