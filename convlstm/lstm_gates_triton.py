@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from .kernels.triton.lstm_gates import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
-from .lstm_gates_op import fake_backward, fake_forward, memory_format, prepare, register_autograd
+from .lstm_gates_op import memory_format, prepare, register_autograd
 
 # Elements per program. Not tuned on a GPU yet (no GPU in this session); 1024 with 4 warps is the usual choice for
 # a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
