@@ -30,6 +30,7 @@ from convlstm.data import MovingMNIST, split_sequence
 from convlstm.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed,
                                   kill_self, parse_fault, restart_count)
 from convlstm.logging_utils import Reporter, close_logger, make_logger, start_tensorboard_server
+from convlstm.metrics import METRIC_NAMES, MetricTotals, frame_metrics
 
 
 class TrainingError(RuntimeError):
@@ -44,18 +45,21 @@ def predict(model, batch, cfg, precision):
     return x, y, y_hat.permute(0, 2, 1, 3, 4).float()
 
 
-def validate(model, loader, cfg, precision, device) -> float:
-    """Mean squared error over the held-out sequences: each rank holds a disjoint share, each sequence counts once."""
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-sequence MSE, sequences)
+def validate(model, loader, cfg, precision, device):
+    """Held-out metrics in the published tables' conventions (convlstm.metrics, as evaluate.py reports them), and the
+    validation loss (mean squared error per pixel, what best.pt is chosen by). Each rank holds a disjoint share, the
+    totals are summed over ranks: each sequence counts once. Returns (val_loss, {metric: overall mean})."""
+    totals = MetricTotals(cfg.n_steps_ahead, device)
     model.eval()
     with torch.no_grad():
         for batch in loader:
             _, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
-            per_sequence = (y_hat - y).pow(2).flatten(1).mean(1)
-            totals += torch.stack([per_sequence.sum().double(), totals.new_tensor(len(per_sequence))])
+            totals.add(frame_metrics(y_hat, y))
     model.train()
-    all_reduce(totals)
-    return (totals[0] / totals[1]).item()
+    totals.all_reduce()
+    summary = totals.summary()
+    pixels = cfg.in_chan * cfg.image_size ** 2  # "mse" is the per-frame sum over pixels
+    return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}
 
 
 def start_state(cfg, info, warnings: list):
@@ -180,7 +184,7 @@ def _train(cfg, info, state, backend, log) -> None:
             raise TrainingError(f"non-finite training loss at step {bad}; stopping. The last good checkpoint is "
                                 f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} (left as it was)")
 
-    def save(val_loss):
+    def save(val_loss, val_metrics):
         nonlocal best_val_loss
         stop_if_not_finite()  # never write a checkpoint of weights a bad step has touched
         is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
@@ -191,7 +195,7 @@ def _train(cfg, info, state, backend, log) -> None:
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
                 "step": step, "epoch": epoch, "sampler": {"epoch": epoch, "samples_seen": samples_seen},
                 "config": dataclasses.asdict(cfg), "rng": rng_state(), "val_loss": val_loss,
-                "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
+                "val_metrics": val_metrics, "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
         barrier(info)  # the other ranks go on only once the checkpoint is complete
 
     while step < total_steps:
@@ -215,12 +219,12 @@ def _train(cfg, info, state, backend, log) -> None:
                 reporter.report(step, epoch, optimizer.param_groups[0]["lr"], all_reduce)
             if step % cfg.image_every == 0 or last_step:
                 reporter.picture(step, x[0], y[0], y_hat[0])
-            val_loss = None
+            val_loss, val_metrics = None, None
             if epoch_done or last_step:
-                val_loss = validate(raw_model, val_loader, cfg, precision, device)
-                reporter.validation(step, epoch, val_loss, cfg.num_val)
+                val_loss, val_metrics = validate(raw_model, val_loader, cfg, precision, device)
+                reporter.validation(step, epoch, val_loss, val_metrics, cfg.num_val)
             if epoch_done or last_step or step % cfg.checkpoint_every == 0:
-                save(val_loss)
+                save(val_loss, val_metrics)
             if last_step:
                 break
     reporter.close()

@@ -160,10 +160,14 @@ class Reporter:
             self.writer.add_image("predictions", grid, step)
             save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
 
-    def validation(self, step: int, epoch: int, val_loss: float, num_val: int) -> None:
+    def validation(self, step: int, epoch: int, val_loss: float, metrics: dict, num_val: int) -> None:
+        """val_loss: MSE per pixel; metrics: convlstm.metrics' overall means (mse, mae: per-frame sums over pixels)."""
         if self.is_main:
-            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences)")
+            table = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences; {table})")
             self.writer.add_scalar("val/loss", val_loss, step)
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"val/{name}", value, step)
 
     def close(self) -> None:
         self.bar.close()

@@ -15,6 +15,7 @@ import torch
 from convlstm.amp import Precision
 from convlstm.checkpoint import model_from_config
 from convlstm.config import parse_config, resolve_config
+from convlstm.metrics import METRIC_NAMES
 from convlstm.distributed import DistInfo, ResumableSampler, distributed
 from convlstm.logging_utils import prediction_grid
 
@@ -76,6 +77,12 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
     model.load_state_dict(state["model"])  # keys of the plain model: no "module." / "_orig_mod." prefix
     assert 0 < state["val_loss"] < 1
     assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["val_loss"] == state["val_loss"]
+    # Validation reports the published tables' metrics through convlstm.metrics (evaluate.py's functions): the
+    # loss best.pt is chosen by is their per-frame pixel sum of squared errors over the 16x16 pixels.
+    metrics = state["val_metrics"]
+    assert set(metrics) == set(METRIC_NAMES)
+    assert metrics["mse"] / (16 * 16) == pytest.approx(state["val_loss"], rel=1e-6)
+    assert 0 < metrics["ssim"] < 1 and metrics["psnr"] > 0
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -84,6 +91,8 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
         assert [e.step for e in events.Scalars(tag)] == [2, 4], tag
     assert events.Scalars("train/lr")[0].value == pytest.approx(1e-4)
     assert events.Scalars("val/loss")[0].value == pytest.approx(state["val_loss"])
+    for name in METRIC_NAMES:
+        assert events.Scalars(f"val/{name}")[-1].value == pytest.approx(metrics[name], rel=1e-6), name
     images = events.Images("predictions")
     assert [im.step for im in images] == [2, 4]
     # 3 rows and 20 frames of 16x16 with 2 pixels of padding: (3 * 18 + 2) x (20 * 18 + 2)

@@ -72,6 +72,7 @@ def test_two_processes_train_the_same_weights_as_one_with_the_global_batch(runs)
         torch.testing.assert_close(two["model"][key], weight, rtol=1e-6, atol=1e-7, msg=key)
     # Validation counts each of the 5 held-out sequences once across the ranks.
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert two["val_metrics"] == pytest.approx(one["val_metrics"], rel=1e-5)
     assert "[rank 1]" not in output  # the other rank stays quiet
     log = (run_dir / "train.log").read_text()
     assert "2 process(es) on cpu, global batch 4" in log and "step 6/6" in log
