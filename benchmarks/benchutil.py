@@ -171,33 +171,40 @@ class _ColdL2:
         cls.buffers[device].zero_()
 
 
-def time_ms(fn, device, seconds=0.2, min_reps=5, max_reps=200, warmup=3):
-    """Median and relative spread (IQR / median) of fn()'s time in ms, over as many calls as fit in `seconds`."""
-    device = torch.device(device)
+def _time_cycles(fns, device, seconds, min_reps, max_reps, warmup):
+    """Each call's time in ms, for as many rounds of fns (called in order: A, B, A, B, ...) as fit in `seconds`.
+    GPU: CUDA events around each call, with L2 overwritten before it; CPU: a wall clock per call."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(device)
     start = time.perf_counter()
-    fn()
+    for fn in fns:
+        fn()
     sync(device)
-    estimate = max(time.perf_counter() - start, 1e-6)
+    estimate = max(time.perf_counter() - start, 1e-6)  # one round
     reps = int(min(max(seconds / estimate, min_reps), max_reps))
-    times = []
+    order = list(fns) * reps
     if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        for begin, end in events:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in order]
+        for fn, (begin, end) in zip(order, events):
             _ColdL2.flush(device)
             begin.record()
             fn()
             end.record()
         torch.cuda.synchronize(device)
-        times = [begin.elapsed_time(end) for begin, end in events]
-    else:
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return median_and_spread(times)
+        return [begin.elapsed_time(end) for begin, end in events]
+    times = []
+    for fn in order:
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def time_ms(fn, device, seconds=0.2, min_reps=5, max_reps=200, warmup=3):
+    """Median and relative spread (IQR / median) of fn()'s time in ms, over as many calls as fit in `seconds`."""
+    return median_and_spread(_time_cycles([fn], torch.device(device), seconds, min_reps, max_reps, warmup))
 
 
 def time_paired_ms(fn_a, fn_b, device, seconds=0.4, min_reps=5, max_reps=200, warmup=2):
@@ -207,33 +214,7 @@ def time_paired_ms(fn_a, fn_b, device, seconds=0.4, min_reps=5, max_reps=200, wa
     their ratio is fair even where timings taken one after another drift (by 10-30% on a shared CPU). `seconds`
     is the window for both together; each call is timed as in time_ms.
     """
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    sync(device)
-    start = time.perf_counter()
-    fn_a()
-    fn_b()
-    sync(device)
-    estimate = max(time.perf_counter() - start, 1e-6)  # one A and one B
-    reps = int(min(max(seconds / estimate, min_reps), max_reps))
-    order = [fn_a, fn_b] * reps
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in order]
-        for fn, (begin, end) in zip(order, events):
-            _ColdL2.flush(device)
-            begin.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [begin.elapsed_time(end) for begin, end in events]
-    else:
-        times = []
-        for fn in order:
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
+    times = _time_cycles([fn_a, fn_b], torch.device(device), seconds, min_reps, max_reps, warmup)
     return median_and_spread(times[0::2]) + median_and_spread(times[1::2])
 
 
