@@ -52,6 +52,17 @@ def _locate(n, channels, spatial, plane, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64: tl.constexpr):
+    """Elements n's pre-activation gates i, f, o, tanh of gate g, and c_prev, in the math dtype."""
+    a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
+    a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
+    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
+    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
+    c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
+    return a_i, a_f, a_o, g, c_prev
+
+
+@triton.jit
 def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h_next_ptr, c_next_ptr,
                           numel, channels, spatial, plane,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, ACC_FP64: tl.constexpr,
@@ -59,11 +70,7 @@ def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < numel
     channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
-    a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
-    a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
-    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
-    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
-    c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
+    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
     if HAS_PEEPHOLE:
         a_i += _load(w_ci_ptr + channel, mask, ACC_FP64) * c_prev
         a_f += _load(w_cf_ptr + channel, mask, ACC_FP64) * c_prev
@@ -86,11 +93,7 @@ def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, g
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < numel
     channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
-    a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
-    a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
-    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
-    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
-    c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
+    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
     w_ci = 0.0
     w_cf = 0.0
     w_co = 0.0
