@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 
 import torch
-from torch.utils import cpp_extension
 
 from .lstm_gates_op import SOURCE_DIR, define_extension_ops, headers_stamp, prepare
 
@@ -29,6 +28,9 @@ def extension():
     """The prebuilt extension if setup.py built one, else a JIT build (first call on a GPU machine)."""
     if importlib.util.find_spec(PREBUILT) is not None:
         return importlib.import_module(PREBUILT)
+    # Imported here, not at the top: with a CUDA build of PyTorch on a machine without a GPU, importing
+    # cpp_extension logs "No CUDA runtime is found" (torch 2.11), which every CPU user would see on the first step.
+    from torch.utils import cpp_extension
     sources = [str(SOURCE_DIR / "lstm_gates_cuda.cpp"), str(SOURCE_DIR / "lstm_gates.cu")]
     return cpp_extension.load(name="convlstm_lstm_gates_cuda", sources=sources,
                               extra_cflags=["-O3", headers_stamp(SOURCE_DIR, HEADERS)],

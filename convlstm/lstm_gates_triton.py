@@ -20,6 +20,14 @@ BLOCK = 1024
 NUM_WARPS = 4
 
 
+def _launcher(kernel):
+    """The kernel as a triton_op body launches it: through wrap_triton, so torch.compile traces it on a GPU.
+    In the interpreter the kernel is launched as is: torch < 2.13's wrap_triton refuses the interpreter's
+    InterpretedFunction ("only works on functions annotated with triton.jit"; seen with torch 2.11), and there is
+    nothing to trace there (torch.compile of a triton_op needs a GPU)."""
+    return kernel if INTERPRETED else wrap_triton(kernel)
+
+
 def _sizes(c_prev: Tensor) -> dict:
     _, channels, height, width = c_prev.shape
     return dict(numel=c_prev.numel(), channels=channels, spatial=height * width, plane=channels * height * width)
@@ -37,7 +45,7 @@ def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_c
         return h_next, c_next
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)  # unread placeholders
-    wrap_triton(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    _launcher(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
         gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
         BLOCK=BLOCK, num_warps=NUM_WARPS)
@@ -57,7 +65,7 @@ def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | 
         return grad_gates, grad_c_prev
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)
-    wrap_triton(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    _launcher(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
         gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
         grad_gates, grad_c_prev, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
