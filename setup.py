@@ -7,7 +7,7 @@ The CUDA extension `convlstm._lstm_gates_cuda` (kernels/cuda/) is built only whe
 a CUDA build of PyTorch and nvcc is found. Without it, the package works as is, and the first use of the "cuda"
 backend on a GPU JIT-builds it instead. Environment variables, as in peer projects (causal-conv1d):
   CONVLSTM_FORCE_BUILD=TRUE       build the extension even where the check above says no (the build then needs
-                                  torch in the build environment: pip install --no-build-isolation -e .)
+                                  torch in the build environment: pip install --no-build-isolation --use-pep517 -e .)
   CONVLSTM_SKIP_CUDA_BUILD=TRUE   never build it
   TORCH_CUDA_ARCH_LIST            GPU architectures to build for; default here "8.0;9.0" (A100, H100/H200)
 """
@@ -40,7 +40,7 @@ def build_cuda_extension():
     if force:
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("CONVLSTM_FORCE_BUILD=TRUE needs torch in the build environment: "
-                               "pip install --no-build-isolation -e .")
+                               "pip install --no-build-isolation --use-pep517 -e .")
         return True
     return _torch_cuda_version() is not None and shutil.which("nvcc") is not None
 

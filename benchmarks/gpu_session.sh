@@ -106,7 +106,7 @@ for name in ("cuda", "triton") if device.type == "cuda" else ():
     print(name, ": runs and matches lstm_gates_ref")
 '
 build_script='
-pip_install() { "$1" -m pip install -e . --no-deps --no-build-isolation --no-cache-dir -q; }
+pip_install() { "$1" -m pip install -e . --no-deps --no-build-isolation --use-pep517 --no-cache-dir -q; }
 status=0
 if ! CONVLSTM_FORCE_BUILD=TRUE pip_install "$1"; then
     status=1
