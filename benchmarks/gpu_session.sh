@@ -87,6 +87,16 @@ fi
 # step fails, but the package is installed without it so the later steps still run (the cuda backend then JIT-builds
 # on first use). The check then requires both fused CUDA backends to load and to agree with the reference.
 [ "$DEVICE" = cuda ] && export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# CUDA_HOME: torch guesses it from nvcc's folder, and an nvcc linked into /usr/local/bin makes that /usr/local,
+# whose include/ has no cuda_runtime.h (seen on the development machine: the JIT build then fails, "cuda_runtime.h:
+# No such file"). Take the toolkit that nvcc really belongs to, else /usr/local/cuda.
+if [ "$DEVICE" = cuda ] && [ -z "${CUDA_HOME:-}" ]; then
+    nvcc_path=$(command -v nvcc || true)
+    for home in ${nvcc_path:+"$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")"} /usr/local/cuda; do
+        if [ -f "$home/include/cuda_runtime.h" ]; then export CUDA_HOME=$home; break; fi
+    done
+    note "    nvcc ${nvcc_path:-not found}, CUDA_HOME ${CUDA_HOME:-not found}"
+fi
 build_check='
 import importlib.util, sys, torch, convlstm
 from convlstm import backends
