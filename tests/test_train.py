@@ -24,9 +24,10 @@ _spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py"
 train_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_script)
 
-# 24 sequences in batches of 4: 6 steps per epoch.
+# 24 sequences in batches of 4: 6 steps per epoch. On the CPU on every machine: the tests compare runs bit for bit,
+# which CUDA's convolutions do not promise (test_tiny_run_on_the_gpu is the GPU's).
 TINY = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "24", "--num_val", "5", "--batch_size", "4",
-        "--num_workers", "0", "--log_every", "2", "--amp", "none"]
+        "--num_workers", "0", "--log_every", "2", "--amp", "none", "--device", "cpu"]
 
 
 def run(tmp_run_dir, *flags):
@@ -164,6 +165,26 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["latest.pt", "step_2.pt"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_tiny_run_on_the_gpu(tmp_path):
+    """train.py on the GPU: bf16 autocast and the fused gate backends train, and each fused backend's run follows
+    the eager reference's (validation loss after 2 and 4 steps; float32, the same cuDNN convolutions)."""
+    gpu = ["--device", "cuda", "--max_steps", 4, "--num_train", 8]  # 2 steps per epoch: validation at 2 and 4
+    assert run(tmp_path / "bf16", *gpu, "--amp", "bf16") == 0
+    log = (tmp_path / "bf16" / "train.log").read_text()
+    assert "on cuda" in log and "amp bf16" in log and "gate backend cuda" in log
+    assert 0 < torch.load(tmp_path / "bf16" / "checkpoints" / "latest.pt", weights_only=True)["val_loss"] < 1
+
+    def val_losses(backend):
+        assert run(tmp_path / backend, *gpu, "--amp", "none", "--backend", backend) == 0
+        return [torch.load(tmp_path / backend / "checkpoints" / f"step_{step}.pt", weights_only=True)["val_loss"]
+                for step in (2, 4)]
+
+    want = val_losses("torch")
+    for backend in ("cuda", "triton"):
+        assert val_losses(backend) == pytest.approx(want, rel=1e-3), backend
 
 
 @pytest.mark.parametrize("flags, message", [

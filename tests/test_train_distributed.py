@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 sequences, global batch 4: 4 steps per epoch; 6 steps cross into the second epoch. 5 held-out sequences do not
 # split evenly over 2 ranks, so padding duplicates would change the validation loss.
 FLAGS = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "16", "--num_val", "5", "--max_steps", "6",
-         "--checkpoint_every", "2", "--log_every", "2", "--num_workers", "0", "--amp", "none"]
+         "--checkpoint_every", "2", "--log_every", "2", "--num_workers", "0", "--amp", "none",
+         "--device", "cpu"]  # gloo on every machine: 2 ranks would not fit on a one-GPU machine
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TIMEOUT_S = 240
 
