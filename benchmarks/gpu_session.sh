@@ -9,7 +9,7 @@
 # Steps, each time-boxed, each logged to its own file under $OUT (8 files, flat names, as the tool brings back):
 #   build   pip install -e . with CONVLSTM_FORCE_BUILD=TRUE (no deps: the machine's torch 2.11 / triton 3.6 stay),
 #           then require the "cuda" and "triton" backends to load and match the reference      -> build.log
-#   tests   pytest tests/ on the GPU (kernel tests run on CUDA tensors there)          -> tests.log, tests_junit.xml
+#   tests   pytest on the GPU, GPU tests first (kernel tests on CUDA tensors)          -> tests.log, tests_junit.xml
 #   gates   benchmarks/bench_gates.py --device cuda                                    -> gates.log, gates_cuda.json
 #   train   benchmarks/bench_train.py --device cuda (tutorial config)                  -> train.log, train_cuda.json
 # then make_table.py's target checks into summary.txt. Every step runs even if an earlier one failed (so one run
@@ -22,8 +22,8 @@
 #
 # Environment (for a dry run elsewhere): OUT (default ./gpu_session_out), PYTHON (default python3),
 # GPU_SESSION_DEVICE=cpu with GPU_SESSION_QUICK=1 runs the same plumbing on the CPU in seconds (the build step then
-# skips the install and CUDA checks), GPU_SESSION_TESTS overrides pytest's arguments (default tests/),
-# GPU_SESSION_BENCH_ARGS adds arguments to both benchmarks (e.g. "--threads 1").
+# skips the install and CUDA checks), GPU_SESSION_TESTS overrides pytest's arguments (default: every
+# tests/test_*.py, GPU ones first), GPU_SESSION_BENCH_ARGS adds arguments to both benchmarks (e.g. "--threads 1").
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +32,11 @@ OUT=${OUT:-$ROOT/gpu_session_out}
 PYTHON=${PYTHON:-python3}
 DEVICE=${GPU_SESSION_DEVICE:-cuda}
 QUICK=${GPU_SESSION_QUICK:+--quick}
-TESTS=${GPU_SESSION_TESTS:-tests/}
+# The tests that need the GPU come first (xdist hands tests out in the order given), so a time-out cuts the others.
+GPU_FIRST="tests/test_lstm_gates.py tests/test_lstm_gates_memory.py tests/test_lstm_gates_cuda_build.py tests/test_train.py"
+TESTS=${GPU_SESSION_TESTS:-$GPU_FIRST $(for f in tests/test_*.py; do
+    case " $GPU_FIRST " in *" $f "*) ;; *) printf '%s ' "$f" ;; esac
+done)}
 BENCH_ARGS=${GPU_SESSION_BENCH_ARGS:-}
 mkdir -p "$OUT" || exit 2
 SUMMARY=$OUT/summary.txt
@@ -43,11 +47,13 @@ INCOMPLETE=()
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
 # step NAME SECONDS COMMAND...: run COMMAND under `timeout`, output to $OUT/NAME.log, status into the summary.
+# STEP_SIGNAL=INT step ... ends a timed-out command with SIGINT first: pytest then still writes its JUnit file (seen
+# with pytest-xdist -n 2 here: the 141 tests finished before the signal were in it).
 step() {
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS rc
-    timeout --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout --signal="${STEP_SIGNAL:-TERM}" --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     local meaning="ok"
     case $rc in
@@ -133,12 +139,14 @@ else
 fi
 
 # 2. tests. pytest-timeout (in the GPU image) stops one hung test without losing the rest.
-# pytest-xdist (also there) spreads the tests over 4 of the machine's 16 cores; the GPU has room for 4 at once.
+# pytest-xdist (also there) spreads the tests over 8 of the machine's 16 cores (Triton and torch.compile compile on
+# the CPU); the GPU has room for 8 processes at once (the largest test takes about 15 GB).
 pytest_flags=""
 "$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest_flags="--timeout=90"
-[ "$DEVICE" = cuda ] && "$PYTHON" -c "import xdist" 2>/dev/null && pytest_flags="$pytest_flags -n 4"
+[ "$DEVICE" = cuda ] && "$PYTHON" -c "import xdist" 2>/dev/null && pytest_flags="$pytest_flags -n 8"
 # shellcheck disable=SC2086
-step tests 150 "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider $pytest_flags --junitxml="$OUT/tests_junit.xml"
+STEP_SIGNAL=INT step tests 150 "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider $pytest_flags \
+    --junitxml="$OUT/tests_junit.xml"
 
 # 3, 4. benchmarks: --budget-s stops them starting new cases in time; the JSON is rewritten after every case.
 # shellcheck disable=SC2086
