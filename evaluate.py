@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from convlstm.backends import BACKENDS, resolve_backend
-from convlstm.checkpoint import model_from_config
+from convlstm.checkpoint import CheckpointError, model_from_config, read_checkpoint
 from convlstm.config import DEVICES
 from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
 from convlstm.distributed import SetupError, distributed
@@ -83,17 +83,10 @@ def check_out_dir(out_dir, overwrite):
 
 def load_checkpoint(path):
     """The checkpoint dict, read with weights_only=True. Returns (config dict, model state_dict, dict)."""
-    if not os.path.isfile(path):
-        raise EvalError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
-                        f"checkpoint {path} is not a file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types for foreign files
-        detail = _load_error_detail(e)
-        if "GLOBAL" in detail:  # a class or function to import: refused by the weights-only unpickler
-            raise EvalError(f"refusing checkpoint {path}: it holds more than tensors and plain values, and "
-                            f"checkpoints are only ever loaded with weights_only=True ({detail})") from None
-        raise EvalError(f"{path} is not a PyTorch checkpoint file (torch.load failed: {detail})") from None
+        ckpt = read_checkpoint(path)
+    except CheckpointError as e:
+        raise EvalError(str(e)) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or \
             not isinstance(ckpt.get("config"), dict):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -106,14 +99,6 @@ def load_checkpoint(path):
     if not_tensors:
         raise EvalError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a tensor)")
     return ckpt["config"], ckpt["model"], ckpt
-
-
-def _load_error_detail(error):
-    """The informative line of a torch.load error, without its boilerplate (advice, links)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(boilerplate)]
-    return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
 
 
 def build_model(config, state_dict, backend, path):

@@ -122,12 +122,33 @@ def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> No
         os.remove(old)
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read one checkpoint with weights_only=True; CheckpointError naming the file if it is unreadable."""
+def read_checkpoint(path: str, map_location="cpu"):
+    """torch.load(path, weights_only=True), for train.py's resume and evaluate.py alike; anything that stops it is a
+    CheckpointError of one line that names the file and the cause."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
+                              f"checkpoint {path} is not a file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file; all mean "unreadable"
-        raise CheckpointError(f"checkpoint {path} is unreadable: {type(error).__name__}: {error}") from error
+        detail = _load_error_detail(error)
+        if "GLOBAL" in detail:  # a class or function to import: refused by the weights-only unpickler
+            raise CheckpointError(f"refusing checkpoint {path}: it holds more than tensors and plain values, and "
+                                  f"checkpoints are only ever loaded with weights_only=True ({detail})") from error
+        raise CheckpointError(f"checkpoint {path} is unreadable ({detail})") from error
+
+
+def _load_error_detail(error: Exception) -> str:
+    """The informative line of a torch.load error, without its boilerplate (advice, links)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs)."""
+    state = read_checkpoint(path, map_location)
     missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
                if not isinstance(state, dict) or key not in state]
     if missing:

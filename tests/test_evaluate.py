@@ -202,7 +202,7 @@ def make_bad_case(case, d):
         return ["--checkpoint", d / "nope.pt", *out], f"checkpoint {d / 'nope.pt'} does not exist"
     if case == "text_file_checkpoint":
         (d / "notes.pt").write_text("not a checkpoint\n")
-        return ["--checkpoint", d / "notes.pt", *out], f"{d / 'notes.pt'} is not a PyTorch checkpoint file"
+        return ["--checkpoint", d / "notes.pt", *out], f"checkpoint {d / 'notes.pt'} is unreadable (UnpicklingError"
     if case == "bare_tensor_checkpoint":
         torch.save(torch.zeros(3), d / "t.pt")
         return ["--checkpoint", d / "t.pt", *out], "is not a train.py checkpoint: expected a dict"
