@@ -18,6 +18,9 @@ from .lstm_gates_op import memory_format, prepare, register_autograd
 # a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
 BLOCK = 1024
 NUM_WARPS = 4
+# Offsets are int32 while every one the kernels compute stays below this (kernels/triton/lstm_gates.py says why not
+# always int64); tests lower it to run the int64 kernels on small tensors.
+INT32_INDEX_LIMIT = 2**31
 
 
 def _launcher(kernel):
@@ -31,6 +34,13 @@ def _launcher(kernel):
 def _sizes(c_prev: Tensor) -> dict:
     _, channels, height, width = c_prev.shape
     return dict(numel=c_prev.numel(), channels=channels, spatial=height * width, plane=channels * height * width)
+
+
+def _int64_index(c_prev: Tensor) -> bool:
+    """Whether the kernels need int64 offsets. Masked-off lanes of the last program compute offsets too: the largest
+    any lane reaches is below 4*numel + 3*plane + 3*channels + BLOCK (a gate of element numel + BLOCK - 1, one
+    sample past the end), hence the bound 8*numel + BLOCK; int32 still covers gates of up to 2^30 elements."""
+    return 8 * c_prev.numel() + BLOCK >= INT32_INDEX_LIMIT
 
 
 @triton_op("convlstm::lstm_gates_triton", mutates_args=())
@@ -48,7 +58,7 @@ def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_c
     _launcher(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
         gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
-        BLOCK=BLOCK, num_warps=NUM_WARPS)
+        INT64_INDEX=_int64_index(c_prev), BLOCK=BLOCK, num_warps=NUM_WARPS)
     return h_next, c_next
 
 
@@ -69,7 +79,8 @@ def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | 
         gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
         grad_gates, grad_c_prev, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
-        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, INT64_INDEX=_int64_index(c_prev),
+        BLOCK=BLOCK, num_warps=NUM_WARPS)
     return grad_gates, grad_c_prev
 
 

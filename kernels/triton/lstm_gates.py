@@ -2,7 +2,14 @@
 
 Each program handles BLOCK elements n of c_prev (B, C, H, W); the four gates of element n sit in gates
 (B, 4C, H, W) at `gate_base + k * gate_stride`, k = 0..3 for i, f, o, g. Both tensors are contiguous in the same
-memory format: NCHW, or NHWC when CHANNELS_LAST. Offsets are int64 (B*4C*H*W can pass 2^31).
+memory format: NCHW, or NHWC when CHANNELS_LAST. Offsets are int32, or int64 when INT64_INDEX (set by the launcher,
+convlstm/lstm_gates_triton.py, when an offset could pass 2^31). Why not always int64: finding an element's channel
+and gates takes a division and a remainder per element, and in 64 bits that costs enough to matter. sm_90 SASS
+instructions per element (cuobjdump of the compiled kernels; a static count, not a timing), int64 -> int32:
+forward 108-112 -> 90-97 (NCHW), 161-171 -> 117-127 (channels_last); backward 136-142 -> 116-128 (NCHW), 227-240 ->
+184-200 (channels_last), over fp32, bf16/fp32 and bf16 storage. At the H200's 4.3 TB/s copy rate a bf16 forward
+(14 bytes per element) leaves about 110 instruction issues per element (4 warp instructions per clock per SM, 132
+SMs, 1.98 GHz): 108 would use them all. Not yet timed on a GPU.
 The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
 The per-element formulas are those of kernels/cuda/lstm_gates.cuh; the spec is lstm_gates_ref.
 """
@@ -36,6 +43,15 @@ def _tanh(x):
 
 
 @triton.jit
+def _first_index(BLOCK: tl.constexpr, INT64_INDEX: tl.constexpr):
+    """This program's first element, in the index type every offset is computed in."""
+    if INT64_INDEX:
+        return tl.program_id(0).to(tl.int64) * BLOCK
+    else:
+        return tl.program_id(0) * BLOCK
+
+
+@triton.jit
 def _locate(n, channels, spatial, plane, CHANNELS_LAST: tl.constexpr):
     """Channel of element n, offset of its i gate in gates, and the distance between its four gates."""
     b = n // plane
@@ -66,8 +82,8 @@ def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64:
 def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h_next_ptr, c_next_ptr,
                           numel, channels, spatial, plane,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, ACC_FP64: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                          INT64_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+    n = _first_index(BLOCK, INT64_INDEX) + tl.arange(0, BLOCK)
     mask = n < numel
     channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
     a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
@@ -87,10 +103,11 @@ def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, g
                           grad_gates_ptr, grad_c_prev_ptr,
                           numel, channels, spatial, plane,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, HAS_GRAD_H: tl.constexpr,
-                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, INT64_INDEX: tl.constexpr,
+                          BLOCK: tl.constexpr):
     """Gradient of the pre-activation gates and of c_prev. The activations are recomputed from gates and c_prev
     (a few flops per element on a memory-bound kernel) instead of being kept from the forward."""
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    n = _first_index(BLOCK, INT64_INDEX) + tl.arange(0, BLOCK)
     mask = n < numel
     channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
     a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
