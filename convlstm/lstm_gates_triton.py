@@ -18,8 +18,8 @@ from .lstm_gates_op import memory_format, prepare, register_autograd
 # a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
 BLOCK = 1024
 NUM_WARPS = 4
-# Offsets are int32 while every one the kernels compute stays below this (kernels/triton/lstm_gates.py says why not
-# always int64); tests lower it to run the int64 kernels on small tensors.
+# Offsets are int32 while every one the kernels compute stays below this (why not always int64: kernels/README.md,
+# "Index arithmetic"); tests lower it to run the int64 kernels on small tensors.
 INT32_INDEX_LIMIT = 2**31
 
 

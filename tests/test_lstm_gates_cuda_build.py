@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "kernels" / "cuda"
 # The files nvcc sees: they must compile without PyTorch's headers (absent from the CPU wheel).
 TORCH_FREE = ["lstm_gates.cu", "lstm_gates.cuh", "lstm_gates.h"]
-INSTANTIATIONS = ["fff", "ddd", "6__halfS2_f", "13__nv_bfloat16S2_f", "6__halfff", "13__nv_bfloat16ff"]
+# Mangled template arguments: (gate_t, state_t, acc_t) for each dtype pair, then index_t, int32_t (i) or int64_t (l).
+INSTANTIATIONS = [types + index for types in ("fff", "ddd", "6__halfS2_f", "13__nv_bfloat16S2_f", "6__halfff",
+                                              "13__nv_bfloat16ff") for index in "il"]
 
 
 @pytest.mark.parametrize("name", TORCH_FREE)
@@ -33,7 +35,7 @@ def test_cuda_sources_include_no_torch_header(name):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_cuda_kernels_compile_with_nvcc_for_sm80_and_sm90(tmp_path):
     """nvcc -c for A100 (sm_80) and H100/H200 (sm_90), warnings as errors; the object holds code for both
-    architectures and every (gates, state) dtype pair of the forward and backward kernels."""
+    architectures and every (gates, state) dtype pair and index type of the forward and backward kernels."""
     obj = tmp_path / "lstm_gates.o"
     cmd = ["nvcc", "-c", "-O3", "-std=c++17", "--Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror",
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",

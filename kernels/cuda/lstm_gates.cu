@@ -3,6 +3,7 @@
 // and no CUDA build of PyTorch. Per-element math: lstm_gates.cuh; launcher contract: lstm_gates.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdint.h>
 
 #include <type_traits>
 
@@ -48,52 +49,66 @@ constexpr int kThreads = 256;
 // Grid-stride loops past this many blocks; far above what is needed to fill an H200 (132 SMs).
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
-template <typename acc_t>
+// The shape in the kernel's index type.
+template <typename index_t>
+struct Index {
+  index_t numel, channels, spatial;
+  bool channels_last;
+  __device__ explicit Index(const Shape& shape)
+      : numel(static_cast<index_t>(shape.numel)), channels(static_cast<index_t>(shape.channels)),
+        spatial(static_cast<index_t>(shape.spatial)), channels_last(shape.channels_last) {}
+  __device__ index_t gate(index_t n, int k) const { return gate_offset(n, k, channels, spatial, channels_last); }
+  __device__ index_t channel(index_t n) const { return channel_of(n, channels, spatial, channels_last); }
+};
+
+template <typename acc_t, typename index_t>
 __device__ __forceinline__ Peephole<acc_t> load_peephole(const acc_t* w_ci, const acc_t* w_cf, const acc_t* w_co,
-                                                         int64_t n, const Shape& shape) {
+                                                         index_t n, const Index<index_t>& index) {
   if (w_ci == nullptr) return {acc_t(0), acc_t(0), acc_t(0)};
-  const int64_t c = channel_of(n, shape.channels, shape.spatial, shape.channels_last);
+  const index_t c = index.channel(n);
   return {w_ci[c], w_cf[c], w_co[c]};
 }
 
-template <typename gate_t, typename state_t, typename acc_t>
+template <typename gate_t, typename state_t, typename acc_t, typename index_t>
 __global__ void forward_kernel(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
                                const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
                                const acc_t* __restrict__ w_co, state_t* __restrict__ h_next,
                                state_t* __restrict__ c_next, Shape shape) {
-  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < shape.numel; n += stride) {
+  const Index<index_t> index(shape);
+  const index_t stride = index_t(blockDim.x) * gridDim.x;
+  for (index_t n = index_t(blockIdx.x) * blockDim.x + threadIdx.x; n < index.numel; n += stride) {
     acc_t g[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      g[k] = Io<gate_t>::load(gates[gate_offset(n, k, shape.channels, shape.spatial, shape.channels_last)]);
+      g[k] = Io<gate_t>::load(gates[index.gate(n, k)]);
     }
     const StepOut<acc_t> out = forward<acc_t>(g[0], g[1], g[2], g[3], Io<state_t>::load(c_prev[n]),
-                                              load_peephole(w_ci, w_cf, w_co, n, shape));
+                                              load_peephole(w_ci, w_cf, w_co, n, index));
     h_next[n] = Io<state_t>::store(out.h_next);
     c_next[n] = Io<state_t>::store(out.c_next);
   }
 }
 
-template <typename gate_t, typename state_t, typename acc_t>
+template <typename gate_t, typename state_t, typename acc_t, typename index_t>
 __global__ void backward_kernel(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
                                 const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
                                 const acc_t* __restrict__ w_co, const state_t* __restrict__ grad_h,
                                 const state_t* __restrict__ grad_c, gate_t* __restrict__ grad_gates,
                                 state_t* __restrict__ grad_c_prev, Shape shape) {
-  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < shape.numel; n += stride) {
-    int64_t offset[4];
+  const Index<index_t> index(shape);
+  const index_t stride = index_t(blockDim.x) * gridDim.x;
+  for (index_t n = index_t(blockIdx.x) * blockDim.x + threadIdx.x; n < index.numel; n += stride) {
+    index_t offset[4];
     acc_t g[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      offset[k] = gate_offset(n, k, shape.channels, shape.spatial, shape.channels_last);
+      offset[k] = index.gate(n, k);
       g[k] = Io<gate_t>::load(gates[offset[k]]);
     }
     const acc_t dh = grad_h != nullptr ? Io<state_t>::load(grad_h[n]) : acc_t(0);
     const acc_t dc = grad_c != nullptr ? Io<state_t>::load(grad_c[n]) : acc_t(0);
     const StepGrad<acc_t> d = backward<acc_t>(g[0], g[1], g[2], g[3], Io<state_t>::load(c_prev[n]),
-                                              load_peephole(w_ci, w_cf, w_co, n, shape), dh, dc);
+                                              load_peephole(w_ci, w_cf, w_co, n, index), dh, dc);
     grad_gates[offset[0]] = Io<gate_t>::store(d.d_i);
     grad_gates[offset[1]] = Io<gate_t>::store(d.d_f);
     grad_gates[offset[2]] = Io<gate_t>::store(d.d_o);
@@ -107,12 +122,21 @@ unsigned int num_blocks(int64_t numel) {
   return static_cast<unsigned int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
+// int32 indices while every value the kernels compute fits: gate offsets stay below 4*numel, and the grid-stride
+// loop's n below numel + kMaxBlocks*kThreads (2^28). 64-bit division and remainder (n / plane, n % C) cost several
+// times the 32-bit ones, and these kernels do little else per element: instruction counts in kernels/README.md.
+bool int32_index(const Shape& shape) {
+  return 4 * shape.numel + kMaxBlocks * kThreads <= int64_t(INT32_MAX);
+}
+
 template <typename gate_t, typename state_t>
 cudaError_t launch_forward(const void* gates, const void* c_prev, const void* w_ci, const void* w_cf,
                            const void* w_co, void* h_next, void* c_next, Shape shape, cudaStream_t stream) {
   using acc_t = typename std::conditional<std::is_same<state_t, double>::value, double, float>::type;
   if (shape.numel == 0) return cudaSuccess;
-  forward_kernel<gate_t, state_t, acc_t><<<num_blocks(shape.numel), kThreads, 0, stream>>>(
+  auto kernel = int32_index(shape) ? forward_kernel<gate_t, state_t, acc_t, int32_t>
+                                   : forward_kernel<gate_t, state_t, acc_t, int64_t>;
+  kernel<<<num_blocks(shape.numel), kThreads, 0, stream>>>(
       static_cast<const gate_t*>(gates), static_cast<const state_t*>(c_prev), static_cast<const acc_t*>(w_ci),
       static_cast<const acc_t*>(w_cf), static_cast<const acc_t*>(w_co), static_cast<state_t*>(h_next),
       static_cast<state_t*>(c_next), shape);
@@ -125,7 +149,9 @@ cudaError_t launch_backward(const void* gates, const void* c_prev, const void* w
                             void* grad_c_prev, Shape shape, cudaStream_t stream) {
   using acc_t = typename std::conditional<std::is_same<state_t, double>::value, double, float>::type;
   if (shape.numel == 0) return cudaSuccess;
-  backward_kernel<gate_t, state_t, acc_t><<<num_blocks(shape.numel), kThreads, 0, stream>>>(
+  auto kernel = int32_index(shape) ? backward_kernel<gate_t, state_t, acc_t, int32_t>
+                                   : backward_kernel<gate_t, state_t, acc_t, int64_t>;
+  kernel<<<num_blocks(shape.numel), kThreads, 0, stream>>>(
       static_cast<const gate_t*>(gates), static_cast<const state_t*>(c_prev), static_cast<const acc_t*>(w_ci),
       static_cast<const acc_t*>(w_cf), static_cast<const acc_t*>(w_co), static_cast<const state_t*>(grad_h),
       static_cast<const state_t*>(grad_c), static_cast<gate_t*>(grad_gates), static_cast<state_t*>(grad_c_prev),

@@ -81,20 +81,22 @@ LSTM_GATES_HD StepGrad<acc_t> backward(acc_t g_i, acc_t g_f, acc_t g_o, acc_t g_
 }
 
 // Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous in one memory format:
-// NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W. 64-bit throughout: B*4C*H*W
-// can pass 2^31.
-LSTM_GATES_HD int64_t channel_of(int64_t n, int64_t channels, int64_t spatial, bool channels_last) {
+// NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W. index_t is int64_t where an offset
+// can pass 2^31 (B*4C*H*W can) and in the CPU twin; the CUDA launchers use int32_t below that (lstm_gates.cu).
+template <typename index_t>
+LSTM_GATES_HD index_t channel_of(index_t n, index_t channels, index_t spatial, bool channels_last) {
   return channels_last ? n % channels : (n / spatial) % channels;
 }
 
 // Offset in gates (B, 4C, H, W), same memory format, of gate k (0..3 = i, f, o, g) at element n.
-LSTM_GATES_HD int64_t gate_offset(int64_t n, int k, int64_t channels, int64_t spatial, bool channels_last) {
-  const int64_t plane = channels * spatial;  // C*H*W
-  const int64_t b = n / plane;
+template <typename index_t>
+LSTM_GATES_HD index_t gate_offset(index_t n, int k, index_t channels, index_t spatial, bool channels_last) {
+  const index_t plane = channels * spatial;  // C*H*W
+  const index_t b = n / plane;
   if (!channels_last) {
     return n + 3 * b * plane + k * plane;  // b*4CS + k*CS + c*S + s
   }
-  const int64_t s = (n - b * plane) / channels;
+  const index_t s = (n - b * plane) / channels;
   return n + 3 * b * plane + 3 * s * channels + k * channels;  // b*4CS + s*4C + k*C + c
 }
 

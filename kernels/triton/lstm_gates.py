@@ -3,13 +3,8 @@
 Each program handles BLOCK elements n of c_prev (B, C, H, W); the four gates of element n sit in gates
 (B, 4C, H, W) at `gate_base + k * gate_stride`, k = 0..3 for i, f, o, g. Both tensors are contiguous in the same
 memory format: NCHW, or NHWC when CHANNELS_LAST. Offsets are int32, or int64 when INT64_INDEX (set by the launcher,
-convlstm/lstm_gates_triton.py, when an offset could pass 2^31). Why not always int64: finding an element's channel
-and gates takes a division and a remainder per element, and in 64 bits that costs enough to matter. sm_90 SASS
-instructions per element (cuobjdump of the compiled kernels; a static count, not a timing), int64 -> int32:
-forward 108-112 -> 90-97 (NCHW), 161-171 -> 117-127 (channels_last); backward 136-142 -> 116-128 (NCHW), 227-240 ->
-184-200 (channels_last), over fp32, bf16/fp32 and bf16 storage. At the H200's 4.3 TB/s copy rate a bf16 forward
-(14 bytes per element) leaves about 110 instruction issues per element (4 warp instructions per clock per SM, 132
-SMs, 1.98 GHz): 108 would use them all. Not yet timed on a GPU.
+convlstm/lstm_gates_triton.py, when an offset could pass 2^31): 64-bit division and remainder would cost 11-38% more
+instructions per element (kernels/README.md, "Index arithmetic").
 The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
 The per-element formulas are those of kernels/cuda/lstm_gates.cuh; the spec is lstm_gates_ref.
 """
