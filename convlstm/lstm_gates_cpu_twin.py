@@ -40,9 +40,9 @@ def runs_on(device: torch.device) -> str | None:
     return None
 
 
-lstm_gates_cpu_twin_op = define_extension_ops("cpu_twin", "cpu", extension)
+lstm_gates_cpu_twin_run = define_extension_ops("cpu_twin", "cpu", extension)
 
 
 def lstm_gates_cpu_twin(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
     """`lstm_gates_ref` on the CPU twin of the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
-    return lstm_gates_cpu_twin_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+    return lstm_gates_cpu_twin_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))

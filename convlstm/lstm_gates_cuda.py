@@ -47,9 +47,9 @@ def runs_on(device: torch.device) -> str | None:
     return None
 
 
-lstm_gates_cuda_op = define_extension_ops("cuda", "cuda", extension)
+lstm_gates_cuda_run = define_extension_ops("cuda", "cuda", extension)
 
 
 def lstm_gates_cuda(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
     """`lstm_gates_ref` on the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
-    return lstm_gates_cuda_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+    return lstm_gates_cuda_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))

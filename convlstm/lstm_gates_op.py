@@ -10,9 +10,10 @@ Kernels take gates in its own dtype and the C-sized tensors (c_prev, h, c, their
 gates is converted only for a pair the kernels do not take (e.g. float32 gates with a float64 state).
 Layout: NCHW, or channels_last when gates is channels_last; anything else is made contiguous first.
 
-Autograd: the forward op saves the pre-activation gates and c_prev (plus c_next with peephole, for the w_co
-gradient); the backward op recomputes the activations, so the bytes kept per step are those of
-(B, 4C, H, W) + (B, C, H, W) instead of eager PyTorch's six or more activations (kernels/README.md).
+Autograd, the same for the custom ops torch.compile traces and the autograd.Function eager calls use (`fused_op`):
+the forward saves the pre-activation gates and c_prev (plus c_next with peephole, for the w_co gradient); the
+backward recomputes the activations, so the bytes kept per step are those of (B, 4C, H, W) + (B, C, H, W) instead
+of eager PyTorch's six or more activations (kernels/README.md).
 The peephole weight gradients are per-channel sums done in torch from the gate gradients.
 """
 from __future__ import annotations
@@ -71,71 +72,107 @@ def fake_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last
     return torch.empty_like(gates, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
 
 
-def register_autograd(forward_op, backward_op):
-    """Autograd for a fused forward op (gates, c_prev, w_ci, w_cf, w_co, channels_last) -> (h_next, c_next)
-    whose backward op maps (gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last) to
-    (grad_gates, grad_c_prev)."""
+def _setup_context(ctx, inputs, output):
+    """What the backward needs: the pre-activation gates and c_prev (and, with peephole, the weights and c_next)."""
+    gates, c_prev, w_ci, w_cf, w_co, channels_last = inputs
+    ctx.channels_last = channels_last
+    ctx.peephole = w_ci is not None
+    # An output that gets no gradient (c_next after the last step) arrives as None instead of a zero tensor
+    # that the kernel would have to read.
+    ctx.set_materialize_grads(False)
+    if ctx.peephole:
+        ctx.save_for_backward(gates, c_prev, w_ci, w_cf, w_co, output[1])
+    else:
+        ctx.save_for_backward(gates, c_prev)
 
-    def setup_context(ctx, inputs, output):
-        gates, c_prev, w_ci, w_cf, w_co, channels_last = inputs
-        ctx.channels_last = channels_last
-        ctx.peephole = w_ci is not None
-        # An output that gets no gradient (c_next after the last step) arrives as None instead of a zero tensor
-        # that the kernel would have to read.
-        ctx.set_materialize_grads(False)
-        if ctx.peephole:
-            ctx.save_for_backward(gates, c_prev, w_ci, w_cf, w_co, output[1])
-        else:
-            ctx.save_for_backward(gates, c_prev)
 
-    def backward(ctx, grad_h, grad_c):
-        if grad_h is None and grad_c is None:
-            return None, None, None, None, None, None
-        if ctx.peephole:
-            gates, c_prev, w_ci, w_cf, w_co, c_next = ctx.saved_tensors
-        else:
-            (gates, c_prev), w_ci, w_cf, w_co = ctx.saved_tensors, None, None, None
-        fmt = memory_format(ctx.channels_last)
-        grad_h = None if grad_h is None else grad_h.contiguous(memory_format=fmt)
-        grad_c = None if grad_c is None else grad_c.contiguous(memory_format=fmt)
-        grad_gates, grad_c_prev = backward_op(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, ctx.channels_last)
-        grad_w = [None, None, None]
-        if ctx.peephole:
-            grad_i, grad_f, grad_o, _ = grad_gates.to(w_ci.dtype).chunk(4, dim=1)
-            c_prev_acc, c_next_acc = c_prev.to(w_ci.dtype), c_next.to(w_ci.dtype)
-            for k, (grad_pre, state) in enumerate(((grad_i, c_prev_acc), (grad_f, c_prev_acc), (grad_o, c_next_acc))):
-                if ctx.needs_input_grad[2 + k]:
-                    grad_w[k] = (grad_pre * state).sum(dim=(0, 2, 3))  # (C,)
-        return grad_gates, grad_c_prev, *grad_w, None
+def _backward(ctx, grad_h, grad_c, backward_impl):
+    """Gradients of (gates, c_prev, w_ci, w_cf, w_co, channels_last) from those of (h_next, c_next)."""
+    if grad_h is None and grad_c is None:
+        return None, None, None, None, None, None
+    if ctx.peephole:
+        gates, c_prev, w_ci, w_cf, w_co, c_next = ctx.saved_tensors
+    else:
+        (gates, c_prev), w_ci, w_cf, w_co = ctx.saved_tensors, None, None, None
+    fmt = memory_format(ctx.channels_last)
+    grad_h = None if grad_h is None else grad_h.contiguous(memory_format=fmt)
+    grad_c = None if grad_c is None else grad_c.contiguous(memory_format=fmt)
+    grad_gates, grad_c_prev = backward_impl(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, ctx.channels_last)
+    grad_w = [None, None, None]
+    if ctx.peephole:
+        grad_i, grad_f, grad_o, _ = grad_gates.to(w_ci.dtype).chunk(4, dim=1)
+        c_prev_acc, c_next_acc = c_prev.to(w_ci.dtype), c_next.to(w_ci.dtype)
+        for k, (grad_pre, state) in enumerate(((grad_i, c_prev_acc), (grad_f, c_prev_acc), (grad_o, c_next_acc))):
+            if ctx.needs_input_grad[2 + k]:
+                grad_w[k] = (grad_pre * state).sum(dim=(0, 2, 3))  # (C,)
+    return grad_gates, grad_c_prev, *grad_w, None
 
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+def fused_op(forward_op, backward_op, forward_impl, backward_impl):
+    """The callable a fused backend runs: (gates, c_prev, w_ci, w_cf, w_co, channels_last) -> (h_next, c_next).
+
+    forward_op / backward_op are the registered custom ops over the kernels; forward_impl / backward_impl call the
+    same kernels directly. Under torch.compile the custom ops are used (autograd registered on them here), so the
+    graph keeps them without a break. Eagerly, a plain autograd.Function over the direct calls runs instead, with the
+    same saved tensors and backward: a custom op with autograd spends far longer in Python dispatch per call
+    (benchmarks/bench_dispatch.py; results/dispatch_*.json), and the training step makes 80 gate calls each way
+    per batch at the tutorial's configuration, where on a GPU the host can be what bounds the step.
+    """
+    torch.library.register_autograd(forward_op, lambda ctx, grad_h, grad_c: _backward(ctx, grad_h, grad_c,
+                                                                                      backward_op),
+                                    setup_context=_setup_context)
+
+    class EagerFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = run.forward_impl(*inputs)
+            _setup_context(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, grad_h, grad_c):
+            return _backward(ctx, grad_h, grad_c, run.backward_impl)
+
+    def run(gates, c_prev, w_ci, w_cf, w_co, channels_last):
+        if torch.compiler.is_compiling():
+            return forward_op(gates, c_prev, w_ci, w_cf, w_co, channels_last)
+        return EagerFunction.apply(gates, c_prev, w_ci, w_cf, w_co, channels_last)
+
+    # Looked up at call time, so tests can watch what the kernels are handed on either path.
+    run.custom_op, run.forward_impl, run.backward_impl = forward_op, forward_impl, backward_impl
+    return run
 
 
 def define_extension_ops(backend: str, device_type: str, extension):
     """Define and register `convlstm::lstm_gates_<backend>` (forward) and `..._backward` as custom ops over a
     compiled extension with `forward(gates, c_prev, w_ci, w_cf, w_co, channels_last) -> [h_next, c_next]` and
     `backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last) -> [grad_gates, grad_c_prev]`.
-    `extension()` returns the loaded module (it may build it on first call). Returns the forward op."""
+    `extension()` returns the loaded module (it may build it on first call). Returns `fused_op` over them."""
+
+    def forward_impl(gates, c_prev, w_ci, w_cf, w_co, channels_last):
+        h_next, c_next = extension().forward(gates, c_prev, w_ci, w_cf, w_co, channels_last)
+        return h_next, c_next
+
+    def backward_impl(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last):
+        grad_gates, grad_c_prev = extension().backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c,
+                                                       channels_last)
+        return grad_gates, grad_c_prev
 
     @torch.library.custom_op(f"convlstm::lstm_gates_{backend}", mutates_args=(), device_types=device_type)
     def forward_op(gates: torch.Tensor, c_prev: torch.Tensor, w_ci: torch.Tensor | None,
                    w_cf: torch.Tensor | None, w_co: torch.Tensor | None,
                    channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        h_next, c_next = extension().forward(gates, c_prev, w_ci, w_cf, w_co, channels_last)
-        return h_next, c_next
+        return forward_impl(gates, c_prev, w_ci, w_cf, w_co, channels_last)
 
     @torch.library.custom_op(f"convlstm::lstm_gates_{backend}_backward", mutates_args=(), device_types=device_type)
     def backward_op(gates: torch.Tensor, c_prev: torch.Tensor, w_ci: torch.Tensor | None,
                     w_cf: torch.Tensor | None, w_co: torch.Tensor | None, grad_h: torch.Tensor | None,
                     grad_c: torch.Tensor | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        grad_gates, grad_c_prev = extension().backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c,
-                                                       channels_last)
-        return grad_gates, grad_c_prev
+        return backward_impl(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last)
 
     forward_op.register_fake(fake_forward)
     backward_op.register_fake(fake_backward)
-    register_autograd(forward_op, backward_op)
-    return forward_op
+    return fused_op(forward_op, backward_op, forward_impl, backward_impl)
 
 
 def headers_stamp(source_dir, headers) -> str:

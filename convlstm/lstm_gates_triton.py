@@ -1,7 +1,8 @@
 """lstm_gates on Triton: launchers and the torch.library ops around kernels/triton/lstm_gates.py.
 
 Ops: `convlstm::lstm_gates_triton` (forward) and `convlstm::lstm_gates_triton_backward`, both `triton_op`s, so
-torch.compile sees the kernels (no graph break) on a GPU. With TRITON_INTERPRET=1 they run on CPU tensors.
+torch.compile sees the kernels (no graph break) on a GPU; eager calls launch the same kernels through an
+autograd.Function (lstm_gates_op.fused_op says why). With TRITON_INTERPRET=1 they run on CPU tensors.
 Importing this module needs Triton; backends.py is the one place that handles its absence.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from .kernels.triton.lstm_gates import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
-from .lstm_gates_op import memory_format, prepare, register_autograd
+from .lstm_gates_op import fused_op, memory_format, prepare
 
 # Elements per program. Not tuned on a GPU yet (no GPU in this session); 1024 with 4 warps is the usual choice for
 # a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
@@ -43,11 +44,8 @@ def _int64_index(c_prev: Tensor) -> bool:
     return 8 * c_prev.numel() + BLOCK >= INT32_INDEX_LIMIT
 
 
-@triton_op("convlstm::lstm_gates_triton", mutates_args=())
-def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
-                         w_co: Tensor | None, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Forward: gates (B, 4C, H, W), c_prev (B, C, H, W) in the layout `channels_last` says, peephole weights
-    (C,) in the math dtype or None -> (h_next, c_next), each like c_prev. Call through `lstm_gates_triton`."""
+def _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, launch):
+    """Launch the forward kernel through `launch` (wrap_triton inside the triton_op, the kernel itself eagerly)."""
     fmt = memory_format(channels_last)
     h_next, c_next = torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
     sizes = _sizes(c_prev)
@@ -55,18 +53,14 @@ def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_c
         return h_next, c_next
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)  # unread placeholders
-    _launcher(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    launch(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
         gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
         INT64_INDEX=_int64_index(c_prev), BLOCK=BLOCK, num_warps=NUM_WARPS)
     return h_next, c_next
 
 
-@triton_op("convlstm::lstm_gates_triton_backward", mutates_args=())
-def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
-                                  w_co: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None,
-                                  channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Backward: -> (grad_gates (B, 4C, H, W) like gates, grad_c_prev like c_prev); grad_h / grad_c may be None."""
+def _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, launch):
     fmt = memory_format(channels_last)
     grad_gates = torch.empty_like(gates, memory_format=fmt)
     grad_c_prev = torch.empty_like(c_prev, memory_format=fmt)
@@ -75,7 +69,7 @@ def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | 
         return grad_gates, grad_c_prev
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)
-    _launcher(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    launch(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
         gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
         grad_gates, grad_c_prev, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
@@ -84,7 +78,29 @@ def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | 
     return grad_gates, grad_c_prev
 
 
-register_autograd(lstm_gates_triton_op, lstm_gates_triton_backward_op)
+@triton_op("convlstm::lstm_gates_triton", mutates_args=())
+def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
+                         w_co: Tensor | None, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Forward: gates (B, 4C, H, W), c_prev (B, C, H, W) in the layout `channels_last` says, peephole weights
+    (C,) in the math dtype or None -> (h_next, c_next), each like c_prev. Call through `lstm_gates_triton`."""
+    return _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, _launcher)
+
+
+@triton_op("convlstm::lstm_gates_triton_backward", mutates_args=())
+def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
+                                  w_co: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None,
+                                  channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Backward: -> (grad_gates (B, 4C, H, W) like gates, grad_c_prev like c_prev); grad_h / grad_c may be None."""
+    return _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, _launcher)
+
+
+def _direct(kernel):
+    return kernel
+
+
+lstm_gates_triton_run = fused_op(
+    lstm_gates_triton_op, lstm_gates_triton_backward_op,
+    lambda *args: _forward(*args, launch=_direct), lambda *args: _backward(*args, launch=_direct))
 
 
 def runs_on(device: torch.device) -> str | None:
@@ -100,4 +116,4 @@ def runs_on(device: torch.device) -> str | None:
 def lstm_gates_triton(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
     """`lstm_gates_ref` on the Triton kernels: gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1)
     or None -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype)."""
-    return lstm_gates_triton_op(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+    return lstm_gates_triton_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))

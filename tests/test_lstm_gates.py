@@ -11,12 +11,15 @@ Tolerances, against the reference computed in float64 from the same stored input
            atol 0.1,   rtol 0.1 for eager torch, which rounds every intermediate to bfloat16
   float16  atol 1e-4,  rtol 2e-3 (2 ulp) fused; atol 2e-2, rtol 2e-2 eager torch
 """
+import importlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
 from convlstm.backends import unavailable_reason
+from convlstm.lstm_gates_op import prepare
 
 FUSED = ("triton", "cuda", "cpu_twin")
 SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -162,21 +165,37 @@ class RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def fused_run(backend):
+    """The callable a fused backend's `lstm_gates_<backend>` ends in (lstm_gates_op.fused_op)."""
+    return getattr(importlib.import_module(f"convlstm.lstm_gates_{backend}"), f"lstm_gates_{backend}_run")
+
+
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
 @pytest.mark.parametrize("used", ["h_only", "c_only"])
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
-def test_lstm_gates_one_output_unused(device, backend, used):
+def test_lstm_gates_one_output_unused(device, backend, used, path, monkeypatch):
     """c_next unused at the last step (or h_next unused): the gradient is right, and the backward kernel is told
-    the gradient is absent (None) rather than handed a tensor of zeros to read."""
+    the gradient is absent (None) rather than handed a tensor of zeros to read, on both paths of fused_op: the
+    autograd.Function of eager calls and the custom ops torch.compile traces."""
     gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
     grad = torch.randn_like(c_prev)
     grad_h, grad_c = (grad, None) if used == "h_only" else (None, grad)
-    h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend)
-    with RecordOps() as recorder:
+    run = fused_run(backend)
+    if path == "eager":
+        h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend)
+        handed = []
+        backward_impl = run.backward_impl
+        monkeypatch.setattr(run, "backward_impl", lambda *args: handed.append(args) or backward_impl(*args))
         grads = torch.autograd.grad(h_next if used == "h_only" else c_next, [gates, c_prev, *weights], grad)
+    else:
+        h_next, c_next = run.custom_op(*prepare(gates, c_prev, *weights))
+        with RecordOps() as recorder:
+            grads = torch.autograd.grad(h_next if used == "h_only" else c_next, [gates, c_prev, *weights], grad)
+        handed = [args for name, args in recorder.calls if name.startswith(f"convlstm.lstm_gates_{backend}_backward")]
     _, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
     for actual, expected in zip(grads, grads_ref):
         torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
-    (args,) = [args for name, args in recorder.calls if name.startswith(f"convlstm.lstm_gates_{backend}_backward")]
+    (args,) = handed
     op_grad_h, op_grad_c = args[5], args[6]
     assert (op_grad_h is None, op_grad_c is None) == (grad_h is None, grad_c is None)
 
