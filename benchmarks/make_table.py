@@ -1,4 +1,5 @@
-"""make_table: the README tables and the target checks, from results files written by bench_gates and bench_train.
+"""make_table: the README tables and the target checks, from results files written by bench_gates, bench_train and
+bench_dispatch.
 
     python benchmarks/make_table.py                       # print, from benchmarks/results/*.json
     python benchmarks/make_table.py --write               # also rewrite the generated part of benchmarks/README.md
@@ -28,8 +29,9 @@ def load(paths):
             run = json.load(f)
         if not isinstance(run, dict) or "header" not in run or "results" not in run:
             raise ValueError(f"{path}: not a benchmark results file (expected 'header' and 'results')")
-        if run["header"].get("kind") not in ("gates", "train"):
-            raise ValueError(f"{path}: header.kind is {run['header'].get('kind')!r}, expected 'gates' or 'train'")
+        if run["header"].get("kind") not in TITLES:
+            raise ValueError(f"{path}: header.kind is {run['header'].get('kind')!r}, expected one of "
+                             f"{', '.join(TITLES)}")
         run["path"] = os.path.relpath(path, HERE)
         runs.append(run)
     return runs
@@ -47,10 +49,10 @@ def _md(rows):
 def describe(run):
     h = run["header"]
     versions = ", ".join(f"{name} {h[name]}" for name in ("torch", "triton", "cuda") if h.get(name))
-    extra = f"copy {h['copy_gbps']:.0f} GB/s" if "copy_gbps" in h else \
-        "matmul " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in h.get("matmul_tflops", {}).items())
+    extra = f"; copy {h['copy_gbps']:.0f} GB/s" if "copy_gbps" in h else "; matmul " + ", ".join(
+        f"{k} {v:.1f} TFLOP/s" for k, v in h["matmul_tflops"].items()) if "matmul_tflops" in h else ""
     return (f"`{run['path']}`: {h['device_name']} ({h['device']}, {h.get('cpu_threads')} CPU threads), {versions}; "
-            f"commit {h.get('git_commit')}, {h.get('date')}; {extra}; `{h.get('command')}`"
+            f"commit {h.get('git_commit')}, {h.get('date')}{extra}; `{h.get('command')}`"
             + ("; **quick run**" if h.get("quick") else ""))
 
 
@@ -98,6 +100,19 @@ def train_table(run):
                      f"{r['peak_mem_mb']:.0f}" if good else "-", r.get("status", "?")])
     config = run["results"][0]["config"] if run["results"] else {}
     return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)
+
+
+def dispatch_table(run):
+    rows = [["path", "pass", "us per call", "x reference", "status"]]
+    for r in run["results"]:
+        good = r.get("status") == "ok"
+        rows.append([r["path"], r["pass"], f"{r['us']:.1f}" if good else "-",
+                     f"{r['x_reference']:.2f}" if good else "-", r.get("status", "?")])
+    return _md(rows)
+
+
+TITLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
+          "dispatch": ("Host time per call (bench_dispatch)", dispatch_table)}
 
 
 # ---- target checks -------------------------------------------------------------------------------------------
@@ -243,9 +258,8 @@ def targets(runs):
 def render(runs):
     parts = ["## Results", ""]
     for run in runs:
-        title = "Gate step (bench_gates)" if run["header"]["kind"] == "gates" else "Training step (bench_train)"
-        parts += [f"### {title}, {run['header']['device']}", "", describe(run), ""]
-        parts += [gates_table(run) if run["header"]["kind"] == "gates" else train_table(run), ""]
+        title, table = TITLES[run["header"]["kind"]]
+        parts += [f"### {title}, {run['header']['device']}", "", describe(run), "", table(run), ""]
     parts += ["## Targets", ""]
     parts += [f"- **{status}**: {name}. {detail}" for name, status, detail in targets(runs)]
     return "\n".join(parts) + "\n"

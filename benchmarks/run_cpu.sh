@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 status=0
+"$PYTHON" benchmarks/bench_dispatch.py --device cpu --out benchmarks/results/dispatch_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_gates.py --device cpu --out benchmarks/results/gates_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_train.py --device cpu --out benchmarks/results/train_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/make_table.py --write

@@ -73,7 +73,7 @@ def train_run(tmp_path_factory):
 def test_bench_gates_quick_writes_schema_and_table(session_run):
     _, out = session_run
     data = json.loads((out / "gates_cpu.json").read_text())
-    log = (out / "gates.log").read_text()
+    log = (out / "bench.log").read_text()
     assert HEADER_KEYS | {"copy_gbps"} <= set(data["header"])
     assert data["header"]["kind"] == "gates" and data["header"]["device"] == "cpu" and data["header"]["quick"]
     assert positive_finite(data["header"]["copy_gbps"])
@@ -90,6 +90,25 @@ def test_bench_gates_quick_writes_schema_and_table(session_run):
         assert 0 <= r["max_abs_err"] <= 1e-4
         assert r["gbps"] == pytest.approx(r["bytes"] / (r["ms"] * 1e-3) / 1e9)
     assert "GB/s" in log and "fwd+bwd" in log and "compile" in log
+
+
+def test_bench_dispatch_quick_writes_schema_and_table(session_run):
+    """Host time per call: the reference, then each fused backend on the CPU (the cpu_twin; never Triton's
+    interpreter) by its public path and by its custom op, forward and forward+backward."""
+    _, out = session_run
+    data = json.loads((out / "dispatch_cpu.json").read_text())
+    assert HEADER_KEYS <= set(data["header"]) and data["header"]["kind"] == "dispatch"
+    results = data["results"]
+    paths = ["reference"] + [p for b in convlstm.available_backends("cpu") if b not in ("torch", "triton")
+                             for p in (b, f"{b}:custom_op")]
+    assert [(r["path"], r["pass"]) for r in results] == [(p, q) for p in paths for q in ("fwd", "fwd+bwd")]
+    for r in results:
+        assert r["status"] == "ok" and positive_finite(r["us"]) and positive_finite(r["x_reference"]), r
+        if r["path"] == "reference":
+            assert r["x_reference"] == 1.0
+    assert "us/call" in (out / "bench.log").read_text()
+    table = run_script("make_table.py", str(out / "dispatch_cpu.json"))
+    assert table.returncode == 0 and "Host time per call (bench_dispatch)" in table.stdout, table.stderr
 
 
 def test_gate_bytes_by_hand():
@@ -382,10 +401,14 @@ def test_gpu_session_dry_run_reports_failure(session_run):
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 1, summary
     assert "step build: exit 0" in summary and "step tests: exit 1 (FAILED)" in summary
-    assert "step gates: exit 0" in summary and "step train: exit 0" in summary
+    assert "step gates: exit 0" in summary and "step train: exit 0" in summary and "step dispatch: exit 0" in summary
     assert summary.rstrip().endswith("FAILED: tests")  # the last line names the failed step
-    assert sorted(os.listdir(out)) == ["build.log", "gates.log", "gates_cpu.json", "summary.txt", "tests.log",
-                                       "tests_junit.xml", "train.log", "train_cpu.json"]
+    # At most 8 files come back from the device tool: the benchmarks share bench.log.
+    assert sorted(os.listdir(out)) == ["bench.log", "build.log", "dispatch_cpu.json", "gates_cpu.json",
+                                       "summary.txt", "tests.log", "tests_junit.xml", "train_cpu.json"]
+    log = (out / "bench.log").read_text()
+    assert [line.split(" (")[0] for line in log.splitlines() if line.startswith("=== step")] == [
+        "=== step dispatch", "=== step gates", "=== step train"]
     train = json.loads((out / "train_cpu.json").read_text())["results"]
     # --quick alone: the eager cases of the reference and "auto", both amps
     by_case = {(r["backend"], r["amp"]): r for r in train}
