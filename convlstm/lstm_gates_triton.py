@@ -15,13 +15,11 @@ from torch.library import triton_op, wrap_triton
 from .kernels.triton.lstm_gates import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
 from .lstm_gates_op import fused_op, memory_format, prepare
 
-# Elements per program. Not tuned on a GPU yet (no GPU in this session); 1024 with 4 warps is the usual choice for
-# a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses in NCHW).
+# Elements per program. Not tuned on a GPU yet (no GPU in any session so far); 1024 with 4 warps is the usual choice
+# for a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses along a row).
 BLOCK = 1024
 NUM_WARPS = 4
-# Offsets are int32 while every one the kernels compute stays below this (why not always int64: kernels/README.md,
-# "Index arithmetic"); tests lower it to run the int64 kernels on small tensors.
-INT32_INDEX_LIMIT = 2**31
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension, which walks along a row
 
 
 def _launcher(kernel):
@@ -32,31 +30,34 @@ def _launcher(kernel):
     return kernel if INTERPRETED else wrap_triton(kernel)
 
 
-def _sizes(c_prev: Tensor) -> dict:
-    _, channels, height, width = c_prev.shape
-    return dict(numel=c_prev.numel(), channels=channels, spatial=height * width, plane=channels * height * width)
-
-
-def _int64_index(c_prev: Tensor) -> bool:
-    """Whether the kernels need int64 offsets. Masked-off lanes of the last program compute offsets too: the largest
-    any lane reaches is below 4*numel + 3*plane + 3*channels + BLOCK (a gate of element numel + BLOCK - 1, one
-    sample past the end), hence the bound 8*numel + BLOCK; int32 still covers gates of up to 2^30 elements."""
-    return 8 * c_prev.numel() + BLOCK >= INT32_INDEX_LIMIT
+def _tiling(c_prev: Tensor, channels_last: bool) -> tuple[tuple[int, int], dict]:
+    """The grid and the kernels' size arguments for c_prev seen as rows (kernels/triton/lstm_gates.py): NCHW rows
+    are (b, c) planes of H*W elements, channels_last rows are (b, h, w) positions of C channels. A tile is as
+    many whole rows as fit in BLOCK elements when rows are short, else BLOCK columns of one row."""
+    batch, channels, height, width = c_prev.shape
+    rows, row_len = (batch * height * width, channels) if channels_last else (batch * channels, height * width)
+    cols = min(triton.next_power_of_2(row_len), BLOCK)
+    tile_rows = BLOCK // cols
+    grid = (triton.cdiv(rows, tile_rows), triton.cdiv(row_len, cols))
+    if grid[1] > MAX_GRID_Y:
+        raise ValueError(f"lstm_gates (triton): rows of {row_len} elements ({'C' if channels_last else 'H*W'}) are "
+                         f"more than the kernels' grid covers ({MAX_GRID_Y * BLOCK}); use the cuda or torch backend")
+    return grid, dict(rows=rows, row_len=row_len, channels=channels, ROWS=tile_rows, COLS=cols)
 
 
 def _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, launch):
     """Launch the forward kernel through `launch` (wrap_triton inside the triton_op, the kernel itself eagerly)."""
     fmt = memory_format(channels_last)
     h_next, c_next = torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
-    sizes = _sizes(c_prev)
-    if sizes["numel"] == 0:
+    if c_prev.numel() == 0:
         return h_next, c_next
+    grid, sizes = _tiling(c_prev, channels_last)
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)  # unread placeholders
-    launch(lstm_gates_fwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    launch(lstm_gates_fwd_kernel)[grid](
         gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
-        INT64_INDEX=_int64_index(c_prev), BLOCK=BLOCK, num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS)
     return h_next, c_next
 
 
@@ -64,17 +65,16 @@ def _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, la
     fmt = memory_format(channels_last)
     grad_gates = torch.empty_like(gates, memory_format=fmt)
     grad_c_prev = torch.empty_like(c_prev, memory_format=fmt)
-    sizes = _sizes(c_prev)
-    if sizes["numel"] == 0:
+    if c_prev.numel() == 0:
         return grad_gates, grad_c_prev
+    grid, sizes = _tiling(c_prev, channels_last)
     peephole = w_ci is not None
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)
-    launch(lstm_gates_bwd_kernel)[(triton.cdiv(sizes["numel"], BLOCK),)](
+    launch(lstm_gates_bwd_kernel)[grid](
         gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
         grad_gates, grad_c_prev, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
-        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, INT64_INDEX=_int64_index(c_prev),
-        BLOCK=BLOCK, num_warps=NUM_WARPS)
+        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, num_warps=NUM_WARPS)
     return grad_gates, grad_c_prev
 
 

@@ -440,26 +440,19 @@ def test_lstm_gates_int64_offsets(device, backend):
     torch.testing.assert_close(grad_gates[tail].float(), grad_ref, atol=1e-3, rtol=1.6e-2)
 
 
-def test_triton_index_width_follows_the_largest_offset():
-    """int32 offsets while 8*numel + BLOCK stays below 2^31 (convlstm/lstm_gates_triton.py), int64 from there."""
+@pytest.mark.parametrize("shape, channels_last, rows, row_len, tile", [
+    ((12, 64, 64, 64), False, 12 * 64, 4096, (1, 1024)),  # the tutorial's step: one row is 4 programs
+    ((12, 64, 64, 64), True, 12 * 4096, 64, (16, 64)),  # 16 positions of 64 channels
+    ((2, 5, 11, 13), False, 10, 143, (4, 256)),  # odd rows: masked columns
+    ((2, 5, 11, 13), True, 286, 5, (128, 8)),
+], ids=["tutorial-nchw", "tutorial-nhwc", "odd-nchw", "odd-nhwc"])
+def test_triton_tiles_rows(shape, channels_last, rows, row_len, tile):
+    """The Triton kernels' tiling (convlstm/lstm_gates_triton.py): rows of H*W (NCHW) or of C (channels_last),
+    BLOCK elements per program; a row too long for the grid is a clear error, not a wrong launch."""
     triton_module = pytest.importorskip("convlstm.lstm_gates_triton")
-    limit = (2**31 - triton_module.BLOCK) // 8  # the largest numel with int32 offsets
-    assert not triton_module._int64_index(torch.empty(limit - 1, 1, 1, 1, device="meta"))
-    assert triton_module._int64_index(torch.empty(limit + 1, 1, 1, 1, device="meta"))
-    assert not triton_module._int64_index(torch.empty(12, 64, 64, 64, device="meta"))  # the tutorial's step
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
-@pytest.mark.parametrize("device, backend", device_backend_cases(("triton",)))
-def test_triton_int64_index_kernels_on_small_tensors(device, backend, layout, peephole, monkeypatch):
-    """The int64-offset Triton kernels (taken for tensors past 2^31 elements) on a small tensor: the limit lowered
-    to 0 sends every call through them. test_lstm_gates_int64_offsets runs them at full size on a GPU."""
-    monkeypatch.setattr("convlstm.lstm_gates_triton.INT32_INDEX_LIMIT", 0)
-    gates, c_prev, weights = make_inputs((2, 5, 11, 13), torch.float32, device, layout, peephole)
-    grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
-    outputs, grads = run_with_grads(lambda *a: lstm_gates(*a, backend=backend), gates, c_prev, weights, grad_h, grad_c)
-    outputs_ref, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
-    names = ("h_next", "c_next", "grad_gates", "grad_c_prev", "grad_w_ci", "grad_w_cf", "grad_w_co")
-    for name, got, want in zip(names, (*outputs, *grads), (*outputs_ref, *grads_ref)):
-        assert_close(got, want, torch.float32, backend, name)
+    grid, sizes = triton_module._tiling(torch.empty(shape, device="meta"), channels_last)
+    assert (sizes["rows"], sizes["row_len"], sizes["channels"]) == (rows, row_len, shape[1])
+    assert (sizes["ROWS"], sizes["COLS"]) == tile and sizes["ROWS"] * sizes["COLS"] == triton_module.BLOCK
+    assert grid == (-(-rows // tile[0]), -(-row_len // tile[1]))
+    with pytest.raises(ValueError, match="rows of 68719476736 elements"):
+        triton_module._tiling(torch.empty(1, 1, 2**18, 2**18, device="meta"), False)

@@ -72,7 +72,7 @@ for arch in (80, 90):
         pointers.update({name: "*" + state for name in ("c_prev_ptr", "h_next_ptr", "c_next_ptr", "grad_h_ptr",
                                                          "grad_c_ptr", "grad_c_prev_ptr")})
         constexprs = dict(CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=acc == "fp64",
-                          INT64_INDEX=gate == "bf16", BLOCK=1024)
+                          ROWS=16 if channels_last else 1, COLS=64 if channels_last else 1024)
         forward = compile_kernel(lstm_gates_fwd_kernel, pointers, constexprs, arch)
         backward = compile_kernel(lstm_gates_bwd_kernel, pointers,
                                   dict(constexprs, HAS_GRAD_H=True, HAS_GRAD_C=not peephole), arch)

@@ -1,10 +1,11 @@
 """lstm_gates: Triton kernels for one ConvLSTM step (the launcher and the op are in convlstm/lstm_gates_triton.py).
 
-Each program handles BLOCK elements n of c_prev (B, C, H, W); the four gates of element n sit in gates
-(B, 4C, H, W) at `gate_base + k * gate_stride`, k = 0..3 for i, f, o, g. Both tensors are contiguous in the same
-memory format: NCHW, or NHWC when CHANNELS_LAST. Offsets are int32, or int64 when INT64_INDEX (set by the launcher,
-convlstm/lstm_gates_triton.py, when an offset could pass 2^31): 64-bit division and remainder would cost 11-38% more
-instructions per element (kernels/README.md, "Index arithmetic").
+c_prev (B, C, H, W) is seen as rows of contiguous elements: NCHW, a row is one (b, c) plane of H*W; channels_last
+(NHWC), a row is one (b, h, w) position's C channels. Each program handles a tile of ROWS rows by COLS columns, so
+the position of an element's four gates in gates (B, 4C, H, W), `gate_base + k * gate_stride` for k = 0..3 (i, f,
+o, g), comes from per-row arithmetic (one division per row, none per element), and in channels_last the gate loads
+are contiguous along the row, so they vectorise. Offsets are int64 (B*4C*H*W can pass 2^31); per row that costs
+little. Why tiles: kernels/README.md, "Index arithmetic" (instruction counts of this and the earlier indexing).
 The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
 The per-element formulas are those of kernels/cuda/lstm_gates.cuh; the spec is lstm_gates_ref.
 """
@@ -38,28 +39,23 @@ def _tanh(x):
 
 
 @triton.jit
-def _first_index(BLOCK: tl.constexpr, INT64_INDEX: tl.constexpr):
-    """This program's first element, in the index type every offset is computed in."""
-    if INT64_INDEX:
-        return tl.program_id(0).to(tl.int64) * BLOCK
-    else:
-        return tl.program_id(0) * BLOCK
-
-
-@triton.jit
-def _locate(n, channels, spatial, plane, CHANNELS_LAST: tl.constexpr):
-    """Channel of element n, offset of its i gate in gates, and the distance between its four gates."""
-    b = n // plane
+def _tile(rows, row_len, channels, CHANNELS_LAST: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """This program's ROWS x COLS tile of c_prev seen as (rows, row_len): the elements n, their mask, their channel,
+    the offset of their i gate in gates and the distance between their four gates."""
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    col = tl.program_id(1) * COLS + tl.arange(0, COLS)
+    mask = (r < rows)[:, None] & (col < row_len)[None, :]
+    n = r[:, None] * row_len + col[None, :]
     if CHANNELS_LAST:
-        channel = n % channels
-        s = (n - b * plane) // channels
-        gate_base = n + 3 * b * plane + 3 * s * channels  # b*4CS + s*4C + c
+        gate_base = r[:, None] * (4 * channels) + col[None, :]  # position r's 4C gates in a row: i, f, o, g
+        channel = col[None, :]
         gate_stride = channels
     else:
-        channel = (n // spatial) % channels
-        gate_base = n + 3 * b * plane  # b*4CS + c*S + s
-        gate_stride = plane
-    return channel, gate_base, gate_stride
+        b = r // channels  # one division per row
+        gate_base = (r + 3 * b * channels)[:, None] * row_len + col[None, :]  # gates plane b*4C + c
+        channel = (r - b * channels)[:, None]
+        gate_stride = channels * row_len
+    return n, mask, channel, gate_base, gate_stride
 
 
 @triton.jit
@@ -75,12 +71,10 @@ def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64:
 
 @triton.jit
 def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h_next_ptr, c_next_ptr,
-                          numel, channels, spatial, plane,
+                          rows, row_len, channels,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, ACC_FP64: tl.constexpr,
-                          INT64_INDEX: tl.constexpr, BLOCK: tl.constexpr):
-    n = _first_index(BLOCK, INT64_INDEX) + tl.arange(0, BLOCK)
-    mask = n < numel
-    channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
+                          ROWS: tl.constexpr, COLS: tl.constexpr):
+    n, mask, channel, gate_base, gate_stride = _tile(rows, row_len, channels, CHANNELS_LAST, ROWS, COLS)
     a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
     if HAS_PEEPHOLE:
         a_i += _load(w_ci_ptr + channel, mask, ACC_FP64) * c_prev
@@ -96,15 +90,12 @@ def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h
 @triton.jit
 def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, grad_h_ptr, grad_c_ptr,
                           grad_gates_ptr, grad_c_prev_ptr,
-                          numel, channels, spatial, plane,
+                          rows, row_len, channels,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, HAS_GRAD_H: tl.constexpr,
-                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, INT64_INDEX: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Gradient of the pre-activation gates and of c_prev. The activations are recomputed from gates and c_prev
     (a few flops per element on a memory-bound kernel) instead of being kept from the forward."""
-    n = _first_index(BLOCK, INT64_INDEX) + tl.arange(0, BLOCK)
-    mask = n < numel
-    channel, gate_base, gate_stride = _locate(n, channels, spatial, plane, CHANNELS_LAST)
+    n, mask, channel, gate_base, gate_stride = _tile(rows, row_len, channels, CHANNELS_LAST, ROWS, COLS)
     a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
     w_ci = 0.0
     w_cf = 0.0
