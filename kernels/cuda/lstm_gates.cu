@@ -122,19 +122,14 @@ unsigned int num_blocks(int64_t numel) {
   return static_cast<unsigned int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
-// int32 indices while every value the kernels compute fits: gate offsets stay below 4*numel, and the grid-stride
-// loop's n below numel + kMaxBlocks*kThreads (2^28). 64-bit division and remainder (n / plane, n % C) cost several
-// times the 32-bit ones, and these kernels do little else per element: instruction counts in kernels/README.md.
-bool int32_index(const Shape& shape) {
-  return 4 * shape.numel + kMaxBlocks * kThreads <= int64_t(INT32_MAX);
-}
+static_assert(kMaxBlocks * kThreads == kMaxStride, "lstm_gates.cuh's int32_index assumes this grid-stride bound");
 
 template <typename gate_t, typename state_t>
 cudaError_t launch_forward(const void* gates, const void* c_prev, const void* w_ci, const void* w_cf,
                            const void* w_co, void* h_next, void* c_next, Shape shape, cudaStream_t stream) {
   using acc_t = typename std::conditional<std::is_same<state_t, double>::value, double, float>::type;
   if (shape.numel == 0) return cudaSuccess;
-  auto kernel = int32_index(shape) ? forward_kernel<gate_t, state_t, acc_t, int32_t>
+  auto kernel = int32_index(shape.numel) ? forward_kernel<gate_t, state_t, acc_t, int32_t>
                                    : forward_kernel<gate_t, state_t, acc_t, int64_t>;
   kernel<<<num_blocks(shape.numel), kThreads, 0, stream>>>(
       static_cast<const gate_t*>(gates), static_cast<const state_t*>(c_prev), static_cast<const acc_t*>(w_ci),
@@ -149,7 +144,7 @@ cudaError_t launch_backward(const void* gates, const void* c_prev, const void* w
                             void* grad_c_prev, Shape shape, cudaStream_t stream) {
   using acc_t = typename std::conditional<std::is_same<state_t, double>::value, double, float>::type;
   if (shape.numel == 0) return cudaSuccess;
-  auto kernel = int32_index(shape) ? backward_kernel<gate_t, state_t, acc_t, int32_t>
+  auto kernel = int32_index(shape.numel) ? backward_kernel<gate_t, state_t, acc_t, int32_t>
                                    : backward_kernel<gate_t, state_t, acc_t, int64_t>;
   kernel<<<num_blocks(shape.numel), kThreads, 0, stream>>>(
       static_cast<const gate_t*>(gates), static_cast<const state_t*>(c_prev), static_cast<const acc_t*>(w_ci),

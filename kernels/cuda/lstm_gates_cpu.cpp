@@ -12,11 +12,11 @@ namespace {
 // Elements per parallel_for task: enough to amortise the task, small enough to spread a 64x64 map.
 constexpr int64_t kGrain = 4096;
 
-template <typename acc_t>
-Peephole<acc_t> peephole_at(const acc_t* w_ci, const acc_t* w_cf, const acc_t* w_co, int64_t n, int64_t channels,
-                            int64_t spatial, bool channels_last) {
+template <typename acc_t, typename index_t>
+Peephole<acc_t> peephole_at(const acc_t* w_ci, const acc_t* w_cf, const acc_t* w_co, index_t n, index_t channels,
+                            index_t spatial, bool channels_last) {
   if (w_ci == nullptr) return {acc_t(0), acc_t(0), acc_t(0)};
-  const int64_t c = channel_of(n, channels, spatial, channels_last);
+  const index_t c = channel_of(n, channels, spatial, channels_last);
   return {w_ci[c], w_cf[c], w_co[c]};
 }
 
@@ -25,7 +25,8 @@ const acc_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<acc_t>() : nullptr;
 }
 
-template <typename gate_t, typename state_t>
+// index_t as the CUDA launchers pick it (int32_index), so the twin runs the same instantiation of the indexing.
+template <typename gate_t, typename state_t, typename index_t>
 void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
                   at::Tensor& c_next, bool channels_last) {
@@ -35,9 +36,9 @@ void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::
   const acc_t *wi = ptr_or_null<acc_t>(w_ci), *wf = ptr_or_null<acc_t>(w_cf), *wo = ptr_or_null<acc_t>(w_co);
   state_t* h = h_next.data_ptr<state_t>();
   state_t* c = c_next.data_ptr<state_t>();
-  const int64_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
+  const index_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
   at::parallel_for(0, c_prev.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
+    for (index_t n = begin; n < end; ++n) {
       acc_t gate[4];
       for (int k = 0; k < 4; ++k) {
         gate[k] = static_cast<acc_t>(g[gate_offset(n, k, channels, spatial, channels_last)]);
@@ -50,7 +51,7 @@ void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::
   });
 }
 
-template <typename gate_t, typename state_t>
+template <typename gate_t, typename state_t, typename index_t>
 void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                    const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                    const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
@@ -63,10 +64,10 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std:
   const state_t* dc = grad_c.has_value() ? grad_c->data_ptr<state_t>() : nullptr;
   gate_t* dg = grad_gates.data_ptr<gate_t>();
   state_t* dcp = grad_c_prev.data_ptr<state_t>();
-  const int64_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
+  const index_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
   at::parallel_for(0, c_prev.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      int64_t offset[4];
+    for (index_t n = begin; n < end; ++n) {
+      index_t offset[4];
       acc_t gate[4];
       for (int k = 0; k < 4; ++k) {
         offset[k] = gate_offset(n, k, channels, spatial, channels_last);
@@ -110,8 +111,11 @@ void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::o
                  const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
                  at::Tensor& c_next, bool channels_last) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          forward_loop<gate_t, state_t>(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next,
-                                                        channels_last));
+                          int32_index(c_prev.numel())
+                              ? forward_loop<gate_t, state_t, int32_t>(gates, c_prev, w_ci, w_cf, w_co, h_next,
+                                                                       c_next, channels_last)
+                              : forward_loop<gate_t, state_t, int64_t>(gates, c_prev, w_ci, w_cf, w_co, h_next,
+                                                                       c_next, channels_last));
 }
 
 void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
@@ -119,8 +123,12 @@ void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::
                   const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          backward_loop<gate_t, state_t>(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c,
-                                                         grad_gates, grad_c_prev, channels_last));
+                          int32_index(c_prev.numel())
+                              ? backward_loop<gate_t, state_t, int32_t>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
+                                                                        grad_c, grad_gates, grad_c_prev, channels_last)
+                              : backward_loop<gate_t, state_t, int64_t>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
+                                                                        grad_c, grad_gates, grad_c_prev,
+                                                                        channels_last));
 }
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
