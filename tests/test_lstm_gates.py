@@ -456,3 +456,17 @@ def test_triton_tiles_rows(shape, channels_last, rows, row_len, tile):
     assert grid == (-(-rows // tile[0]), -(-row_len // tile[1]))
     with pytest.raises(ValueError, match="rows of 68719476736 elements"):
         triton_module._tiling(torch.empty(1, 1, 2**18, 2**18, device="meta"), False)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_without_autograd(device, backend, mode):
+    """Validation (torch.no_grad) and evaluate.py (torch.inference_mode) run the fused path without autograd: the
+    reference's outputs, nothing kept for a backward."""
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
+    with mode():
+        h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend)
+    (h_ref, c_ref), _ = reference_in_float64(gates, c_prev, weights, torch.ones_like(c_prev), None)
+    assert not h_next.requires_grad and not c_next.requires_grad and h_next.grad_fn is None
+    assert_close(h_next, h_ref, torch.float32, backend, "h_next")
+    assert_close(c_next, c_ref, torch.float32, backend, "c_next")
