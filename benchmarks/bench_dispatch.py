@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 
@@ -64,9 +63,7 @@ def host_us(fn, device, reps):
             fn()
         benchutil.sync(device)
         samples.append((time.perf_counter() - start) / reps * 1e6)
-    median = statistics.median(samples)
-    q1, _, q3 = statistics.quantiles(samples, n=4)
-    return median, (q3 - q1) / median
+    return benchutil.median_and_spread(samples)
 
 
 def pass_fn(op, pass_name, device):
