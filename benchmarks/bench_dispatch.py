@@ -44,10 +44,9 @@ def fused_runs(device):
     for backend in convlstm.available_backends(device):
         if backend == "torch" or (backend == "triton" and device.type == "cpu"):
             continue
-        module = __import__(f"convlstm.lstm_gates_{backend}", fromlist=["_"])
-        run = getattr(module, f"lstm_gates_{backend}_run")
+        custom_op = convlstm.backends.fused_run(backend).custom_op
         runs.append((backend, lambda g, c, b=backend: convlstm.lstm_gates(g, c, backend=b)))
-        runs.append((f"{backend}:custom_op", lambda g, c, op=run.custom_op: op(*prepare(g, c, None, None, None))))
+        runs.append((f"{backend}:custom_op", lambda g, c, op=custom_op: op(*prepare(g, c, None, None, None))))
     return runs
 
 

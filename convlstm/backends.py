@@ -95,3 +95,13 @@ resolve_backend._dynamo_marked_constant = True
 def gate_function(name: str):
     """The function (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next) of a backend `resolve_backend` gave."""
     return _GATE_FUNCTIONS[name]
+
+
+def fused_run(name: str):
+    """The callable a fused backend's gate function ends in (lstm_gates_op.fused_op): its `.custom_op` is what
+    torch.compile traces, its `.forward_impl` / `.backward_impl` what the kernels are handed (for benchmarks and
+    tests). `name` must be a fused backend that imports here."""
+    module, reason = _module(name)
+    if module is None:
+        raise RuntimeError(reason)
+    return getattr(module, f"lstm_gates_{name}_run")

@@ -11,14 +11,12 @@ Tolerances, against the reference computed in float64 from the same stored input
            atol 0.1,   rtol 0.1 for eager torch, which rounds every intermediate to bfloat16
   float16  atol 1e-4,  rtol 2e-3 (2 ulp) fused; atol 2e-2, rtol 2e-2 eager torch
 """
-import importlib
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
-from convlstm.backends import unavailable_reason
+from convlstm.backends import fused_run, unavailable_reason
 from convlstm.lstm_gates_op import prepare
 
 FUSED = ("triton", "cuda", "cpu_twin")
@@ -163,11 +161,6 @@ class RecordOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls.append((str(func), args))
         return func(*args, **(kwargs or {}))
-
-
-def fused_run(backend):
-    """The callable a fused backend's `lstm_gates_<backend>` ends in (lstm_gates_op.fused_op)."""
-    return getattr(importlib.import_module(f"convlstm.lstm_gates_{backend}"), f"lstm_gates_{backend}_run")
 
 
 @pytest.mark.parametrize("path", ["eager", "custom_op"])
