@@ -80,16 +80,16 @@ LSTM_GATES_HD StepGrad<acc_t> backward(acc_t g_i, acc_t g_f, acc_t g_o, acc_t g_
   return out;
 }
 
-// Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous in one memory format:
-// NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W. index_t is int32_t when
-// int32_index says so, else int64_t (B*4C*H*W can pass 2^31); the CUDA launchers and the CPU twin both follow it.
-
 // The most a CUDA thread's n can pass numel by: the grid-stride loop's stride, 2^20 blocks x 256 threads at most.
 constexpr int64_t kMaxStride = int64_t(1) << 28;
 
-// int32 while every offset (below 4*numel) and every n (below numel + kMaxStride) fits. Why not always int64:
-// 64-bit division and remainder cost several times the 32-bit ones (kernels/README.md, "Index arithmetic").
+// Whether indices can be int32_t: every offset (below 4*numel) and every n (below numel + kMaxStride) fits. Else
+// int64_t (B*4C*H*W can pass 2^31). Why not always int64: 64-bit division and remainder cost several times the
+// 32-bit ones (kernels/README.md, "Index arithmetic"). The CUDA launchers and the CPU twin both follow it.
 LSTM_GATES_HD bool int32_index(int64_t numel) { return 4 * numel + kMaxStride <= int64_t(INT32_MAX); }
+
+// Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous in one memory format:
+// NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W.
 template <typename index_t>
 LSTM_GATES_HD index_t channel_of(index_t n, index_t channels, index_t spatial, bool channels_last) {
   return channels_last ? n % channels : (n / spatial) % channels;

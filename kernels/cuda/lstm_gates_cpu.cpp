@@ -25,7 +25,6 @@ const acc_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<acc_t>() : nullptr;
 }
 
-// index_t as the CUDA launchers pick it (int32_index), so the twin runs the same instantiation of the indexing.
 template <typename gate_t, typename state_t, typename index_t>
 void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
@@ -87,6 +86,17 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std:
   });
 }
 
+// Calls f with a value of the index type the CUDA launchers would pick (int32_index), so the twin runs the same
+// instantiation of the indexing.
+template <typename F>
+void with_index_type(int64_t numel, F&& f) {
+  if (int32_index(numel)) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
 // Runs `body` with gate_t / state_t bound to the storage types of a supported (gate, state) dtype pair.
 #define LSTM_GATES_CPU_CASE(GATE, STATE, GATE_T, STATE_T, ...) \
   if (gate == GATE && state == STATE) {                         \
@@ -111,11 +121,10 @@ void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::o
                  const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
                  at::Tensor& c_next, bool channels_last) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          int32_index(c_prev.numel())
-                              ? forward_loop<gate_t, state_t, int32_t>(gates, c_prev, w_ci, w_cf, w_co, h_next,
-                                                                       c_next, channels_last)
-                              : forward_loop<gate_t, state_t, int64_t>(gates, c_prev, w_ci, w_cf, w_co, h_next,
-                                                                       c_next, channels_last));
+                          with_index_type(c_prev.numel(), [&](auto index) {
+                            forward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, h_next,
+                                                                           c_next, channels_last);
+                          }));
 }
 
 void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
@@ -123,12 +132,11 @@ void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::
                   const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          int32_index(c_prev.numel())
-                              ? backward_loop<gate_t, state_t, int32_t>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
-                                                                        grad_c, grad_gates, grad_c_prev, channels_last)
-                              : backward_loop<gate_t, state_t, int64_t>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
-                                                                        grad_c, grad_gates, grad_c_prev,
-                                                                        channels_last));
+                          with_index_type(c_prev.numel(), [&](auto index) {
+                            backward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
+                                                                            grad_c, grad_gates, grad_c_prev,
+                                                                            channels_last);
+                          }));
 }
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
