@@ -5,7 +5,7 @@ Backends:
   "cuda"     the CUDA extension (convlstm/lstm_gates_cuda.py): CUDA tensors, prebuilt by setup.py or JIT-built.
   "triton"   the Triton kernels (convlstm/lstm_gates_triton.py): CUDA tensors; CPU tensors too when
              TRITON_INTERPRET=1 was set before triton was imported (the interpreter, for tests).
-  "cpu_twin" the CUDA kernels' per-element math compiled for the CPU with g++ (convlstm/lstm_gates_cpu_twin.py):
+  "cpu_twin" the CUDA kernels' thread bodies compiled for the CPU with g++ (convlstm/lstm_gates_cpu_twin.py):
              a test/debug path, built on first use.
   "auto"     CUDA tensors: cuda if it loads, else triton, else torch. CPU tensors: torch (the interpreter and the
              twin are for tests, not speed).

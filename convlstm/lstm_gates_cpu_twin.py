@@ -1,6 +1,8 @@
-"""lstm_gates "cpu_twin": the CUDA kernels' per-element math and indexing (kernels/cuda/lstm_gates.cuh) compiled
-for the CPU with g++ (kernels/cuda/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
-CUDA kernels run against `lstm_gates_ref`.
+"""lstm_gates "cpu_twin": the CUDA kernels' thread bodies (kernels/cuda/lstm_gates.cuh: per-element math, indexing,
+the grid's cover of the elements) compiled for the CPU with g++ and run for every thread of the grid the CUDA
+launchers would launch (kernels/cuda/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
+CUDA kernels run against `lstm_gates_ref`. The raw extension's forward/backward take `grid=` (blocks; 0 = the
+launcher's) so tests can run the grid-stride loop that only inputs of over 2^28 elements reach on a GPU.
 
 A test/debug backend ("cpu_twin"), never picked by "auto". It is built with ninja on first use (about 40 s on two
 cores) and cached in the torch extensions folder ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions).

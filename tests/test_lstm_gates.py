@@ -1,7 +1,7 @@
 """lstm_gates on every backend that runs here, against lstm_gates_ref.
 
 On a CPU machine: "torch", "triton" (Triton's interpreter, set up by conftest.py) and "cpu_twin" (the CUDA kernels'
-per-element math compiled by g++). On a GPU machine the same test bodies also run on "cuda" tensors with the
+thread bodies compiled by g++). On a GPU machine the same test bodies also run on "cuda" tensors with the
 "torch", "triton" (compiled) and "cuda" backends; cases that cannot run are skipped with the reason.
 
 Tolerances, against the reference computed in float64 from the same stored inputs:
@@ -412,6 +412,33 @@ def test_cpu_twin_binding_checks_its_arguments():
     with_zeros = ext.backward(gates, c_prev, None, None, None, grad, torch.zeros_like(c_prev), False)
     for a, b in zip(with_none, with_zeros):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_twin_covers_every_element_on_any_grid(layout):
+    """The CUDA kernels' thread bodies, walked by the twin over the launcher's grid (9 blocks of 256 threads x 4
+    elements for these 8820 elements, the last block partly idle) and over smaller grids, where each thread
+    strides over the elements as on the GPU for inputs of more than 2^28 elements, or a larger one (idle
+    blocks): the same outputs and gradients, bit for bit, and the reference's."""
+    from convlstm.lstm_gates_cpu_twin import extension
+    if unavailable_reason("cpu_twin", torch.device("cpu")):
+        pytest.skip(unavailable_reason("cpu_twin", torch.device("cpu")))
+    ext = extension()
+    gates, c_prev, weights = make_inputs((3, 7, 20, 21), torch.float32, "cpu", layout, peephole=True)
+    args = prepare(gates.detach(), c_prev.detach(), *(w.detach() for w in weights))
+    grad_h, grad_c = torch.randn_like(args[1]), torch.randn_like(args[1])
+    forward = ext.forward(*args)
+    backward = ext.backward(*args[:5], grad_h, grad_c, args[5])
+    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    for actual, expected, name in zip([*forward, *backward], [h_ref, c_ref, *grads_ref[:2]],
+                                      ["h_next", "c_next", "grad_gates", "grad_c_prev"]):
+        assert_close(actual, expected, torch.float32, "cpu_twin", name)
+    for grid in (1, 2, 3, 8, 10):
+        on_grid = [*ext.forward(*args, grid=grid), *ext.backward(*args[:5], grad_h, grad_c, args[5], grid=grid)]
+        for actual, expected in zip(on_grid, [*forward, *backward]):
+            torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=lambda m: f"grid {grid}: {m}")
+    with pytest.raises(RuntimeError, match="grid must be 0 \\(the CUDA launcher's\\) or 1..262144 blocks, got -1"):
+        ext.forward(*args, grid=-1)
 
 
 @pytest.mark.parametrize("device, backend", [c for c in device_backend_cases(FUSED) if c.values[0] == "cuda"])

@@ -80,31 +80,143 @@ LSTM_GATES_HD StepGrad<acc_t> backward(acc_t g_i, acc_t g_f, acc_t g_o, acc_t g_
   return out;
 }
 
-// The most a CUDA thread's n can pass numel by: the grid-stride loop's stride, 2^20 blocks x 256 threads at most.
-constexpr int64_t kMaxStride = int64_t(1) << 28;
+// How the CUDA grid covers the elements; the CPU twin walks the same grid. A block's kThreads threads take
+// kThreads * kElemsPerThread consecutive elements, thread t elements t, t + kThreads, ... (each warp load stays
+// coalesced), and loads all of them before computing any. Why several per thread: a bf16 forward reads 10 bytes
+// per element; one element per thread leaves at most 2048 threads x 10 B = 20 KB of loads in flight per SM, while
+// the H200's specified 4.8 TB/s at ~600 ns of loaded latency (published H100 measurements; not measured here)
+// over 132 SMs wants ~22 KB (Little's law). With 4 per thread, 48 registers (1280 threads per SM) give 50 KB
+// (kernels/README.md, "Elements per thread"). PyTorch's elementwise kernels take 4 or more per thread too. Past kMaxBlocks blocks the grid
+// strides (far more than fill an H200: 132 SMs x 8 resident blocks).
+constexpr int kThreads = 256;
+constexpr int kElemsPerThread = 4;
+constexpr int64_t kMaxBlocks = int64_t(1) << 18;
+constexpr int64_t kMaxStride = kMaxBlocks * kThreads * kElemsPerThread;  // 2^28 elements
 
-// Whether indices can be int32_t: every offset (below 4*numel) and every n (below numel + kMaxStride) fits. Else
-// int64_t (B*4C*H*W can pass 2^31). Why not always int64: 64-bit division and remainder cost several times the
-// 32-bit ones (kernels/README.md, "Index arithmetic"). The CUDA launchers and the CPU twin both follow it.
-LSTM_GATES_HD bool int32_index(int64_t numel) { return 4 * numel + kMaxStride <= int64_t(INT32_MAX); }
-
-// Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous in one memory format:
-// NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W.
-template <typename index_t>
-LSTM_GATES_HD index_t channel_of(index_t n, index_t channels, index_t spatial, bool channels_last) {
-  return channels_last ? n % channels : (n / spatial) % channels;
+LSTM_GATES_HD int64_t num_blocks(int64_t numel) {
+  const int64_t per_block = kThreads * kElemsPerThread;
+  const int64_t blocks = (numel + per_block - 1) / per_block;
+  return blocks < kMaxBlocks ? blocks : kMaxBlocks;
 }
 
-// Offset in gates (B, 4C, H, W), same memory format, of gate k (0..3 = i, f, o, g) at element n.
+// Whether indices can be int32_t: every offset (below 4*numel) and every n a thread forms (below numel +
+// kMaxStride) fits. Else int64_t (B*4C*H*W can pass 2^31). Why not always int64: 64-bit division and remainder
+// cost several times the 32-bit ones (kernels/README.md, "Index arithmetic"). The CUDA launchers and the CPU
+// twin both follow it.
+LSTM_GATES_HD bool int32_index(int64_t numel) { return 4 * numel + kMaxStride <= int64_t(INT32_MAX); }
+
+// The shape in the kernel's index type. Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous
+// in one memory format: NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W.
 template <typename index_t>
-LSTM_GATES_HD index_t gate_offset(index_t n, int k, index_t channels, index_t spatial, bool channels_last) {
-  const index_t plane = channels * spatial;  // C*H*W
-  const index_t b = n / plane;
-  if (!channels_last) {
-    return n + 3 * b * plane + k * plane;  // b*4CS + k*CS + c*S + s
+struct Index {
+  index_t numel, channels, spatial;
+  bool channels_last;
+
+  LSTM_GATES_HD Index(int64_t numel_, int64_t channels_, int64_t spatial_, bool channels_last_)
+      : numel(static_cast<index_t>(numel_)), channels(static_cast<index_t>(channels_)),
+        spatial(static_cast<index_t>(spatial_)), channels_last(channels_last_) {}
+
+  LSTM_GATES_HD index_t channel(index_t n) const { return channels_last ? n % channels : (n / spatial) % channels; }
+
+  // Offset in gates (B, 4C, H, W), same memory format, of gate i at element n; gate k (0..3 = i, f, o, g) lies
+  // k * gate_stride() further.
+  LSTM_GATES_HD index_t gate(index_t n) const {
+    const index_t plane = channels * spatial;  // C*H*W
+    const index_t b = n / plane;
+    if (!channels_last) {
+      return n + 3 * b * plane;  // b*4CS + c*S + s
+    }
+    const index_t s = (n - b * plane) / channels;
+    return n + 3 * b * plane + 3 * s * channels;  // b*4CS + s*4C + c
   }
-  const index_t s = (n - b * plane) / channels;
-  return n + 3 * b * plane + 3 * s * channels + k * channels;  // b*4CS + s*4C + k*C + c
+  LSTM_GATES_HD index_t gate_stride() const { return channels_last ? channels : channels * spatial; }
+};
+
+template <typename acc_t, typename index_t>
+LSTM_GATES_HD Peephole<acc_t> peephole_at(const acc_t* w_ci, const acc_t* w_cf, const acc_t* w_co, index_t n,
+                                          const Index<index_t>& index) {
+  if (w_ci == nullptr) return {acc_t(0), acc_t(0), acc_t(0)};
+  const index_t c = index.channel(n);
+  return {w_ci[c], w_cf[c], w_co[c]};
+}
+
+// Device passes only: nvcc's host pass hands pragmas to the host compiler, which does not know this one.
+#if defined(__CUDA_ARCH__)
+#define LSTM_GATES_UNROLL _Pragma("unroll")
+#else
+#define LSTM_GATES_UNROLL
+#endif
+
+// The work of CUDA thread `thread` of block `block` in a grid of `grid` blocks: the whole body of the forward
+// kernel. `Io<storage_t>::load` widens a stored value to the math type, `Io<storage_t>::store` rounds it back
+// (CUDA's and the CPU twin's half types differ; both round to nearest even).
+template <template <typename> class Io, typename gate_t, typename state_t, typename acc_t, typename index_t>
+LSTM_GATES_HD void forward_thread(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
+                                  const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
+                                  const acc_t* __restrict__ w_co, state_t* __restrict__ h_next,
+                                  state_t* __restrict__ c_next, const Index<index_t>& index, index_t block,
+                                  index_t thread, index_t grid) {
+  const index_t stride = grid * (kThreads * kElemsPerThread);
+  for (index_t first = block * (kThreads * kElemsPerThread) + thread; first < index.numel; first += stride) {
+    acc_t g[kElemsPerThread][4] = {}, c[kElemsPerThread] = {};
+    LSTM_GATES_UNROLL
+    for (int j = 0; j < kElemsPerThread; ++j) {
+      const index_t n = first + j * kThreads;
+      if (n >= index.numel) break;
+      const index_t offset = index.gate(n);
+      LSTM_GATES_UNROLL
+      for (int k = 0; k < 4; ++k) g[j][k] = Io<gate_t>::load(gates[offset + k * index.gate_stride()]);
+      c[j] = Io<state_t>::load(c_prev[n]);
+    }
+    LSTM_GATES_UNROLL
+    for (int j = 0; j < kElemsPerThread; ++j) {
+      const index_t n = first + j * kThreads;
+      if (n >= index.numel) break;
+      const StepOut<acc_t> out = forward<acc_t>(g[j][0], g[j][1], g[j][2], g[j][3], c[j],
+                                                peephole_at(w_ci, w_cf, w_co, n, index));
+      h_next[n] = Io<state_t>::store(out.h_next);
+      c_next[n] = Io<state_t>::store(out.c_next);
+    }
+  }
+}
+
+// The whole body of the backward kernel, same grid as forward_thread. grad_h / grad_c may be null.
+template <template <typename> class Io, typename gate_t, typename state_t, typename acc_t, typename index_t>
+LSTM_GATES_HD void backward_thread(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
+                                   const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
+                                   const acc_t* __restrict__ w_co, const state_t* __restrict__ grad_h,
+                                   const state_t* __restrict__ grad_c, gate_t* __restrict__ grad_gates,
+                                   state_t* __restrict__ grad_c_prev, const Index<index_t>& index, index_t block,
+                                   index_t thread, index_t grid) {
+  const index_t stride = grid * (kThreads * kElemsPerThread);
+  for (index_t first = block * (kThreads * kElemsPerThread) + thread; first < index.numel; first += stride) {
+    acc_t g[kElemsPerThread][4] = {}, c[kElemsPerThread] = {}, dh[kElemsPerThread] = {}, dc[kElemsPerThread] = {};
+    index_t offset[kElemsPerThread] = {};
+    LSTM_GATES_UNROLL
+    for (int j = 0; j < kElemsPerThread; ++j) {
+      const index_t n = first + j * kThreads;
+      if (n >= index.numel) break;
+      offset[j] = index.gate(n);
+      LSTM_GATES_UNROLL
+      for (int k = 0; k < 4; ++k) g[j][k] = Io<gate_t>::load(gates[offset[j] + k * index.gate_stride()]);
+      c[j] = Io<state_t>::load(c_prev[n]);
+      if (grad_h != nullptr) dh[j] = Io<state_t>::load(grad_h[n]);
+      if (grad_c != nullptr) dc[j] = Io<state_t>::load(grad_c[n]);
+    }
+    LSTM_GATES_UNROLL
+    for (int j = 0; j < kElemsPerThread; ++j) {
+      const index_t n = first + j * kThreads;
+      if (n >= index.numel) break;
+      const StepGrad<acc_t> d = backward<acc_t>(g[j][0], g[j][1], g[j][2], g[j][3], c[j],
+                                                peephole_at(w_ci, w_cf, w_co, n, index), dh[j], dc[j]);
+      const index_t step = index.gate_stride();
+      grad_gates[offset[j]] = Io<gate_t>::store(d.d_i);
+      grad_gates[offset[j] + step] = Io<gate_t>::store(d.d_f);
+      grad_gates[offset[j] + 2 * step] = Io<gate_t>::store(d.d_o);
+      grad_gates[offset[j] + 3 * step] = Io<gate_t>::store(d.d_g);
+      grad_c_prev[n] = Io<state_t>::store(d.d_c_prev);
+    }
+  }
 }
 
 }  // namespace lstm_gates

@@ -1,5 +1,6 @@
-// lstm_gates "cpu twin": the CUDA kernels' per-element math (lstm_gates.cuh) and indexing, compiled for the CPU
-// by g++, so that tests without a GPU check the exact code the CUDA kernels run against lstm_gates_ref.
+// lstm_gates "cpu twin": the CUDA kernels' thread bodies (lstm_gates.cuh: per-element math, indexing, the
+// grid's cover of the elements), compiled for the CPU by g++ and run for every thread of the grid the CUDA
+// launchers would launch, so that tests without a GPU check the code the CUDA kernels run against lstm_gates_ref.
 // A test/debug path (backend "cpu_twin"), not tuned for speed. Same interface as lstm_gates_cuda.cpp.
 #include <ATen/Parallel.h>
 
@@ -9,15 +10,28 @@
 namespace lstm_gates {
 namespace {
 
-// Elements per parallel_for task: enough to amortise the task, small enough to spread a 64x64 map.
-constexpr int64_t kGrain = 4096;
+// Storage <-> math type, as lstm_gates.cu's Io does with CUDA's half types: widen to float (double for double),
+// round back to nearest even (at::Half and at::BFloat16 from float do).
+template <typename storage_t>
+struct CastIo {
+  using math_t = std::conditional_t<std::is_same_v<storage_t, double>, double, float>;
+  static math_t load(storage_t x) { return static_cast<math_t>(x); }
+  template <typename acc_t>
+  static storage_t store(acc_t x) { return static_cast<storage_t>(static_cast<math_t>(x)); }
+};
 
-template <typename acc_t, typename index_t>
-Peephole<acc_t> peephole_at(const acc_t* w_ci, const acc_t* w_cf, const acc_t* w_co, index_t n, index_t channels,
-                            index_t spatial, bool channels_last) {
-  if (w_ci == nullptr) return {acc_t(0), acc_t(0), acc_t(0)};
-  const index_t c = channel_of(n, channels, spatial, channels_last);
-  return {w_ci[c], w_cf[c], w_co[c]};
+// Walks the CUDA launch's grid (num_blocks(numel) blocks of kThreads threads, or `grid` blocks when it is not 0)
+// and runs `thread_body(block, thread, grid)` for each thread, blocks spread over the CPU's threads.
+template <typename index_t, typename F>
+void for_each_cuda_thread(int64_t numel, int64_t grid, F&& thread_body) {
+  if (grid == 0) grid = num_blocks(numel);
+  at::parallel_for(0, grid, /*grain_size=*/4, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      for (int thread = 0; thread < kThreads; ++thread) {
+        thread_body(index_t(block), index_t(thread), index_t(grid));
+      }
+    }
+  });
 }
 
 template <typename acc_t>
@@ -25,28 +39,24 @@ const acc_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<acc_t>() : nullptr;
 }
 
+template <typename index_t>
+Index<index_t> index_of(const at::Tensor& c_prev, bool channels_last) {
+  return Index<index_t>(c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last);
+}
+
 template <typename gate_t, typename state_t, typename index_t>
 void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
-                  at::Tensor& c_next, bool channels_last) {
-  using acc_t = std::conditional_t<std::is_same_v<state_t, double>, double, float>;
+                  at::Tensor& c_next, bool channels_last, int64_t grid) {
+  using acc_t = typename CastIo<state_t>::math_t;
   const gate_t* g = gates.data_ptr<gate_t>();
   const state_t* cp = c_prev.data_ptr<state_t>();
   const acc_t *wi = ptr_or_null<acc_t>(w_ci), *wf = ptr_or_null<acc_t>(w_cf), *wo = ptr_or_null<acc_t>(w_co);
   state_t* h = h_next.data_ptr<state_t>();
   state_t* c = c_next.data_ptr<state_t>();
-  const index_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
-  at::parallel_for(0, c_prev.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (index_t n = begin; n < end; ++n) {
-      acc_t gate[4];
-      for (int k = 0; k < 4; ++k) {
-        gate[k] = static_cast<acc_t>(g[gate_offset(n, k, channels, spatial, channels_last)]);
-      }
-      const StepOut<acc_t> out = forward<acc_t>(gate[0], gate[1], gate[2], gate[3], static_cast<acc_t>(cp[n]),
-                                                peephole_at(wi, wf, wo, n, channels, spatial, channels_last));
-      h[n] = static_cast<state_t>(out.h_next);
-      c[n] = static_cast<state_t>(out.c_next);
-    }
+  const Index<index_t> index = index_of<index_t>(c_prev, channels_last);
+  for_each_cuda_thread<index_t>(c_prev.numel(), grid, [&](index_t block, index_t thread, index_t grid) {
+    forward_thread<CastIo>(g, cp, wi, wf, wo, h, c, index, block, thread, grid);
   });
 }
 
@@ -54,8 +64,8 @@ template <typename gate_t, typename state_t, typename index_t>
 void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                    const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                    const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
-                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last) {
-  using acc_t = std::conditional_t<std::is_same_v<state_t, double>, double, float>;
+                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid) {
+  using acc_t = typename CastIo<state_t>::math_t;
   const gate_t* g = gates.data_ptr<gate_t>();
   const state_t* cp = c_prev.data_ptr<state_t>();
   const acc_t *wi = ptr_or_null<acc_t>(w_ci), *wf = ptr_or_null<acc_t>(w_cf), *wo = ptr_or_null<acc_t>(w_co);
@@ -63,26 +73,9 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std:
   const state_t* dc = grad_c.has_value() ? grad_c->data_ptr<state_t>() : nullptr;
   gate_t* dg = grad_gates.data_ptr<gate_t>();
   state_t* dcp = grad_c_prev.data_ptr<state_t>();
-  const index_t channels = c_prev.size(1), spatial = c_prev.size(2) * c_prev.size(3);
-  at::parallel_for(0, c_prev.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (index_t n = begin; n < end; ++n) {
-      index_t offset[4];
-      acc_t gate[4];
-      for (int k = 0; k < 4; ++k) {
-        offset[k] = gate_offset(n, k, channels, spatial, channels_last);
-        gate[k] = static_cast<acc_t>(g[offset[k]]);
-      }
-      const acc_t grad_h_n = dh != nullptr ? static_cast<acc_t>(dh[n]) : acc_t(0);
-      const acc_t grad_c_n = dc != nullptr ? static_cast<acc_t>(dc[n]) : acc_t(0);
-      const StepGrad<acc_t> d = backward<acc_t>(gate[0], gate[1], gate[2], gate[3], static_cast<acc_t>(cp[n]),
-                                                peephole_at(wi, wf, wo, n, channels, spatial, channels_last),
-                                                grad_h_n, grad_c_n);
-      dg[offset[0]] = static_cast<gate_t>(d.d_i);
-      dg[offset[1]] = static_cast<gate_t>(d.d_f);
-      dg[offset[2]] = static_cast<gate_t>(d.d_o);
-      dg[offset[3]] = static_cast<gate_t>(d.d_g);
-      dcp[n] = static_cast<state_t>(d.d_c_prev);
-    }
+  const Index<index_t> index = index_of<index_t>(c_prev, channels_last);
+  for_each_cuda_thread<index_t>(c_prev.numel(), grid, [&](index_t block, index_t thread, index_t grid) {
+    backward_thread<CastIo>(g, cp, wi, wf, wo, dh, dc, dg, dcp, index, block, thread, grid);
   });
 }
 
@@ -119,48 +112,57 @@ void with_index_type(int64_t numel, F&& f) {
 
 void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                  const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
-                 at::Tensor& c_next, bool channels_last) {
+                 at::Tensor& c_next, bool channels_last, int64_t grid) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
                           with_index_type(c_prev.numel(), [&](auto index) {
                             forward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, h_next,
-                                                                           c_next, channels_last);
+                                                                           c_next, channels_last, grid);
                           }));
 }
 
 void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                   const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
-                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last) {
+                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
                           with_index_type(c_prev.numel(), [&](auto index) {
                             backward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
                                                                             grad_c, grad_gates, grad_c_prev,
-                                                                            channels_last);
+                                                                            channels_last, grid);
                           }));
+}
+
+// `grid`: 0 walks the grid the CUDA launcher would launch; 1..kMaxBlocks another, so that tests run the
+// grid-stride loop, which on the GPU only inputs of more than kMaxStride elements (1 GiB of fp32 c_prev) reach.
+void check_grid(int64_t grid) {
+  TORCH_CHECK(grid >= 0 && grid <= kMaxBlocks, "lstm_gates (cpu_twin): grid must be 0 (the CUDA launcher's) or 1..",
+              kMaxBlocks, " blocks, got ", grid);
 }
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                    const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
-                                   const std::optional<at::Tensor>& w_co, bool channels_last) {
+                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t grid) {
   check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+  check_grid(grid);
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto h_next = at::empty_like(c_prev, memory_format(channels_last));
   auto c_next = at::empty_like(c_prev, memory_format(channels_last));
-  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last);
+  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last, grid);
   return {h_next, c_next};
 }
 
 std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                     const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
                                     const std::optional<at::Tensor>& w_co, const std::optional<at::Tensor>& grad_h,
-                                    const std::optional<at::Tensor>& grad_c, bool channels_last) {
+                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t grid) {
   check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+  check_grid(grid);
   check_grad(grad_h, c_prev, channels_last, "grad_h");
   check_grad(grad_c, c_prev, channels_last, "grad_c");
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto grad_gates = at::empty_like(gates, memory_format(channels_last));
   auto grad_c_prev = at::empty_like(c_prev, memory_format(channels_last));
-  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last);
+  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last, grid);
   return {grad_gates, grad_c_prev};
 }
 
@@ -168,8 +170,11 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
 }  // namespace lstm_gates
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lstm_gates::forward_op,
-        "lstm_gates forward (CPU twin of the CUDA math) -> [h_next, c_next]");
+  using pybind11::arg;
+  m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CPU twin of the CUDA kernel) -> [h_next, c_next]",
+        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("grid") = 0);
   m.def("backward", &lstm_gates::backward_op,
-        "lstm_gates backward (CPU twin of the CUDA math) -> [grad_gates, grad_c_prev]");
+        "lstm_gates backward (CPU twin of the CUDA kernel) -> [grad_gates, grad_c_prev]", arg("gates"),
+        arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("grad_h"), arg("grad_c"), arg("channels_last"),
+        arg("grid") = 0);
 }
