@@ -2,7 +2,8 @@
 the grid's cover of the elements) compiled for the CPU with g++ and run for every thread of the grid the CUDA
 launchers would launch (kernels/cuda/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
 CUDA kernels run against `lstm_gates_ref`. The raw extension's forward/backward take `grid=` (blocks; 0 = the
-launcher's) so tests can run the grid-stride loop that only inputs of over 2^28 elements reach on a GPU.
+launcher's) and `int64_index=`, so tests run what on a GPU only huge inputs reach: the grid-stride loop (over 2^28
+elements) and the int64 instantiation of the indexing (over 4.7e8).
 
 A test/debug backend ("cpu_twin"), never picked by "auto". It is built with ninja on first use (about 40 s on two
 cores) and cached in the torch extensions folder ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions).

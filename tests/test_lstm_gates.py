@@ -417,9 +417,10 @@ def test_cpu_twin_binding_checks_its_arguments():
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cpu_twin_covers_every_element_on_any_grid(layout):
     """The CUDA kernels' thread bodies, walked by the twin over the launcher's grid (9 blocks of 256 threads x 4
-    elements for these 8820 elements, the last block partly idle) and over smaller grids, where each thread
-    strides over the elements as on the GPU for inputs of more than 2^28 elements, or a larger one (idle
-    blocks): the same outputs and gradients, bit for bit, and the reference's."""
+    elements for these 8820 elements, the last block partly idle), over smaller grids, where each thread strides
+    over the elements as on the GPU for inputs of more than 2^28 elements, over a larger one (idle blocks), and
+    with int64 indices (on the GPU: c_prev of more than 4.7e8 elements): the same outputs and gradients, bit for
+    bit, and the reference's."""
     from convlstm.lstm_gates_cpu_twin import extension
     if unavailable_reason("cpu_twin", torch.device("cpu")):
         pytest.skip(unavailable_reason("cpu_twin", torch.device("cpu")))
@@ -433,10 +434,11 @@ def test_cpu_twin_covers_every_element_on_any_grid(layout):
     for actual, expected, name in zip([*forward, *backward], [h_ref, c_ref, *grads_ref[:2]],
                                       ["h_next", "c_next", "grad_gates", "grad_c_prev"]):
         assert_close(actual, expected, torch.float32, "cpu_twin", name)
-    for grid in (1, 2, 3, 8, 10):
-        on_grid = [*ext.forward(*args, grid=grid), *ext.backward(*args[:5], grad_h, grad_c, args[5], grid=grid)]
+    for grid, int64_index in ((1, False), (2, False), (3, True), (8, False), (10, False), (0, True)):
+        knobs = dict(grid=grid, int64_index=int64_index)
+        on_grid = [*ext.forward(*args, **knobs), *ext.backward(*args[:5], grad_h, grad_c, args[5], **knobs)]
         for actual, expected in zip(on_grid, [*forward, *backward]):
-            torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=lambda m: f"grid {grid}: {m}")
+            torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=lambda m: f"{knobs}: {m}")
     with pytest.raises(RuntimeError, match="grid must be 0 \\(the CUDA launcher's\\) or 1..262144 blocks, got -1"):
         ext.forward(*args, grid=-1)
 

@@ -80,10 +80,10 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std:
 }
 
 // Calls f with a value of the index type the CUDA launchers would pick (int32_index), so the twin runs the same
-// instantiation of the indexing.
+// instantiation of the indexing; int64_t when `int64_index` (tests: the instantiation only huge inputs reach).
 template <typename F>
-void with_index_type(int64_t numel, F&& f) {
-  if (int32_index(numel)) {
+void with_index_type(int64_t numel, bool int64_index, F&& f) {
+  if (int32_index(numel) && !int64_index) {
     f(int32_t{});
   } else {
     f(int64_t{});
@@ -112,9 +112,9 @@ void with_index_type(int64_t numel, F&& f) {
 
 void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                  const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
-                 at::Tensor& c_next, bool channels_last, int64_t grid) {
+                 at::Tensor& c_next, bool channels_last, int64_t grid, bool int64_index) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          with_index_type(c_prev.numel(), [&](auto index) {
+                          with_index_type(c_prev.numel(), int64_index, [&](auto index) {
                             forward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, h_next,
                                                                            c_next, channels_last, grid);
                           }));
@@ -123,17 +123,19 @@ void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::o
 void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                   const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
-                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid) {
+                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid,
+                  bool int64_index) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
-                          with_index_type(c_prev.numel(), [&](auto index) {
+                          with_index_type(c_prev.numel(), int64_index, [&](auto index) {
                             backward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
                                                                             grad_c, grad_gates, grad_c_prev,
                                                                             channels_last, grid);
                           }));
 }
 
-// `grid`: 0 walks the grid the CUDA launcher would launch; 1..kMaxBlocks another, so that tests run the
-// grid-stride loop, which on the GPU only inputs of more than kMaxStride elements (1 GiB of fp32 c_prev) reach.
+// Test knobs for what on the GPU only inputs of more than kMaxStride elements (1 GiB of fp32 c_prev) reach:
+// `grid`, 0 for the grid the CUDA launcher would launch or 1..kMaxBlocks blocks (the grid-stride loop), and
+// `int64_index` (the int64_t instantiation of the indexing).
 void check_grid(int64_t grid) {
   TORCH_CHECK(grid >= 0 && grid <= kMaxBlocks, "lstm_gates (cpu_twin): grid must be 0 (the CUDA launcher's) or 1..",
               kMaxBlocks, " blocks, got ", grid);
@@ -141,20 +143,22 @@ void check_grid(int64_t grid) {
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                    const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
-                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t grid) {
+                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t grid,
+                                   bool int64_index) {
   check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
   check_grid(grid);
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto h_next = at::empty_like(c_prev, memory_format(channels_last));
   auto c_next = at::empty_like(c_prev, memory_format(channels_last));
-  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last, grid);
+  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last, grid, int64_index);
   return {h_next, c_next};
 }
 
 std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                     const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
                                     const std::optional<at::Tensor>& w_co, const std::optional<at::Tensor>& grad_h,
-                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t grid) {
+                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t grid,
+                                    bool int64_index) {
   check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
   check_grid(grid);
   check_grad(grad_h, c_prev, channels_last, "grad_h");
@@ -162,7 +166,8 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto grad_gates = at::empty_like(gates, memory_format(channels_last));
   auto grad_c_prev = at::empty_like(c_prev, memory_format(channels_last));
-  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last, grid);
+  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last, grid,
+               int64_index);
   return {grad_gates, grad_c_prev};
 }
 
@@ -172,9 +177,10 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using pybind11::arg;
   m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CPU twin of the CUDA kernel) -> [h_next, c_next]",
-        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("grid") = 0);
+        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("grid") = 0,
+        arg("int64_index") = false);
   m.def("backward", &lstm_gates::backward_op,
         "lstm_gates backward (CPU twin of the CUDA kernel) -> [grad_gates, grad_c_prev]", arg("gates"),
         arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("grad_h"), arg("grad_c"), arg("channels_last"),
-        arg("grid") = 0);
+        arg("grid") = 0, arg("int64_index") = false);
 }
