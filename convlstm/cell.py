@@ -1,14 +1,16 @@
 """ConvLSTMCell and the multi-layer ConvLSTM, drop-in for the widely used implementation.
 
 Same constructor, parameter names (`conv.weight`, `conv.bias`, `cell_list.<k>.conv.*`), forward signatures and
-outputs; the gate math runs through `lstm_gates` on the backend the user picks.
+outputs; the gate math runs through `lstm_gates` on the backend the user picks, and with a fused backend the
+convolution through `conv_cat` (the same values, less kept for backward).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .backends import check_backend_name
+from .backends import check_backend_name, resolve_backend
+from .conv_cat import conv_cat, conv_cat_ref
 from .lstm_gates import lstm_gates, lstm_gates_ref
 
 
@@ -51,12 +53,14 @@ class ConvLSTMCell(nn.Module):
         """input_tensor (B, input_dim, H, W); cur_state (h_cur, c_cur), each (B, hidden_dim, H, W).
         Returns (h_next, c_next), each (B, hidden_dim, H, W)."""
         h_cur, c_cur = cur_state
-        combined = torch.cat([input_tensor, h_cur], dim=1)
-        gates = self.conv(combined)  # (B, 4C, H, W)
         peephole = (self.w_ci, self.w_cf, self.w_co) if self.peephole else (None, None, None)
-        if self.backend == "torch":
-            return lstm_gates_ref(gates, c_cur, *peephole)
-        return lstm_gates(gates, c_cur, *peephole, backend=self.backend)
+        if self.backend == "torch":  # the tutorial's code, the reference
+            return lstm_gates_ref(conv_cat_ref(input_tensor, h_cur, self.conv), c_cur, *peephole)
+        backend = resolve_backend(self.backend, input_tensor.device)
+        # Fused gates: the convolution keeps h once for backward, not the concatenation (conv_cat.py).
+        conv = conv_cat_ref if backend == "torch" else conv_cat
+        gates = conv(input_tensor, h_cur, self.conv)  # (B, 4C, H, W)
+        return lstm_gates(gates, c_cur, *peephole, backend=backend)
 
     def init_hidden(self, batch_size, image_size):
         height, width = image_size

@@ -1,0 +1,110 @@
+"""conv_cat against conv_cat_ref: the same outputs and gradients, less kept for backward (convlstm/conv_cat.py).
+
+As in the model, h feeds two convolutions (its cell's next step and the cell above), x one.
+"""
+import pytest
+import torch
+from torch import nn
+
+from convlstm.conv_cat import conv_cat, conv_cat_ref
+from test_lstm_gates_memory import saved_bytes
+
+CX, CH, COUT = 5, 8, 32
+
+
+def make(layout, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(CX + CH, COUT, 3, padding=1)
+    x = torch.randn(2, CX, 9, 7)
+    h = torch.randn(2, CH, 9, 7)
+    if layout == "channels_last":
+        conv = conv.to(memory_format=torch.channels_last)
+        x, h = (t.contiguous(memory_format=torch.channels_last) for t in (x, h))
+    return conv, x.requires_grad_(), h.requires_grad_()
+
+
+def two_steps(fn, conv, x, h, amp):
+    """The model's pattern: conv over (x, h), then over (h, h[:, :CX]) as the cell above would see h."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        return fn(x, h, conv) + fn(h[:, :CX] * 2, h, conv)
+
+
+def run(fn, conv, x, h, amp):
+    conv.zero_grad(set_to_none=True)
+    x.grad = h.grad = None
+    out = two_steps(fn, conv, x, h, amp)
+    out.float().square().sum().backward()
+    return out.detach(), x.grad, h.grad, conv.weight.grad, conv.bias.grad
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_conv_cat_matches_reference(amp, layout):
+    """Outputs and input gradients bit for bit. Weight and bias gradients too in float32; under autocast the
+    reference sums each call's bf16 weight gradient in bf16 (through autocast's cached bf16 weight) and conv_cat
+    in float32: it equals the float32 sum of the calls' gradients taken one at a time."""
+    conv, x, h = make(layout)
+    expected = run(conv_cat_ref, conv, x, h, amp)
+    actual = run(conv_cat, conv, x, h, amp)
+    for name, a, e in zip(["output", "grad_x", "grad_h", "grad_weight", "grad_bias"], actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape and a.stride() == e.stride(), name
+        if amp == "bf16" and name in ("grad_weight", "grad_bias"):
+            torch.testing.assert_close(a, e, atol=0, rtol=2e-2, msg=name)
+        else:
+            torch.testing.assert_close(a, e, atol=0, rtol=0, msg=name)
+    assert expected[0].dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+    if amp == "bf16":  # each call alone: no accumulation, so the reference's gradient is that call's own
+        per_call = []
+        for inputs in ((x, h), (h[:, :CX] * 2, h)):
+            conv.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = conv_cat_ref(*(t.detach() for t in inputs), conv)
+            # the same output gradient as in the sum: 2 * (sum of both calls)
+            (out.float() * (2 * expected[0].float())).sum().backward()
+            per_call.append((conv.weight.grad, conv.bias.grad))
+        torch.testing.assert_close(actual[3], per_call[0][0] + per_call[1][0], atol=0, rtol=0)
+        torch.testing.assert_close(actual[4], per_call[0][1] + per_call[1][1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_conv_cat_keeps_h_once(amp):
+    """The reference keeps each call's concatenation (under autocast in bf16, plus the bf16 weight); conv_cat keeps
+    x, h and the second call's x once each, in the dtype the convolution reads, and the float32 weight (a
+    parameter: no new memory)."""
+    conv, x, h = make("contiguous")
+    size = 2 * 9 * 7  # elements per channel
+    reads = 2 if amp == "bf16" else 4  # bytes per element the convolution reads
+    weight = conv.weight.numel()
+    reference = saved_bytes(lambda: two_steps(conv_cat_ref, conv, x, h, amp))
+    kept = saved_bytes(lambda: two_steps(conv_cat, conv, x, h, amp))
+    assert reference == 2 * (CX + CH) * size * reads + (weight * 2 if amp == "bf16" else weight * 4)
+    # x, h and the second call's x (h[:, :CX] * 2, a new tensor), each once; then the float32 weight
+    assert kept == (CX + CH + CX) * size * reads + weight * 4
+    # what the concatenations cost beyond that: the second copy of h
+    assert reference - kept == CH * size * reads + (weight * 2 - weight * 4 if amp == "bf16" else 0)
+
+
+def test_conv_cat_without_autograd_is_the_reference():
+    """no_grad (validation, evaluate.py) and inputs needing no gradient record nothing: the reference runs."""
+    conv, x, h = make("contiguous")
+    with torch.no_grad():
+        out = conv_cat(x, h, conv)
+        torch.testing.assert_close(out, conv_cat_ref(x, h, conv), atol=0, rtol=0)
+    assert out.grad_fn is None
+    conv.requires_grad_(False)
+    out = conv_cat(x.detach(), h.detach(), conv)
+    assert out.grad_fn is None
+
+
+def test_conv_cat_sees_in_place_changes():
+    """A tensor changed in place after its autocast copy was made gets a fresh copy, not the stale one."""
+    conv, x, h = make("contiguous")
+    h = h.detach().clone().requires_grad_()
+    base = h * 1  # a non-leaf that can change in place
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = conv_cat(x, base, conv)
+        base.mul_(3)
+        second = conv_cat(x, base, conv)
+        expected = conv_cat_ref(x, base, conv)
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(second, expected, atol=0, rtol=0)
