@@ -36,7 +36,8 @@ PYTHON=${PYTHON:-python3}
 DEVICE=${GPU_SESSION_DEVICE:-cuda}
 QUICK=${GPU_SESSION_QUICK:+--quick}
 # The tests that need the GPU come first (xdist hands tests out in the order given), so a time-out cuts the others.
-GPU_FIRST="tests/test_lstm_gates.py tests/test_lstm_gates_memory.py tests/test_lstm_gates_cuda_build.py tests/test_train.py"
+GPU_FIRST="tests/test_lstm_gates.py tests/test_lstm_gates_memory.py tests/test_lstm_gates_cuda_build.py"
+GPU_FIRST="$GPU_FIRST tests/test_conv_cat.py tests/test_train.py"
 TESTS=${GPU_SESSION_TESTS:-$GPU_FIRST $(for f in tests/test_*.py; do
     case " $GPU_FIRST " in *" $f "*) ;; *) printf '%s ' "$f" ;; esac
 done)}
