@@ -13,9 +13,10 @@ on autocast's cached bf16 weight); without autocast, changing x or h in place be
 Why: per hidden-state element of a bf16 training step with x and h of equal width, the fused path keeps gates
 (8 B), c_prev (4 B) and the concatenation (4 B); sharing h's bf16 copy makes the last 2 B: 16 B -> 14 B, where
 eager PyTorch keeps 20 B. Whole model, measured on the CPU: kernels/README.md, "Memory kept for backward".
-Host cost: the Python forward and backward of _ConvCat, ~70 us per call here (forward+backward at a negligible
-size on this 2-core Xeon: 165 us against the reference's 95 us), 40 calls per training step of the tutorial's
-model; the GPU step it runs beside is tens of ms, so the host stays ahead (bench_train measures the whole step).
+Host cost: the Python forward and backward of _ConvCat, ~60 us per call here (forward+backward at a negligible
+size on this 2-core Xeon, 1 thread: 153 us against the reference's 94-101 us), 40 calls per training step of
+the tutorial's model; the GPU step it runs beside should take tens of ms, so the host would stay ahead
+(bench_train measures the whole step).
 """
 from __future__ import annotations
 
