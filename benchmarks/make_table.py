@@ -1,5 +1,5 @@
-"""make_table: the README tables and the target checks, from results files written by bench_gates, bench_train and
-bench_dispatch.
+"""make_table: the README tables and the target checks, from results files written by bench_gates, bench_train,
+bench_dispatch and bench_memory.
 
     python benchmarks/make_table.py                       # print, from benchmarks/results/*.json
     python benchmarks/make_table.py --write               # also rewrite the generated part of benchmarks/README.md
@@ -111,8 +111,21 @@ def dispatch_table(run):
     return _md(rows)
 
 
+def memory_table(run):
+    rows = [["backend (ran)", "amp", "saved MiB", "x reference", "peak MiB", "x reference", "status"]]
+    for r in run["results"]:
+        good = r.get("status") == "ok"
+        ratio = lambda key: f"{r[key]:.3f}" if key in r else "-"  # noqa: E731
+        rows.append([f"{r['backend']} ({r.get('backend_resolved', '?')})", r["amp"],
+                     f"{r['saved_mb']:.1f}" if good else "-", ratio("saved_x_reference"),
+                     f"{r['peak_mem_mb']:.1f}" if good else "-", ratio("peak_x_reference"), r.get("status", "?")])
+    config = run["results"][0]["config"] if run["results"] else {}
+    return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)
+
+
 TITLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
-          "dispatch": ("Host time per call (bench_dispatch)", dispatch_table)}
+          "dispatch": ("Host time per call (bench_dispatch)", dispatch_table),
+          "memory": ("Memory of a training step (bench_memory)", memory_table)}
 
 
 # ---- target checks -------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 # Regenerate the CPU results and the README tables in one command, from the repository root or anywhere:
 #
 #     bash benchmarks/run_cpu.sh                 # torch's default thread count (all cores)
-#     bash benchmarks/run_cpu.sh --threads 1     # extra arguments go to both benchmarks
+#     bash benchmarks/run_cpu.sh --threads 1     # extra arguments go to every benchmark
 #
-# Writes benchmarks/results/gates_cpu.json and train_cpu.json, then rewrites the generated part of
+# Writes benchmarks/results/{dispatch,gates,train,memory}_cpu.json, then rewrites the generated part of
 # benchmarks/README.md from every file in benchmarks/results/. Takes about 10 minutes on 2 cores, most of it
 # torch.compile's first compiles. Run it on a quiet machine: timings taken beside other work are noise.
 set -euo pipefail
@@ -14,5 +14,6 @@ status=0
 "$PYTHON" benchmarks/bench_dispatch.py --device cpu --out benchmarks/results/dispatch_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_gates.py --device cpu --out benchmarks/results/gates_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_train.py --device cpu --out benchmarks/results/train_cpu.json "$@" || status=$?
+"$PYTHON" benchmarks/bench_memory.py --device cpu --out benchmarks/results/memory_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/make_table.py --write
 exit "$status"

@@ -1,4 +1,4 @@
-"""benchmarks/: both benchmarks run end to end (--device cpu --quick), write the promised JSON and print a table;
+"""benchmarks/: every benchmark runs end to end (--device cpu --quick), writes the promised JSON and prints a table;
 the byte and FLOP counts are right by hand; make_table turns results into tables and target verdicts; bad
 arguments fail clearly; gpu_session.sh reports a failed step as a failure.
 
@@ -23,6 +23,7 @@ BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
 import bench_gates  # noqa: E402
+import bench_memory  # noqa: E402
 import benchutil  # noqa: E402
 import bench_train  # noqa: E402
 import make_table  # noqa: E402
@@ -109,6 +110,29 @@ def test_bench_dispatch_quick_writes_schema_and_table(session_run):
     assert "us/call" in (out / "bench.log").read_text()
     table = run_script("make_table.py", str(out / "dispatch_cpu.json"))
     assert table.returncode == 0 and "Host time per call (bench_dispatch)" in table.stdout, table.stderr
+
+
+def test_bench_memory_quick_writes_schema_and_table(tmp_path):
+    """Memory of a training step: the eager reference, then each fused backend that runs here (on the CPU the
+    cpu_twin, which keeps what the cuda backend keeps), both amps; the fused ones keep less than the reference."""
+    out = tmp_path / "memory_cpu.json"
+    proc = run_script("bench_memory.py", "--device", "cpu", "--quick", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert HEADER_KEYS <= set(data["header"]) and data["header"]["kind"] == "memory"
+    fused = [b for b in convlstm.available_backends("cpu") if b not in ("torch", "triton")]
+    results = data["results"]
+    assert [(r["backend"], r["amp"]) for r in results] == [(b, amp) for amp in ("none", "bf16")
+                                                           for b in ["torch"] + fused]
+    for r in results:
+        assert r["status"] == "ok" and positive_finite(r["saved_mb"]) and positive_finite(r["peak_mem_mb"]), r
+        if r["backend"] == "torch":
+            assert r["saved_x_reference"] == r["peak_x_reference"] == 1.0
+        else:
+            assert r["saved_x_reference"] < 1 and r["peak_x_reference"] < 1, r
+    assert "saved MiB" in proc.stdout
+    table = run_script("make_table.py", str(out))
+    assert table.returncode == 0 and "Memory of a training step (bench_memory)" in table.stdout, table.stderr
 
 
 def test_gate_bytes_by_hand():
@@ -202,8 +226,12 @@ def test_paired_timing_alternates_and_splits_the_two_sides():
     (bench_train, ["--out", "/no/such/folder/x.json"], "folder /no/such/folder does not exist"),
     (bench_train, ["--threads", "0"], "--threads must be at least 1, got 0"),
     (bench_train, ["--budget-s", "-1"], "--budget-s must be positive, got -1.0"),
+    (bench_memory, ["--device", "cuda"], "--device cuda: no CUDA GPU is visible"),
+    (bench_memory, ["--amp", "fp8"], "unknown value 'fp8'"),
+    (bench_memory, ["--backends", "cuda"], "cuda cannot run on cpu here"),
 ], ids=["gates-cuda-without-gpu", "train-cuda-without-gpu", "gates-bad-device", "gates-bad-dtype",
-        "gates-interpreter-backend", "train-bad-amp", "train-bad-out", "train-zero-threads", "train-bad-budget"])
+        "gates-interpreter-backend", "train-bad-amp", "train-bad-out", "train-zero-threads", "train-bad-budget",
+        "memory-cuda-without-gpu", "memory-bad-amp", "memory-cuda-backend-on-cpu"])
 def test_bad_arguments_exit_2_with_message(module, args, message, capsys):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a GPU is visible: --device cuda is a good argument here")
