@@ -106,10 +106,8 @@ def main(argv=None):
             results.append(dict(record, status="ok", us=us, us_spread=spread,
                                 x_reference=us / reference[pass_name]))
             benchutil.write_json(args.out, head, results)
-    print(f"{head['device_name']}: host time per lstm_gates call, one-element state")
-    print(benchutil.format_table(results, COLUMNS))
-    benchutil.write_json(args.out, head, results)
-    return benchutil.exit_code(results)
+    return benchutil.finish(f"{head['device_name']}: host time per lstm_gates call, one-element state", head,
+                            results, COLUMNS, args.out)
 
 
 if __name__ == "__main__":

@@ -173,10 +173,7 @@ def main(argv=None):
                     results += records
                     print(benchutil.format_table(records, COLUMNS).split("\n", 2)[-1], flush=True)
                     benchutil.write_json(args.out, head, results)
-    print()
-    print(benchutil.format_table(results, COLUMNS))
-    benchutil.write_json(args.out, head, results)
-    return benchutil.exit_code(results)
+    return benchutil.finish("", head, results, COLUMNS, args.out)
 
 
 if __name__ == "__main__":

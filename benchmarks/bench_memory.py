@@ -104,10 +104,8 @@ def main(argv=None):
                 record["peak_x_reference"] = record["peak_mem_mb"] / reference[amp]["peak_mem_mb"]
             results.append(record)
             benchutil.write_json(args.out, head, results)
-    print(f"{head['device_name']}: config {config_name} {config}; memory of one training step")
-    print(benchutil.format_table(results, COLUMNS))
-    benchutil.write_json(args.out, head, results)
-    return benchutil.exit_code(results)
+    return benchutil.finish(f"{head['device_name']}: config {config_name} {config}; memory of one training step",
+                            head, results, COLUMNS, args.out)
 
 
 if __name__ == "__main__":

@@ -240,14 +240,11 @@ def main(argv=None):
         results.append(record)
         print(benchutil.format_table([record], COLUMNS).split("\n", 2)[-1], flush=True)
         benchutil.write_json(args.out, head, results)
-    print()
-    print(benchutil.format_table(results, COLUMNS))
     for record in results:
         if record["status"] == "error":
             print(f"error: {record['backend']} amp={record['amp']} compile={record['compile']} "
                   f"channels_last={record['channels_last']}: {record['error']}", file=sys.stderr)
-    benchutil.write_json(args.out, head, results)
-    return benchutil.exit_code(results)
+    return benchutil.finish("", head, results, COLUMNS, args.out)
 
 
 if __name__ == "__main__":

@@ -312,6 +312,15 @@ def _fmt(value, fmt):
     return format(value, fmt) if fmt else str(value)
 
 
+def finish(title, head, results, columns, out):
+    """The end of every benchmark: print `title` and the whole table, write the results file, return the exit
+    code."""
+    print(title)
+    print(format_table(results, columns))
+    write_json(out, head, results)
+    return exit_code(results)
+
+
 def exit_code(results):
     """0: every case ran; 1: a case failed; 3: none failed but some were skipped by the time budget."""
     if any(r.get("status") == "error" for r in results):
