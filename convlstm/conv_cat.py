@@ -66,7 +66,7 @@ class _ConvCat(torch.autograd.Function):
         x_dtype, h_dtype, bias_dtype = ctx.dtypes
         needs = ctx.needs_input_grad
         combined = torch.cat([x_read, h_read], dim=1)
-        # .default: the overload itself, ~15 us less per call than resolving it from the packet
+        # .default: the overload itself, not resolved from the packet on every call (~4 us less here)
         grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
             grad_out, combined, weight.to(combined.dtype), None if bias_dtype is None else [weight.shape[0]],
             *ctx.conv_args, [needs[0] or needs[1], needs[4], bias_dtype is not None and needs[5]])
