@@ -35,7 +35,7 @@ def conv_cat_ref(x, h, conv):
 _LOW_PRECISION_COPIES = WeakIdKeyDictionary()
 
 
-def _as_conv_reads(tensor, dtype):
+def as_conv_reads(tensor, dtype):
     """`tensor` as the convolution reads it: itself (detached: the gradient goes to `tensor` through _ConvCat), or,
     with autocast's `dtype`, its copy in that dtype, made once per tensor (and version) for all its consumers."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):  # autocast leaves float64 alone
@@ -93,4 +93,4 @@ def conv_cat(x, h, conv):
         return conv_cat_ref(x, h, conv)
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    return _ConvCat.apply(x, h, _as_conv_reads(x, dtype), _as_conv_reads(h, dtype), weight, bias, conv)
+    return _ConvCat.apply(x, h, as_conv_reads(x, dtype), as_conv_reads(h, dtype), weight, bias, conv)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backends import resolve_backend
 from .cell import ConvLSTMCell
+from .conv_stack import conv_stack, conv_stack_ref
 
 
 class EncoderDecoderConvLSTM(nn.Module):
@@ -31,6 +33,7 @@ class EncoderDecoderConvLSTM(nn.Module):
         self.decoder_CNN = nn.Conv3d(in_channels=nf, out_channels=out_chan, kernel_size=(1, 3, 3),
                                      padding=(0, 1, 1))
         self.decoder_from_encoder = decoder_from_encoder
+        self.backend = backend
 
     def autoencoder(self, x, seq_len, future_step, h_t, c_t, h_t2, c_t2, h_t3, c_t3, h_t4, c_t4):
         for t in range(seq_len):
@@ -46,8 +49,9 @@ class EncoderDecoderConvLSTM(nn.Module):
             h_t4, c_t4 = self.decoder_2_convlstm(input_tensor=h_t3, cur_state=[h_t4, c_t4])
             encoder_vector = h_t4
             outputs.append(h_t4)
-        outputs = torch.stack(outputs, 1).permute(0, 2, 1, 3, 4)  # (B, nf, future, H, W)
-        return torch.sigmoid(self.decoder_CNN(outputs))
+        # Stacked to (B, nf, future, H, W); with fused cells the head keeps the frames once (conv_stack.py).
+        fused = resolve_backend(self.backend, outputs[0].device) != "torch"
+        return torch.sigmoid((conv_stack if fused else conv_stack_ref)(outputs, self.decoder_CNN))
 
     def forward(self, x, future_seq=0, hidden_state=None):
         if x.dim() != 5:

@@ -1,4 +1,5 @@
-"""conv_cat against conv_cat_ref: the same outputs and gradients, less kept for backward (convlstm/conv_cat.py).
+"""conv_cat against conv_cat_ref and conv_stack against conv_stack_ref: the same outputs and gradients, less kept
+for backward (convlstm/conv_cat.py, convlstm/conv_stack.py).
 
 As in the model, h feeds two convolutions (its cell's next step and the cell above), x one. On the CPU results are
 compared bit for bit; on a GPU cuDNN may pick another algorithm (or one with atomics) for the same call, so within
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from convlstm.conv_cat import conv_cat, conv_cat_ref
+from convlstm.conv_stack import conv_stack, conv_stack_ref
 from test_lstm_gates_memory import saved_bytes
 
 CX, CH, COUT = 5, 8, 32
@@ -116,3 +118,58 @@ def test_conv_cat_sees_in_place_changes():
         expected = conv_cat_ref(x, base, conv)
     assert not torch.equal(first, second)
     torch.testing.assert_close(second, expected, atol=0, rtol=0)
+
+
+# ---- conv_stack: the model's Conv3d head over the decoder's frames (convlstm/conv_stack.py) ---------------------
+
+def make_frames(device, count=4, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv3d(CH, 1, (1, 3, 3), padding=(0, 1, 1)).to(device)
+    leaves = [torch.randn(2, CH, 9, 7, device=device, requires_grad=True) for _ in range(count)]
+    return conv, leaves
+
+
+def run_head(fn, conv, leaves, amp):
+    conv.zero_grad(set_to_none=True)
+    for leaf in leaves:
+        leaf.grad = None
+    frames = [leaf * 1 for leaf in leaves]  # non-leaf frames, as the decoder's outputs are
+    with torch.autocast(leaves[0].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        out = torch.sigmoid(fn(frames, conv))
+    out.float().square().sum().backward()
+    return [out.detach(), *(leaf.grad for leaf in leaves), conv.weight.grad, conv.bias.grad]
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_stack_matches_reference(device, amp):
+    """Outputs, frame gradients and (one call: nothing to accumulate) weight gradients bit for bit on the CPU."""
+    conv, leaves = make_frames(device)
+    expected = run_head(conv_stack_ref, conv, leaves, amp)
+    actual = run_head(conv_stack, conv, leaves, amp)
+    exact = dict(atol=0, rtol=0) if device == "cpu" else dict(atol=1e-3, rtol=2e-2)
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        torch.testing.assert_close(a, e, **exact)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_conv_stack_keeps_the_frames_conv_cat_keeps(amp):
+    """Under autocast the head keeps the frames' bf16 copies that conv_cat made for the same frames (no second
+    copy); the reference keeps its own cast of the stack. Without autocast it keeps the frames themselves."""
+    conv, leaves = make_frames("cpu")
+    cell_conv = nn.Conv2d(2 * CH, COUT, 3, padding=1)
+    frame_bytes = 2 * CH * 9 * 7 * (2 if amp == "bf16" else 4)
+
+    def decoder(head):
+        frames = [leaf * 1 for leaf in leaves]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            for frame in frames:  # each frame also feeds a cell's convolution, as h_t4 does
+                conv_cat(frame, frame, cell_conv)
+            head(frames, conv)
+
+    with_head = saved_bytes(lambda: decoder(conv_stack))
+    with_reference_head = saved_bytes(lambda: decoder(conv_stack_ref))
+    weights = cell_conv.weight.numel() * 4 + conv.weight.numel() * (2 if amp == "bf16" else 4)
+    assert with_head == len(leaves) * frame_bytes + cell_conv.weight.numel() * 4 + conv.weight.numel() * 4
+    assert with_reference_head == 2 * len(leaves) * frame_bytes + weights
