@@ -11,7 +11,7 @@ from torch import nn
 
 from .backends import resolve_backend
 from .cell import ConvLSTMCell
-from .conv_stack import conv_stack, conv_stack_ref
+from .conv_stack import conv_stack
 
 
 class EncoderDecoderConvLSTM(nn.Module):
@@ -49,9 +49,12 @@ class EncoderDecoderConvLSTM(nn.Module):
             h_t4, c_t4 = self.decoder_2_convlstm(input_tensor=h_t3, cur_state=[h_t4, c_t4])
             encoder_vector = h_t4
             outputs.append(h_t4)
-        # Stacked to (B, nf, future, H, W); with fused cells the head keeps the frames once (conv_stack.py).
-        fused = resolve_backend(self.backend, outputs[0].device) != "torch"
-        return torch.sigmoid((conv_stack if fused else conv_stack_ref)(outputs, self.decoder_CNN))
+        if resolve_backend(self.backend, outputs[0].device) != "torch":
+            # Fused cells: the head keeps the frames conv_cat keeps, not a second, stacked copy (conv_stack.py).
+            return torch.sigmoid(conv_stack(outputs, self.decoder_CNN))
+        # The tutorial's code; rebinding `outputs` frees the list of frames before the convolution runs.
+        outputs = torch.stack(outputs, 1).permute(0, 2, 1, 3, 4)  # (B, nf, future, H, W)
+        return torch.sigmoid(self.decoder_CNN(outputs))
 
     def forward(self, x, future_seq=0, hidden_state=None):
         if x.dim() != 5:
