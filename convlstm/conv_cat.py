@@ -48,6 +48,41 @@ def as_conv_reads(tensor, dtype):
     return copy
 
 
+def records_autograd(conv, inputs):
+    """Whether conv over `inputs` records autograd that conv_cat / conv_stack keep less for: not under no_grad,
+    while torch.compile traces (Inductor plans its own memory), for padding other than zeros, or when nothing needs
+    a gradient."""
+    weight, bias = conv.weight, conv.bias
+    return not (torch.compiler.is_compiling() or not torch.is_grad_enabled() or conv.padding_mode != "zeros"
+                or not (any(t.requires_grad for t in inputs) or weight.requires_grad
+                        or (bias is not None and bias.requires_grad)))
+
+
+def autocast_dtype(tensor):
+    """The dtype autocast computes in on `tensor`'s device, or None when it is off there."""
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+def conv_backward_args(conv):
+    """stride, padding, dilation, transposed, output_padding, groups of `conv`, as convolution_backward takes them."""
+    return conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups
+
+
+def conv_backward(grad_out, conv_input, weight, bias_dtype, conv_args, needs_input, needs_weight, needs_bias):
+    """Gradients of input, weight and bias of a convolution that read `conv_input` (the weight cast to its dtype, as
+    autocast does); weight and bias gradients in their parameters' dtypes, as autocast's casts give them back."""
+    # .default: the overload itself, not resolved from the packet on every call (~4 us less here)
+    grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
+        grad_out, conv_input, weight.to(conv_input.dtype), None if bias_dtype is None else [weight.shape[0]],
+        *conv_args, [needs_input, needs_weight, bias_dtype is not None and needs_bias])
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias_dtype)
+    return grad_in, grad_weight, grad_bias
+
+
 class _ConvCat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h, x_read, h_read, weight, bias, conv):
@@ -56,7 +91,7 @@ class _ConvCat(torch.autograd.Function):
         out = F.conv2d(torch.cat([x_read, h_read], dim=1), weight, bias, conv.stride, conv.padding, conv.dilation,
                        conv.groups)
         ctx.save_for_backward(x_read, h_read, weight)
-        ctx.conv_args = conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups
+        ctx.conv_args = conv_backward_args(conv)
         ctx.dtypes = x.dtype, h.dtype, None if bias is None else bias.dtype
         return out
 
@@ -65,19 +100,13 @@ class _ConvCat(torch.autograd.Function):
         x_read, h_read, weight = ctx.saved_tensors
         x_dtype, h_dtype, bias_dtype = ctx.dtypes
         needs = ctx.needs_input_grad
-        combined = torch.cat([x_read, h_read], dim=1)
-        # .default: the overload itself, not resolved from the packet on every call (~4 us less here)
-        grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
-            grad_out, combined, weight.to(combined.dtype), None if bias_dtype is None else [weight.shape[0]],
-            *ctx.conv_args, [needs[0] or needs[1], needs[4], bias_dtype is not None and needs[5]])
+        grad_in, grad_weight, grad_bias = conv_backward(grad_out, torch.cat([x_read, h_read], dim=1), weight,
+                                                        bias_dtype, ctx.conv_args, needs[0] or needs[1], needs[4],
+                                                        needs[5])
         grad_x = grad_h = None
         if grad_in is not None:  # each in its input's dtype, as autocast's casts give back (float32 under bf16)
             split = x_read.shape[1]
             grad_x, grad_h = grad_in[:, :split].to(x_dtype), grad_in[:, split:].to(h_dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias_dtype)
         return grad_x, grad_h, None, None, grad_weight, grad_bias, None
 
 
@@ -86,11 +115,7 @@ def conv_cat(x, h, conv):
     instead of the concatenation. x (B, Cin, H, W), h (B, C, H, W), conv an nn.Conv2d over Cin + C channels with
     zero padding. Without autograd to record (no_grad, no input needing a gradient) or while torch.compile traces
     (Inductor plans its own memory), it is the reference."""
-    weight, bias = conv.weight, conv.bias
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled() or conv.padding_mode != "zeros"
-            or not (x.requires_grad or h.requires_grad or weight.requires_grad
-                    or (bias is not None and bias.requires_grad))):
+    if not records_autograd(conv, (x, h)):
         return conv_cat_ref(x, h, conv)
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    return _ConvCat.apply(x, h, as_conv_reads(x, dtype), as_conv_reads(h, dtype), weight, bias, conv)
+    dtype = autocast_dtype(x)
+    return _ConvCat.apply(x, h, as_conv_reads(x, dtype), as_conv_reads(h, dtype), conv.weight, conv.bias, conv)

@@ -16,16 +16,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .conv_cat import as_conv_reads
+from .conv_cat import as_conv_reads, autocast_dtype, conv_backward, conv_backward_args, records_autograd
+
+
+def _stacked(frames):
+    return torch.stack(frames, 1).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)
 
 
 def conv_stack_ref(frames, conv):
     """conv(stack(frames, 1).permute(0, 2, 1, 3, 4)): the tutorial's Conv3d head over T frames."""
-    return conv(torch.stack(frames, 1).permute(0, 2, 1, 3, 4))
-
-
-def _stacked(frames):
-    return torch.stack(frames, 1).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W), the reference's layout
+    return conv(_stacked(frames))
 
 
 class _ConvStack(torch.autograd.Function):
@@ -35,7 +35,7 @@ class _ConvStack(torch.autograd.Function):
         # Autocast casts weight and bias here as around the call; the reads are already in its dtype.
         out = F.conv3d(_stacked(reads), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.save_for_backward(weight, *reads)
-        ctx.conv_args = conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups
+        ctx.conv_args = conv_backward_args(conv)
         ctx.dtypes = [frame.dtype for frame in frames], None if bias is None else bias.dtype
         return out
 
@@ -44,17 +44,11 @@ class _ConvStack(torch.autograd.Function):
         weight, *reads = ctx.saved_tensors
         frame_dtypes, bias_dtype = ctx.dtypes
         needs = ctx.needs_input_grad
-        stacked = _stacked(reads)
-        grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
-            grad_out, stacked, weight.to(stacked.dtype), None if bias_dtype is None else [weight.shape[0]],
-            *ctx.conv_args, [any(needs[4:4 + len(reads)]), needs[2], bias_dtype is not None and needs[3]])
+        grad_in, grad_weight, grad_bias = conv_backward(grad_out, _stacked(reads), weight, bias_dtype, ctx.conv_args,
+                                                        any(needs[4:4 + len(reads)]), needs[2], needs[3])
         grad_frames = [None] * len(reads)
         if grad_in is not None:  # frame t's gradient, in its dtype (float32 under bf16 autocast)
             grad_frames = [grad_in[:, :, t].to(dtype) for t, dtype in enumerate(frame_dtypes)]
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias_dtype)
         return (None, None, grad_weight, grad_bias, *grad_frames, *[None] * len(reads))
 
 
@@ -62,12 +56,8 @@ def conv_stack(frames, conv):
     """`conv_stack_ref(frames, conv)`, keeping for backward the frames as the convolution reads them, not their
     stack. frames: T tensors (B, C, H, W); conv an nn.Conv3d with zero padding. Without autograd to record, or
     while torch.compile traces, it is the reference."""
-    weight, bias = conv.weight, conv.bias
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled() or conv.padding_mode != "zeros"
-            or not (any(frame.requires_grad for frame in frames) or weight.requires_grad
-                    or (bias is not None and bias.requires_grad))):
+    if not records_autograd(conv, frames):
         return conv_stack_ref(frames, conv)
-    device = frames[0].device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    dtype = autocast_dtype(frames[0])
     reads = [as_conv_reads(frame, dtype) for frame in frames]
-    return _ConvStack.apply(conv, len(frames), weight, bias, *frames, *reads)
+    return _ConvStack.apply(conv, len(frames), conv.weight, conv.bias, *frames, *reads)
