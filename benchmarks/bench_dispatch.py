@@ -41,9 +41,7 @@ ROUNDS = 7
 def fused_runs(device):
     """(name, callable) of the fused backends timed on `device`: the public path and the custom op path."""
     runs = []
-    for backend in convlstm.available_backends(device):
-        if backend == "torch" or (backend == "triton" and device.type == "cpu"):
-            continue
+    for backend in benchutil.compiled_backends(device):
         custom_op = convlstm.backends.fused_run(backend).custom_op
         runs.append((backend, lambda g, c, b=backend: convlstm.lstm_gates(g, c, backend=b)))
         runs.append((f"{backend}:custom_op", lambda g, c, op=custom_op: op(*prepare(g, c, None, None, None))))

@@ -27,12 +27,6 @@ import benchutil
 import convlstm
 
 
-def backends_for(device):
-    """The eager reference and every fused backend that runs here; not Triton's interpreter on the CPU."""
-    return ["torch"] + [name for name in convlstm.available_backends(device)
-                        if name != "torch" and not (name == "triton" and device.type == "cpu")]
-
-
 def saved_mb(model, x, amp, t_out, device):
     """MiB of the distinct storages autograd keeps over one forward, parameters left out."""
     storages = {}
@@ -77,7 +71,8 @@ def main(argv=None):
     device = benchutil.check_common_args(parser, args)
     requested = benchutil.check_backends(parser, args.backends, convlstm.available_backends(device), device)
     # the eager reference first: every share is of it
-    backends = ["torch"] + [name for name in (requested if args.backends else backends_for(device)) if name != "torch"]
+    backends = ["torch"] + [name for name in (requested if args.backends else benchutil.compiled_backends(device))
+                            if name != "torch"]
     config_name = args.config or ("quick" if args.quick else "tutorial" if device.type == "cuda" else "cpu")
     config = bench_train.CONFIGS[config_name]
     args.compile_scope, args.compile_backend = "cell", "inductor"  # what bench_train.build reads; no compile here

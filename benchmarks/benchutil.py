@@ -45,6 +45,14 @@ def fused_backends(device):
     return [name for name in candidates if convlstm.backends.unavailable_reason(name, device) is None]
 
 
+def compiled_backends(device):
+    """Every fused backend that runs on `device` except Triton's interpreter (on the CPU it runs kernels in Python,
+    minutes per training step): what bench_dispatch and bench_memory measure, the cpu_twin included."""
+    device = torch.device(device)
+    return [name for name in convlstm.available_backends(device)
+            if name != "torch" and not (name == "triton" and device.type == "cpu")]
+
+
 def comma_list(allowed):
     """argparse type: a comma-separated subset of `allowed`, with an error naming the bad entry."""
     def parse(text):

@@ -88,6 +88,12 @@ def _vs_reference(r):
     return f"{r['speedup_vs_reference']:.3f}x" + (f" (torch {'+'.join(options)})" if options else "")
 
 
+def _with_config(run, rows):
+    """A training-step table (bench_train, bench_memory) under the line naming its model configuration."""
+    config = run["results"][0]["config"] if run["results"] else {}
+    return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)
+
+
 def train_table(run):
     rows = [["backend (ran)", "amp", "compile", "channels_last", "ms/step", "seq/s", "x reference (paired)", "MFU",
              "peak MiB", "status"]]
@@ -98,8 +104,7 @@ def train_table(run):
                      f"{r['seq_per_s']:.2f}" if good else "-", _vs_reference(r) if good else "-",
                      f"{r['mfu']:.1%}" if good else "-",
                      f"{r['peak_mem_mb']:.0f}" if good else "-", r.get("status", "?")])
-    config = run["results"][0]["config"] if run["results"] else {}
-    return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)
+    return _with_config(run, rows)
 
 
 def dispatch_table(run):
@@ -119,8 +124,7 @@ def memory_table(run):
         rows.append([f"{r['backend']} ({r.get('backend_resolved', '?')})", r["amp"],
                      f"{r['saved_mb']:.1f}" if good else "-", ratio("saved_x_reference"),
                      f"{r['peak_mem_mb']:.1f}" if good else "-", ratio("peak_x_reference"), r.get("status", "?")])
-    config = run["results"][0]["config"] if run["results"] else {}
-    return f"Configuration {run['header'].get('config_name')}: {config}\n\n" + _md(rows)
+    return _with_config(run, rows)
 
 
 TITLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
