@@ -393,12 +393,18 @@ def test_bad_inputs_are_clear_errors(device, backend):
         call(gates, torch.zeros(2, 3, 7, 5, device="meta"))
 
 
+def cpu_twin_extension():
+    """The raw CPU twin extension (built on first use), or a skip with the reason it cannot build here."""
+    reason = unavailable_reason("cpu_twin", torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    from convlstm.lstm_gates_cpu_twin import extension
+    return extension()
+
+
 def test_cpu_twin_binding_checks_its_arguments():
     """The C++ checks shared with the CUDA binding (lstm_gates_torch.h) reject misuse of the raw extension."""
-    from convlstm.lstm_gates_cpu_twin import extension
-    if unavailable_reason("cpu_twin", torch.device("cpu")):
-        pytest.skip(unavailable_reason("cpu_twin", torch.device("cpu")))
-    ext = extension()
+    ext = cpu_twin_extension()
     gates, c_prev = torch.randn(2, 12, 7, 5), torch.randn(2, 3, 7, 5)
     with pytest.raises(RuntimeError, match="must be channels_last-contiguous"):
         ext.forward(gates, c_prev, None, None, None, True)
@@ -421,10 +427,7 @@ def test_cpu_twin_covers_every_element_on_any_grid(layout):
     over the elements as on the GPU for inputs of more than 2^28 elements, over a larger one (idle blocks), and
     with int64 indices (on the GPU: c_prev of more than 4.7e8 elements): the same outputs and gradients, bit for
     bit, and the reference's."""
-    from convlstm.lstm_gates_cpu_twin import extension
-    if unavailable_reason("cpu_twin", torch.device("cpu")):
-        pytest.skip(unavailable_reason("cpu_twin", torch.device("cpu")))
-    ext = extension()
+    ext = cpu_twin_extension()
     gates, c_prev, weights = make_inputs((3, 7, 20, 21), torch.float32, "cpu", layout, peephole=True)
     args = prepare(gates.detach(), c_prev.detach(), *(w.detach() for w in weights))
     grad_h, grad_c = torch.randn_like(args[1]), torch.randn_like(args[1])
