@@ -48,8 +48,18 @@ def as_conv_reads(tensor, dtype):
     return copy
 
 
+def cast_for_conv(tensor, dtype):
+    """`tensor` cast to autocast's `dtype` as a step of autograd (its gradient flows back through the cast), and made
+    the copy that as_conv_reads gives later consumers of `tensor`. Itself where autocast leaves it alone."""
+    if dtype is None or tensor.dtype in (dtype, torch.float64):
+        return tensor
+    copy = tensor.to(dtype)
+    _LOW_PRECISION_COPIES[tensor] = (tensor._version, copy.detach())
+    return copy
+
+
 def records_autograd(conv, inputs):
-    """Whether conv over `inputs` records autograd that conv_cat / conv_stack keep less for: not under no_grad,
+    """Whether conv over `inputs` records autograd that conv_cat / conv_frame keep less for: not under no_grad,
     while torch.compile traces (Inductor plans its own memory), for padding other than zeros, or when nothing needs
     a gradient."""
     weight, bias = conv.weight, conv.bias

@@ -11,7 +11,7 @@ from torch import nn
 
 from .backends import resolve_backend
 from .cell import ConvLSTMCell
-from .conv_stack import conv_stack
+from .conv_frame import conv_frame, conv_frame_applies
 
 
 class EncoderDecoderConvLSTM(nn.Module):
@@ -43,15 +43,18 @@ class EncoderDecoderConvLSTM(nn.Module):
             h_t3, c_t3, h_t4, c_t4 = h_t, c_t, h_t2, c_t2
         encoder_vector = h_t2  # (B, nf, H, W)
 
+        # Fused cells: the head runs on each frame as it is made, not on their stack (conv_frame.py: the same values,
+        # a training step's largest temporaries gone).
+        per_frame = (resolve_backend(self.backend, x.device) != "torch"
+                     and conv_frame_applies(self.decoder_CNN, [x, *self.parameters()]))
         outputs = []
         for t in range(future_step):
             h_t3, c_t3 = self.decoder_1_convlstm(input_tensor=encoder_vector, cur_state=[h_t3, c_t3])
             h_t4, c_t4 = self.decoder_2_convlstm(input_tensor=h_t3, cur_state=[h_t4, c_t4])
             encoder_vector = h_t4
-            outputs.append(h_t4)
-        if resolve_backend(self.backend, outputs[0].device) != "torch":
-            # Fused cells: the head keeps the frames conv_cat keeps, not a second, stacked copy (conv_stack.py).
-            return torch.sigmoid(conv_stack(outputs, self.decoder_CNN))
+            outputs.append(conv_frame(h_t4, self.decoder_CNN) if per_frame else h_t4)
+        if per_frame:
+            return torch.sigmoid(torch.cat(outputs, 2))  # (B, out_chan, future, H, W)
         # The tutorial's code; rebinding `outputs` frees the list of frames before the convolution runs.
         outputs = torch.stack(outputs, 1).permute(0, 2, 1, 3, 4)  # (B, nf, future, H, W)
         return torch.sigmoid(self.decoder_CNN(outputs))
