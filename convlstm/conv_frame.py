@@ -42,8 +42,8 @@ def conv_frame(frame, conv):
     dtype = autocast_dtype(frame)
     read = cast_for_conv(frame, dtype)
     # A 2-D convolution with the kernel's one frame: a Conv3d over a one-frame input is the same sum, but on the CPU
-    # (torch 2.13, one thread) its bf16 weight gradient comes out NaN for inputs one or two frames deep (B 12, 64
-    # channels, 64x64: about 500 of 576 entries); the 2-D one is right.
+    # (torch 2.11 and 2.13, one thread) its bf16 weight gradient comes out NaN for inputs 1 to 6 frames deep at 64
+    # channels, 64x64 (400-550 of 576 entries, a different count each run); the 2-D one is right.
     weight, bias = conv.weight[:, :, 0], conv.bias
     if dtype is not None and read.dtype == dtype:
         # A cast per call, not autocast's one cached cast for all T calls: the frames' weight and bias gradients

@@ -161,8 +161,8 @@ def test_conv_frame_matches_conv_stack_ref(device, amp):
 
 
 def test_conv_frame_bf16_weight_gradient_on_one_cpu_thread():
-    """On one CPU thread (torch 2.13) a bf16 Conv3d over a one-frame input gives a NaN weight gradient at this size;
-    conv_frame runs a 2-D convolution instead, whose gradient matches float32's."""
+    """On one CPU thread (torch 2.11, 2.13) a bf16 Conv3d over a one-frame input gives a NaN weight gradient at this
+    size; conv_frame runs a 2-D convolution instead, whose gradient matches float32's."""
     torch.manual_seed(0)
     conv = nn.Conv3d(64, 1, (1, 3, 3), padding=(0, 1, 1))
     frame = torch.randn(1, 64, 64, 64, requires_grad=True)
