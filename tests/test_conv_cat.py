@@ -122,10 +122,12 @@ def test_conv_cat_sees_in_place_changes():
 
 # ---- conv_frame: the model's Conv3d head, frame by frame (convlstm/conv_frame.py) --------------------------------
 
-def make_frames(device, count=4, seed=0):
+def make_frames(device, count=4, seed=0, layout="contiguous"):
     torch.manual_seed(seed)
     conv = nn.Conv3d(CH, 1, (1, 3, 3), padding=(0, 1, 1)).to(device)
-    leaves = [torch.randn(2, CH, 9, 7, device=device, requires_grad=True) for _ in range(count)]
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    leaves = [torch.randn(2, CH, 9, 7, device=device).contiguous(memory_format=memory_format).requires_grad_()
+              for _ in range(count)]
     return conv, leaves
 
 
@@ -145,13 +147,15 @@ def run_head(fn, conv, leaves, amp):
     return [out.detach(), *(leaf.grad for leaf in leaves), conv.weight.grad, conv.bias.grad]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_conv_frame_matches_conv_stack_ref(device, amp):
-    """Outputs, frame gradients and parameter gradients: equal up to the summation order of a Conv3d over one frame
-    instead of all (float32: 1e-6), and under bf16 up to a rounding of the bf16 outputs and gradients (the
-    reference rounds the weight gradient of all frames to bf16 once, conv_frame each frame's)."""
-    conv, leaves = make_frames(device)
+def test_conv_frame_matches_conv_stack_ref(device, amp, layout):
+    """Outputs, frame gradients and parameter gradients: equal up to the summation order of a 2-D convolution per
+    frame instead of a Conv3d over all (float32: 1e-5), and under bf16 up to a rounding of the bf16 outputs and
+    gradients (the reference rounds the weight gradient of all frames to bf16 once, conv_frame each frame's). Frames
+    in channels_last too (the cells' outputs under channels_last)."""
+    conv, leaves = make_frames(device, layout=layout)
     expected = run_head(conv_stack_ref, conv, leaves, amp)
     actual = run_head(conv_frames, conv, leaves, amp)
     tolerance = dict(atol=1e-5, rtol=1e-5) if amp == "none" else dict(atol=1e-2, rtol=2e-2)
