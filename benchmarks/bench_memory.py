@@ -29,18 +29,11 @@ import convlstm
 
 def saved_mb(model, x, amp, t_out, device):
     """MiB of the distinct storages autograd keeps over one forward, parameters left out."""
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    def forward():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             model(x, future_seq=t_out)
-    for parameter in model.parameters():
-        storages.pop(parameter.untyped_storage().data_ptr(), None)
-    return sum(storages.values()) / 2**20
+
+    return benchutil.saved_bytes(forward, held=list(model.parameters())) / 2**20
 
 
 def run_case(backend, amp, config, device, args):

@@ -234,6 +234,23 @@ def median_and_spread(times):
     return median, (max(times) - min(times)) / median
 
 
+def saved_bytes(fn, held=()):
+    """Run fn() and return the bytes of the distinct storages autograd saved for backward while it ran, leaving out
+    those of the tensors in `held` (held anyway, such as parameters). The tests count with it too."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    for tensor in held:
+        storages.pop(tensor.untyped_storage().data_ptr(), None)
+    return sum(storages.values())
+
+
 def peak_mem_mb(fn, device):
     """MiB allocated at most during one fn() call above what was allocated when it began (see the module doc)."""
     device = torch.device(device)

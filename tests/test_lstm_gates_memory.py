@@ -6,7 +6,8 @@ Per element of the state (B, C, H, W), one lstm_gates call keeps:
                + w*c_prev terms: c_next and the weights with peephole    7 tensors (28 B in fp32)
   fused:       gates (4C) and c_prev                                     5 tensors (20 B in fp32)
                + c_next with peephole (for the w_co gradient)            6 tensors (24 B in fp32)
-The last test counts a whole EncoderDecoderConvLSTM forward, where conv_cat and conv_frame also keep less.
+The last tests count a whole EncoderDecoderConvLSTM forward (kept bytes) and forward+backward (peak), where conv_cat
+and conv_frame also keep less. Both counts are benchmarks/benchutil.py's, which bench_memory reports.
 """
 import sys
 from pathlib import Path
@@ -21,27 +22,10 @@ from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, lstm_gates
 from test_lstm_gates import FUSED, device_backend_cases
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from benchutil import peak_mem_mb  # noqa: E402  (bench_memory's peak: one way to measure it)
+from benchutil import peak_mem_mb, saved_bytes  # noqa: E402
 
 B, C, H, W = 2, 3, 7, 5
 N = B * C * H * W  # elements of the state
-
-
-def saved_bytes(fn, held=()):
-    """Run fn() and return the bytes of the distinct storages autograd saved for backward while it ran, leaving out
-    those of the tensors in `held` (held anyway, such as parameters)."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    for tensor in held:
-        storages.pop(tensor.untyped_storage().data_ptr(), None)
-    return sum(storages.values())
 
 
 # (gates dtype, state dtype) -> bytes per state element, eager torch and fused, without / with peephole.
