@@ -94,15 +94,19 @@ def test_bench_gates_quick_writes_schema_and_table(session_run):
 
 
 def test_bench_dispatch_quick_writes_schema_and_table(session_run):
-    """Host time per call: the reference, then each fused backend on the CPU (the cpu_twin; never Triton's
-    interpreter) by its public path and by its custom op, forward and forward+backward."""
+    """Host time per call: lstm_gates by the reference, then each fused backend on the CPU (the cpu_twin; never
+    Triton's interpreter) by its public path and by its custom op; then a ConvLSTMCell step by the reference and each
+    fused backend, without and with bf16 autocast; forward and forward+backward."""
     _, out = session_run
     data = json.loads((out / "dispatch_cpu.json").read_text())
     assert HEADER_KEYS <= set(data["header"]) and data["header"]["kind"] == "dispatch"
     results = data["results"]
-    paths = ["reference"] + [p for b in convlstm.available_backends("cpu") if b not in ("torch", "triton")
-                             for p in (b, f"{b}:custom_op")]
-    assert [(r["path"], r["pass"]) for r in results] == [(p, q) for p in paths for q in ("fwd", "fwd+bwd")]
+    fused = [b for b in convlstm.available_backends("cpu") if b not in ("torch", "triton")]
+    passes = ("fwd", "fwd+bwd")
+    expected = [("lstm_gates", p, "none", q) for p in ["reference"] + [p for b in fused for p in (b, f"{b}:custom_op")]
+                for q in passes]
+    expected += [("cell", p, amp, q) for amp in ("none", "bf16") for p in ["reference"] + fused for q in passes]
+    assert [(r["op"], r["path"], r["amp"], r["pass"]) for r in results] == expected
     for r in results:
         assert r["status"] == "ok" and positive_finite(r["us"]) and positive_finite(r["x_reference"]), r
         if r["path"] == "reference":
