@@ -6,8 +6,8 @@ one-element hidden state, where the kernels do almost nothing and what is timed 
 
 Why: the tutorial's training step makes 80 gate calls forward and 80 backward per batch (20 time steps x 4 cells),
 each next to a convolution that a GPU finishes in tens of microseconds, so a step can be bound by the host. A fused
-backend must not cost the host more than the ~10 eager ops it replaces, and the whole fused cell step (conv_cat's
-autograd.Function around the convolution, then the gates) not more than the eager one.
+backend must not cost the host more than the ~10 eager ops it replaces, and the whole fused cell step (conv_cat
+and its saved-tensor hooks around the convolution, then the gates) not more than the eager one.
 
 Ops and paths timed:
   lstm_gates  reference            lstm_gates_ref, eager PyTorch (what backend "torch" runs)

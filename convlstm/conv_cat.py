@@ -2,21 +2,23 @@
 
 `conv_cat_ref(x, h, conv)` is the spec, the tutorial's `conv(torch.cat([x, h], dim=1))`. Autograd then keeps the
 concatenation for the weight gradient: a copy of h per consumer, and h of a cell feeds two convolutions (its own
-next step and the cell above it), under autocast in the autocast dtype. `conv_cat` computes the same values
-(the same cat, cast and convolution: outputs and input gradients bit for bit the reference's) but keeps x and h
-themselves, or under autocast one copy of each in the autocast dtype shared by all its consumers, and rebuilds
-the concatenation in backward (one copy of (Cin + C) channels, small beside the convolution's work).
-Differences: under autocast the weight gradients of the steps add up in float32 (the reference adds them in bf16
-on autocast's cached bf16 weight); without autocast, changing x or h in place before backward is autograd's
-"modified by an inplace operation" error, as for any op that keeps its input (the reference keeps a copy).
+next step and the cell above it), under autocast in the autocast dtype. `conv_cat` runs the same cat, cast and
+convolution through PyTorch's own autograd (outputs and input gradients bit for bit the reference's), with
+saved-tensor hooks that keep, in place of the concatenation, x and h themselves, or under autocast one copy of
+each in the autocast dtype shared by all its consumers; backward rebuilds the concatenation from them.
+Differences: under autocast the weight and bias are cast per call, so the steps' gradients add up in float32 (the
+reference adds them in bf16 on autocast's cached casts); changing x, h or the weight in place between forward and
+backward is an error (`_check_version`), where the reference keeps a copy.
+Saved-tensor hooks of the caller's (memory measurement, torch.utils.checkpoint, offloading) see what conv_cat
+keeps: x's and h's reads and the float32 weight, not the concatenation.
 
 Why: per hidden-state element of a bf16 training step with x and h of equal width, the fused path keeps gates
 (8 B), c_prev (4 B) and the concatenation (4 B); sharing h's bf16 copy makes the last 2 B: 16 B -> 14 B, where
 eager PyTorch keeps 20 B. Whole model, measured on the CPU: kernels/README.md, "Memory kept for backward".
-Host cost: the Python forward and backward of _ConvCat, ~60 us per call here (forward+backward at a negligible
-size on this 2-core Xeon, 1 thread: 153 us against the reference's 94-101 us), 40 calls per training step of
-the tutorial's model; the GPU step it runs beside should take tens of ms, so the host would stay ahead
-(bench_train measures the whole step).
+Why hooks and not an autograd.Function: host time. A Function's Python forward and backward cost ~145 us per
+call forward+backward over the reference's 175-190 us here (float32, one-element state, 2-core Xeon VM, 1 thread,
+interleaved medians); the hooks ~50 us; bf16 +230 us against +145 us (the casts are CPU work here). 40 calls per
+training step of the tutorial's model, beside GPU work of about 10 ms (benchmarks/bench_dispatch.py, op "cell").
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ _LOW_PRECISION_COPIES = WeakIdKeyDictionary()
 
 
 def as_conv_reads(tensor, dtype):
-    """`tensor` as the convolution reads it: itself (detached: the gradient goes to `tensor` through _ConvCat), or,
-    with autocast's `dtype`, its copy in that dtype, made once per tensor (and version) for all its consumers."""
+    """`tensor` as the convolution reads it: itself (detached: what conv_cat keeps for backward, not a step of the
+    graph), or, with autocast's `dtype`, its copy in that dtype, made once per tensor (and version) for all its
+    consumers."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):  # autocast leaves float64 alone
         return tensor.detach()
     cached = _LOW_PRECISION_COPIES.get(tensor)
@@ -49,12 +52,15 @@ def as_conv_reads(tensor, dtype):
 
 
 def cast_for_conv(tensor, dtype):
-    """`tensor` cast to autocast's `dtype` as a step of autograd (its gradient flows back through the cast), and made
-    the copy that as_conv_reads gives later consumers of `tensor`. Itself where autocast leaves it alone."""
+    """`tensor` cast to autocast's `dtype` as a step of autograd (its gradient flows back through the cast, in
+    `tensor`'s dtype), as autocast casts a convolution's input; the first such copy of `tensor` (and version) is also
+    the one as_conv_reads gives for keeping. Itself where autocast leaves it alone."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):
         return tensor
     copy = tensor.to(dtype)
-    _LOW_PRECISION_COPIES[tensor] = (tensor._version, copy.detach())
+    cached = _LOW_PRECISION_COPIES.get(tensor)
+    if cached is None or cached[0] != tensor._version or cached[1].dtype != dtype:
+        _LOW_PRECISION_COPIES[tensor] = (tensor._version, copy.detach())
     return copy
 
 
@@ -74,50 +80,16 @@ def autocast_dtype(tensor):
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-def conv_backward_args(conv):
-    """stride, padding, dilation, transposed, output_padding, groups of `conv`, as convolution_backward takes them."""
-    return conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups
+# Looked up once: without it (a torch that lacks this private call) conv_cat cannot see the caller's hooks and runs
+# the reference.
+_TOP_HOOKS = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
 
 
-def conv_backward(grad_out, conv_input, weight, bias_dtype, conv_args, needs_input, needs_weight, needs_bias):
-    """Gradients of input, weight and bias of a convolution that read `conv_input` (the weight cast to its dtype, as
-    autocast does); weight and bias gradients in their parameters' dtypes, as autocast's casts give them back."""
-    # .default: the overload itself, not resolved from the packet on every call (~4 us less here)
-    grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward.default(
-        grad_out, conv_input, weight.to(conv_input.dtype), None if bias_dtype is None else [weight.shape[0]],
-        *conv_args, [needs_input, needs_weight, bias_dtype is not None and needs_bias])
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias_dtype)
-    return grad_in, grad_weight, grad_bias
-
-
-class _ConvCat(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h, x_read, h_read, weight, bias, conv):
-        # Autocast is on here as around the call: conv2d casts weight and bias (autocast caches the weight's cast)
-        # and reads x_read, h_read, already in its dtype.
-        out = F.conv2d(torch.cat([x_read, h_read], dim=1), weight, bias, conv.stride, conv.padding, conv.dilation,
-                       conv.groups)
-        ctx.save_for_backward(x_read, h_read, weight)
-        ctx.conv_args = conv_backward_args(conv)
-        ctx.dtypes = x.dtype, h.dtype, None if bias is None else bias.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x_read, h_read, weight = ctx.saved_tensors
-        x_dtype, h_dtype, bias_dtype = ctx.dtypes
-        needs = ctx.needs_input_grad
-        grad_in, grad_weight, grad_bias = conv_backward(grad_out, torch.cat([x_read, h_read], dim=1), weight,
-                                                        bias_dtype, ctx.conv_args, needs[0] or needs[1], needs[4],
-                                                        needs[5])
-        grad_x = grad_h = None
-        if grad_in is not None:  # each in its input's dtype, as autocast's casts give back (float32 under bf16)
-            split = x_read.shape[1]
-            grad_x, grad_h = grad_in[:, :split].to(x_dtype), grad_in[:, split:].to(h_dtype)
-        return grad_x, grad_h, None, None, grad_weight, grad_bias, None
+def _check_version(name, tensor, version):
+    if tensor._version != version:
+        raise RuntimeError(f"conv_cat: {name} was modified in place between the forward and the backward (version "
+                           f"{version}, now {tensor._version}); its gradient would use the new values. Change a "
+                           f"copy instead.")
 
 
 def conv_cat(x, h, conv):
@@ -125,7 +97,52 @@ def conv_cat(x, h, conv):
     instead of the concatenation. x (B, Cin, H, W), h (B, C, H, W), conv an nn.Conv2d over Cin + C channels with
     zero padding. Without autograd to record (no_grad, no input needing a gradient) or while torch.compile traces
     (Inductor plans its own memory), it is the reference."""
-    if not records_autograd(conv, (x, h)):
+    if _TOP_HOOKS is None or not records_autograd(conv, (x, h)):
         return conv_cat_ref(x, h, conv)
+    outer = _TOP_HOOKS(False)  # the caller's hooks: what conv_cat keeps goes through them
     dtype = autocast_dtype(x)
-    return _ConvCat.apply(x, h, as_conv_reads(x, dtype), as_conv_reads(h, dtype), conv.weight, conv.bias, conv)
+    weight, bias = conv.weight, conv.bias
+    if dtype is not None and torch.promote_types(x.dtype, h.dtype) != torch.float64:  # autocast leaves float64 alone
+        # The cast autocast makes of the concatenation inside conv2d, made here of x and h before concatenating (the
+        # same values; 10 B of traffic per element and channel instead of 14), so that the hooks know the result;
+        # the weight and bias cast per call so that their gradients come back in float32, one per step.
+        x_in, h_in = cast_for_conv(x, dtype), cast_for_conv(h, dtype)
+        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+    else:
+        dtype, x_in, h_in = None, x, h  # x and h are kept as they are
+    cat = torch.cat([x_in, h_in], dim=1)
+    # The convolution saves its input (cat) and weight. Autograd keeps the pack hook, so it holds these through a
+    # dict emptied after the convolution, not as closure variables (those would keep cat, x and h alive).
+    pending = dict(cat=cat, weight=weight, x=x, h=h)
+
+    def pack(tensor):
+        if tensor is pending.get("cat"):  # x's and h's reads; cat(reads) is cat bit for bit
+            kept = ("x", as_conv_reads(pending["x"], dtype)), ("h", as_conv_reads(pending["h"], dtype))
+        elif tensor is conv.weight:
+            kept = (("weight", tensor),)
+        elif tensor is pending.get("weight"):  # this call's cast: keep the parameter, cast again in backward
+            kept = (("weight", conv.weight),)
+        else:
+            kept = ((None, tensor),)
+        if outer is not None:
+            return True, tensor.dtype, [(name, outer[0](t)) for name, t in kept]
+        return False, tensor.dtype, [(name, t, t._version) for name, t in kept]
+
+    def unpack(packed):
+        through_outer, saved_dtype, kept = packed
+        if through_outer:  # the caller's hooks own what they packed (e.g. a copy on the CPU): no version to check
+            tensors = [outer[1](t) for _, t in kept]
+        else:
+            for name, t, version in kept:
+                if name is not None:
+                    _check_version(name, t, version)
+            tensors = [t for _, t, _ in kept]
+        if len(tensors) == 2:
+            return torch.cat(tensors, dim=1)
+        return tensors[0].to(saved_dtype)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        try:
+            return F.conv2d(cat, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        finally:
+            pending.clear()

@@ -5,8 +5,12 @@ As in the model, h feeds two convolutions (its cell's next step and the cell abo
 compared bit for bit; on a GPU cuDNN may pick another algorithm (or one with atomics) for the same call, so within
 a tolerance.
 """
+import gc
+import weakref
+
 import pytest
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from convlstm.conv_cat import conv_cat, conv_cat_ref
@@ -104,6 +108,60 @@ def test_conv_cat_without_autograd_is_the_reference():
     conv.requires_grad_(False)
     out = conv_cat(x.detach(), h.detach(), conv)
     assert out.grad_fn is None
+
+
+@pytest.mark.parametrize("changed", ["h", "weight"])
+def test_conv_cat_in_place_change_before_backward_is_an_error(changed):
+    """Without autocast conv_cat keeps h and the weight themselves: changing one in place before backward is an
+    error that names it, not a gradient of the new values."""
+    conv, x, h = make("contiguous")
+    base = h * 1  # a non-leaf that can change in place
+    out = conv_cat(x, base, conv)
+    with torch.no_grad():
+        (base if changed == "h" else conv.weight).mul_(2)
+    with pytest.raises(RuntimeError, match=f"conv_cat: {changed} was modified in place"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_conv_cat_under_checkpoint_and_offloading(amp):
+    """The caller's saved-tensor hooks see what conv_cat keeps: torch.utils.checkpoint (non-reentrant, itself
+    hooks) and save_on_cpu give the gradients of a plain run."""
+    conv, x, h = make("contiguous")
+
+    def grads(wrap):
+        conv.zero_grad(set_to_none=True)
+        x.grad = h.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = wrap(lambda: two_steps(conv_cat, conv, x, h, amp))
+        out.float().square().sum().backward()
+        return [out.detach(), x.grad, h.grad, conv.weight.grad, conv.bias.grad]
+
+    expected = grads(lambda fn: fn())
+    for wrap in (lambda fn: torch.utils.checkpoint.checkpoint(fn, use_reentrant=False),
+                 lambda fn: _with_hooks(torch.autograd.graph.save_on_cpu(), fn)):
+        for a, e in zip(grads(wrap), expected):
+            torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
+def _with_hooks(hooks, fn):
+    with hooks:
+        return fn()
+
+
+def test_conv_cat_keeps_no_float32_state_under_autocast():
+    """Under autocast conv_cat keeps h's bf16 copy only: a float32 h that nothing else holds is freed after the
+    forward (its hooks do not hold it)."""
+    conv, x, h = make("contiguous")
+    state = h * 1
+    alive = weakref.ref(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv_cat(x, state, conv)
+    del state
+    gc.collect()
+    assert alive() is None
+    out.float().sum().backward()
+    assert h.grad is not None
 
 
 def test_conv_cat_sees_in_place_changes():
