@@ -38,17 +38,11 @@ _LOW_PRECISION_COPIES = WeakIdKeyDictionary()
 
 
 def as_conv_reads(tensor, dtype):
-    """`tensor` as the convolution reads it: itself (detached: what conv_cat keeps for backward, not a step of the
-    graph), or, with autocast's `dtype`, its copy in that dtype, made once per tensor (and version) for all its
-    consumers."""
+    """What conv_cat keeps of `tensor` for backward: itself (detached), or, with autocast's `dtype`, the copy that
+    cast_for_conv made of it (of this version) for its first consumer, shared by all its consumers."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):  # autocast leaves float64 alone
         return tensor.detach()
-    cached = _LOW_PRECISION_COPIES.get(tensor)
-    if cached is not None and cached[0] == tensor._version and cached[1].dtype == dtype:
-        return cached[1]
-    copy = tensor.detach().to(dtype)
-    _LOW_PRECISION_COPIES[tensor] = (tensor._version, copy)
-    return copy
+    return _LOW_PRECISION_COPIES[tensor][1]  # cast_for_conv ran on this version in the same conv_cat call
 
 
 def cast_for_conv(tensor, dtype):
@@ -118,10 +112,8 @@ def conv_cat(x, h, conv):
     def pack(tensor):
         if tensor is pending.get("cat"):  # x's and h's reads; cat(reads) is cat bit for bit
             kept = ("x", as_conv_reads(pending["x"], dtype)), ("h", as_conv_reads(pending["h"], dtype))
-        elif tensor is conv.weight:
-            kept = (("weight", tensor),)
-        elif tensor is pending.get("weight"):  # this call's cast: keep the parameter, cast again in backward
-            kept = (("weight", conv.weight),)
+        elif tensor is pending.get("weight"):  # the parameter or this call's cast of it: keep the parameter
+            kept = (("weight", conv.weight),)  # (unpack casts it again)
         else:
             kept = ((None, tensor),)
         if outer is not None:
