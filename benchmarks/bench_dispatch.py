@@ -101,8 +101,8 @@ def cell_pass_fn(cell, pass_name, amp, device):
     return lambda: torch.autograd.grad(forward(), inputs, grads)
 
 
-COLUMNS = [("op", "op", ""), ("path", "path", ""), ("amp", "amp", ""), ("pass", "pass", ""), ("us/call", "us", ".1f"), ("spread", "us_spread", ".0%"),
-           ("x reference", "x_reference", ".2f"), ("status", "status", "")]
+COLUMNS = [("op", "op", ""), ("path", "path", ""), ("amp", "amp", ""), ("pass", "pass", ""), ("us/call", "us", ".1f"),
+           ("spread", "us_spread", ".0%"), ("x reference", "x_reference", ".2f"), ("status", "status", "")]
 
 
 def main(argv=None):

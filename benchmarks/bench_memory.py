@@ -5,14 +5,16 @@
 
 Memory, unlike time, comes out the same on any machine for the same tensors, so this runs the fused backends where
 bench_train would not time them: on the CPU "cpu_twin" keeps for backward exactly what "cuda" keeps (the same
-autograd.Function around kernels with the same outputs), and Triton's interpreter what compiled Triton keeps.
+autograd.Function around kernels with the same outputs, the same conv_cat and conv_frame around the convolutions),
+and Triton's interpreter what compiled Triton keeps.
 The interpreter is left out by default on the CPU (minutes per step at these sizes); ask for it with --backends.
 
 Per backend and amp (the step and configurations of bench_train.py):
   saved_mb     what autograd keeps over one forward, each storage once, parameters left out (they are held anyway;
                the eager path under autocast keeps bf16 copies of the weights, which count)
   peak_mem_mb  the most allocated at once during a whole training step above what was allocated before it
-               (benchutil.peak_mem_mb; on the CPU it can fall in the forward, e.g. at the Conv3d head's buffers)
+               (benchutil.peak_mem_mb; on the CPU it can fall in the forward, e.g. at the last convolution's
+               buffers: kernels/README.md, "Memory kept for backward")
   x_reference  both as a share of the eager reference's (backend "torch", same amp)
 """
 from __future__ import annotations
