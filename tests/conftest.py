@@ -6,7 +6,18 @@ compiled kernels (set TRITON_INTERPRET=1 yourself to force the interpreter there
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """The test runs on one CPU thread (torch's count restored after): what the measurements and bugs it pins were
+    seen with (oneDNN's buffers and kernels differ with the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -222,19 +222,14 @@ def test_conv_frame_matches_conv_stack_ref(device, amp, layout):
         torch.testing.assert_close(a, e, **tolerance)
 
 
-def test_conv_frame_bf16_weight_gradient_on_one_cpu_thread():
+def test_conv_frame_bf16_weight_gradient_on_one_cpu_thread(one_cpu_thread):
     """On one CPU thread (torch 2.11, 2.13) a bf16 Conv3d over a one-frame input gives a NaN weight gradient at this
     size; conv_frame runs a 2-D convolution instead, whose gradient matches float32's."""
     torch.manual_seed(0)
     conv = nn.Conv3d(64, 1, (1, 3, 3), padding=(0, 1, 1))
     frame = torch.randn(1, 64, 64, 64, requires_grad=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            conv_frame(frame * 1, conv).float().sigmoid().sum().backward()
-    finally:
-        torch.set_num_threads(threads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv_frame(frame * 1, conv).float().sigmoid().sum().backward()
     bf16_grad, conv.weight.grad = conv.weight.grad, None
     conv_stack_ref([frame * 1], conv).sigmoid().sum().backward()
     torch.testing.assert_close(bf16_grad, conv.weight.grad, atol=0.5, rtol=0.05)

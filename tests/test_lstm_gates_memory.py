@@ -118,8 +118,9 @@ def test_encoder_decoder_saved_bytes(device, backend, amp, monkeypatch):
 
 def model_step_peak_mb(backend, amp):
     """Peak MiB allocated over a forward and backward of EncoderDecoderConvLSTM (nf 16, 16x16, B 2, 4 in, 4 out) on
-    the CPU, as bench_memory measures a training step's, on one thread: oneDNN's per-thread convolution buffers
-    grow with the thread count and are a large part of so small a step (bf16 with 16 threads: 0.852 of eager)."""
+    the CPU, as bench_memory measures a training step's. Call it on one thread (fixture one_cpu_thread): oneDNN's
+    per-thread convolution buffers grow with the thread count and are a large part of so small a step (bf16 with 16
+    threads: 0.852 of eager)."""
     torch.manual_seed(0)
     model = EncoderDecoderConvLSTM(nf=16, in_chan=1, backend=backend)
     x = torch.rand(2, 4, 1, 16, 16)
@@ -129,13 +130,8 @@ def model_step_peak_mb(backend, amp):
             prediction = model(x, future_seq=4)
         prediction.float().mean().backward()
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        step()  # the gradients exist before the measured step, as in training
-        return peak_mem_mb(step, "cpu")
-    finally:
-        torch.set_num_threads(threads)
+    step()  # the gradients exist before the measured step, as in training
+    return peak_mem_mb(step, "cpu")
 
 
 # Measured with the cpu_twin, one thread: 0.733 (none) and 0.732 (bf16) of eager; 0.789 and 0.808 with the
@@ -146,7 +142,7 @@ MODEL_PEAK_SHARE = 0.76
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 @pytest.mark.parametrize("device, backend", [case for case in device_backend_cases(["cpu_twin"])
                                              if case.values[0] == "cpu"])
-def test_encoder_decoder_step_peak(device, backend, amp, monkeypatch):
+def test_encoder_decoder_step_peak(device, backend, amp, monkeypatch, one_cpu_thread):
     """With fused cells the head runs per frame (conv_frame): no list of float32 frames, no stack and no gradient
     of all frames at once, so a step's peak falls below what the tutorial's head gives the same cells. CPU only: the
     share of a GPU's peak is bench_memory's to measure (its allocator rounds blocks, cuDNN adds workspaces)."""
