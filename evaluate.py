@@ -30,12 +30,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.backends import BACKENDS, resolve_backend
-from convlstm.checkpoint import CheckpointError, model_from_config, read_checkpoint
-from convlstm.config import DEVICES
+from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
+from convlstm.training.checkpoint import CheckpointError, model_from_config, read_checkpoint
+from convlstm.training.config import DEVICES
 from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
-from convlstm.distributed import SetupError, distributed
-from convlstm.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.training.distributed import SetupError, distributed
+from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
 REQUIRED_CONFIG = ("n_hidden_dim", "image_size", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole",
@@ -102,7 +102,7 @@ def load_checkpoint(path):
 
 
 def build_model(config, state_dict, backend, path):
-    """The model the config describes (convlstm.checkpoint.model_from_config), with the checkpoint's weights,
+    """The model the config describes (convlstm.training.checkpoint.model_from_config), with the checkpoint's weights,
     checked key by key first so that a mismatch is one line naming the keys."""
     try:
         model = model_from_config(config, backend=backend)
@@ -192,7 +192,7 @@ def gather_predictions(preds, targets, shape, rank, world_size):
 
 
 def write_outputs(args, results, samples, predictions, first_frame):
-    from convlstm.plots import plot_per_frame, plot_samples, save_gif  # matplotlib and Pillow: rank 0 only
+    from convlstm.evaluation.plots import plot_per_frame, plot_samples, save_gif  # matplotlib and Pillow: rank 0 only
 
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
@@ -228,7 +228,7 @@ def run(args):
 
 def evaluate_and_write(args, info, config, state_dict, ckpt, dataset, data_info):
     try:
-        backend = resolve_backend(args.backend, info.device)
+        backend, _ = resolve(args.backend, info.device)
     except (ValueError, RuntimeError) as e:
         raise EvalError(f"--backend: {e}") from None
     model = build_model(config, state_dict, backend, args.checkpoint).to(info.device).eval()

@@ -1,9 +1,9 @@
 """Install convlstm.
 
-`pip install -e .` (or `pip install -e .[dev]` for the test tools) is all the set-up there is. The top-level
-`kernels/` folder installs as `convlstm.kernels` (a different PyPI package owns the bare name `kernels`).
+`pip install -e .` (or `pip install -e .[dev]` for the test tools) is all the set-up there is; a plain checkout with
+the dependencies installed imports every backend too (the kernels' sources live inside the package).
 
-The CUDA extension `convlstm._lstm_gates_cuda` (kernels/cuda/) is built only where it can run: when this Python has
+The CUDA extension `convlstm.ops.lstm_gates._cuda` (convlstm/ops/lstm_gates/csrc/) is built only where it can run: when this Python has
 a CUDA build of PyTorch and nvcc is found. Without it, the package works as is, and the first use of the "cuda"
 backend on a GPU JIT-builds it instead. Environment variables, as in peer projects (causal-conv1d):
   CONVLSTM_FORCE_BUILD=TRUE       build the extension even where the check above says no (the build then needs
@@ -15,7 +15,9 @@ import importlib.util
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
+
+CSRC = "convlstm/ops/lstm_gates/csrc"
 
 
 def _flag(name):
@@ -52,9 +54,9 @@ def cuda_extension_args():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     extension = CUDAExtension(
-        name="convlstm._lstm_gates_cuda",
-        sources=["kernels/cuda/lstm_gates_cuda.cpp", "kernels/cuda/lstm_gates.cu"],
-        # Same flags as the JIT build in convlstm/lstm_gates_cuda.py; torch adds the C++ standard it needs.
+        name="convlstm.ops.lstm_gates._cuda",
+        sources=[f"{CSRC}/lstm_gates_cuda.cpp", f"{CSRC}/lstm_gates.cu"],
+        # Same flags as the JIT build in convlstm/ops/lstm_gates/cuda.py; torch adds the C++ standard it needs.
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
@@ -67,9 +69,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["convlstm", "convlstm.data", "convlstm.kernels", "convlstm.kernels.triton"],
-    package_dir={"convlstm.kernels": "kernels"},
-    package_data={"convlstm.kernels": ["cuda/*.cu", "cuda/*.cuh", "cuda/*.cpp", "cuda/*.h"]},
+    packages=find_packages(include=["convlstm", "convlstm.*"]),
+    package_data={"convlstm.ops.lstm_gates": ["csrc/*.cu", "csrc/*.cuh", "csrc/*.cpp", "csrc/*.h"]},
     install_requires=[
         # The upper bound keeps pip on the machine's torch 2.13.0 (CPU) instead of downloading a newer CUDA build;
         # 2.6 is the first release with torch.library.triton_op (the GPU machine has 2.11).

@@ -5,7 +5,7 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
 
 Every process takes --batch_size sequences per step from one shared shuffled order, so N processes with batch b train
-the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (see convlstm.checkpoint);
+the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (see convlstm.training.checkpoint);
 --resume, or a worker group restarted by torchrun --max-restarts, continues from the newest one. Several machines
 need --run_dir on a filesystem they share. `python train.py --help` lists every flag.
 """
@@ -20,17 +20,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.amp import NonFiniteWatch, Precision
-from convlstm.backends import resolve_backend
-from convlstm.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint,
+from convlstm.training.amp import NonFiniteWatch, Precision
+from convlstm.ops.lstm_gates.backends import resolve
+from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint,
                                  model_from_config, rng_state, save_checkpoint, set_rng_state,
                                  write_config, write_elastic_run_id)
-from convlstm.config import MODEL_FIELDS, parse_config, resolve_config
+from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.data import MovingMNIST, split_sequence
-from convlstm.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed,
+from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed,
                                   kill_self, parse_fault, restart_count)
-from convlstm.logging_utils import Reporter, close_logger, make_logger, start_tensorboard_server
-from convlstm.metrics import METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
+from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
 
 
 class TrainingError(RuntimeError):
@@ -46,7 +46,7 @@ def predict(model, batch, cfg, precision):
 
 
 def validate(model, loader, cfg, precision, device):
-    """Held-out metrics in the published tables' conventions (convlstm.metrics, as evaluate.py reports them), and the
+    """Held-out metrics in the published tables' conventions (convlstm.evaluation.metrics, as evaluate.py reports them), and the
     validation loss (mean squared error per pixel, what best.pt is chosen by). Each rank holds a disjoint share, the
     totals are summed over ranks: each sequence counts once. Returns (val_loss, {metric: overall mean})."""
     totals = MetricTotals(cfg.n_steps_ahead, device)
@@ -126,7 +126,7 @@ def make_loaders(cfg, info):
 def train(cfg, info) -> None:
     cfg = resolve_config(cfg, info.device.type, info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     try:
-        backend = resolve_backend(cfg.backend, info.device)
+        backend, _ = resolve(cfg.backend, info.device)
     except (RuntimeError, ValueError) as error:
         raise TrainingError(str(error)) from error
     skipped = []

@@ -12,7 +12,7 @@ and its saved-tensor hooks around the convolution, then the gates) not more than
 Ops and paths timed:
   lstm_gates  reference            lstm_gates_ref, eager PyTorch (what backend "torch" runs)
               <backend>            the public lstm_gates on a fused backend: eager calls go through
-                                   lstm_gates_op.fused_op's autograd.Function, which calls the kernels directly
+                                   op.fused_op's autograd.Function, which calls the kernels directly
               <backend>:custom_op  the registered custom op with its autograd, called eagerly: what torch.compile
                                    traces, and what eager calls used before fused_op
   cell        reference            ConvLSTMCell(backend="torch"): the tutorial's cat, convolution and gate math
@@ -38,7 +38,7 @@ import torch
 
 import benchutil
 import convlstm
-from convlstm.lstm_gates_op import prepare
+from convlstm.ops.lstm_gates.op import prepare
 
 PASSES = ("fwd", "fwd+bwd")
 CELL_AMPS = ("none", "bf16")
@@ -49,7 +49,7 @@ def fused_runs(device):
     """(name, callable) of the fused backends timed on `device`: the public path and the custom op path."""
     runs = []
     for backend in benchutil.compiled_backends(device):
-        custom_op = convlstm.backends.fused_run(backend).custom_op
+        custom_op = convlstm.ops.lstm_gates.backends.fused_run(backend).custom_op
         runs.append((backend, lambda g, c, b=backend: convlstm.lstm_gates(g, c, backend=b)))
         runs.append((f"{backend}:custom_op", lambda g, c, op=custom_op: op(*prepare(g, c, None, None, None))))
     return runs

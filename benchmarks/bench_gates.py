@@ -135,7 +135,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="See the module docstring for the "
                                      "shapes and the byte counts.")
     benchutil.add_common_args(parser)
-    names = ("torch", "compile") + tuple(name for name in convlstm.backends.BACKENDS if name not in ("auto", "torch"))
+    names = ("torch", "compile") + tuple(name for name in convlstm.ops.lstm_gates.backends.BACKENDS if name not in ("auto", "torch"))
     parser.add_argument("--backends", type=benchutil.comma_list(names),
                         help="comma-separated subset (default: every one that runs on the device)")
     parser.add_argument("--dtypes", type=benchutil.comma_list(tuple(benchutil.DTYPES)),

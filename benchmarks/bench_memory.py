@@ -14,7 +14,7 @@ Per backend and amp (the step and configurations of bench_train.py):
                the eager path under autocast keeps bf16 copies of the weights, which count)
   peak_mem_mb  the most allocated at once during a whole training step above what was allocated before it
                (benchutil.peak_mem_mb; on the CPU it can fall in the forward, e.g. at the last convolution's
-               buffers: kernels/README.md, "Memory kept for backward")
+               buffers: convlstm/ops/README.md, "Memory kept for backward")
   x_reference  both as a share of the eager reference's (backend "torch", same amp)
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv=None):
     benchutil.add_common_args(parser)
     parser.add_argument("--config", choices=tuple(bench_train.CONFIGS),
                         help="model and batch size (default: tutorial on cuda, cpu on cpu, quick with --quick)")
-    parser.add_argument("--backends", type=benchutil.comma_list(convlstm.backends.BACKENDS),
+    parser.add_argument("--backends", type=benchutil.comma_list(convlstm.ops.lstm_gates.backends.BACKENDS),
                         help="comma-separated subset (default: torch and every fused backend that runs here, "
                              "Triton's interpreter excepted)")
     parser.add_argument("--amp", type=benchutil.comma_list(bench_train.AMPS), help="comma-separated subset of "
@@ -78,7 +78,7 @@ def main(argv=None):
     results, reference = [], {}
     for amp in args.amp or list(bench_train.AMPS):
         for backend in backends:
-            record = dict(backend=backend, backend_resolved=convlstm.backends.resolve_backend(backend, device),
+            record = dict(backend=backend, backend_resolved=convlstm.ops.lstm_gates.backends.resolve(backend, device)[0],
                           amp=amp, config=dict(config))
             if budget.spent():
                 record.update(status="skipped", reason="time budget")

@@ -66,7 +66,7 @@ def train_step_flops(model, batch, size, t_in, t_out):
 def backends_for(device):
     """The eager reference, the fused backends, and "auto" unless it is one of those already (on a GPU it is)."""
     fused = benchutil.fused_backends(device)
-    auto = [] if convlstm.backends.resolve_backend("auto", device) in fused else ["auto"]
+    auto = [] if convlstm.ops.lstm_gates.backends.resolve("auto", device)[0] in fused else ["auto"]
     return ["torch"] + auto + fused
 
 
@@ -127,7 +127,7 @@ LOSS_RTOL = {"none": 1e-3, "bf16": 2e-2}
 def run_case(backend, compile_on, channels_last, amp, config, device, args, peaks, reference_losses):
     """One configuration's record. `reference_losses` maps amp to the eager reference's first loss: the reference
     fills it, the others are checked against it (a backend that trains something else must not post a speed)."""
-    record = dict(backend=backend, backend_resolved=convlstm.backends.resolve_backend(backend, device),
+    record = dict(backend=backend, backend_resolved=convlstm.ops.lstm_gates.backends.resolve(backend, device)[0],
                   amp=amp, compile=compile_on, channels_last=channels_last, config=dict(config))
     torch._dynamo.reset()  # each case compiles afresh; its paired reference (below) compiles beside it
     model, optimizer, x, target = build(backend, compile_on, channels_last, config, device, args)
@@ -188,7 +188,7 @@ def main(argv=None):
     benchutil.add_common_args(parser)
     parser.add_argument("--config", choices=tuple(CONFIGS),
                         help="model and batch size (default: tutorial on cuda, cpu on cpu, quick with --quick)")
-    parser.add_argument("--backends", type=benchutil.comma_list(convlstm.backends.BACKENDS),
+    parser.add_argument("--backends", type=benchutil.comma_list(convlstm.ops.lstm_gates.backends.BACKENDS),
                         help="comma-separated subset (default: torch, auto and every fused backend that runs here)")
     parser.add_argument("--amp", type=benchutil.comma_list(AMPS), help="comma-separated subset of none,bf16")
     parser.add_argument("--compile", type=benchutil.comma_list(("off", "on")), help="off, on or off,on (default; --quick: off)")

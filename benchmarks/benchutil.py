@@ -41,8 +41,8 @@ def fused_backends(device):
     device = torch.device(device)
     if device.type == "cuda":
         return [name for name in convlstm.available_backends(device) if name != "torch"]
-    candidates = [name for name in convlstm.backends.BACKENDS if name not in ("auto", "torch", "triton", "cpu_twin")]
-    return [name for name in candidates if convlstm.backends.unavailable_reason(name, device) is None]
+    candidates = [name for name in convlstm.ops.lstm_gates.backends.BACKENDS if name not in ("auto", "torch", "triton", "cpu_twin")]
+    return [name for name in candidates if convlstm.ops.lstm_gates.backends.unavailable_reason(name, device) is None]
 
 
 def compiled_backends(device):

@@ -114,7 +114,7 @@ import importlib.util, sys, torch, convlstm
 from convlstm import backends
 device = torch.device(sys.argv[1])
 if device.type == "cuda":  # (on the CPU, asking would build the cpu_twin debugging path: not needed here)
-    print("prebuilt extension:", importlib.util.find_spec("convlstm._lstm_gates_cuda") is not None)
+    print("prebuilt extension:", importlib.util.find_spec("convlstm.ops.lstm_gates._cuda") is not None)
     print("available backends on", device, ":", convlstm.available_backends(device))
 gates, c_prev = torch.randn(3, 4 * 5, 7, 9, device=device), torch.randn(3, 5, 7, 9, device=device)
 want = convlstm.lstm_gates_ref(gates, c_prev)

@@ -1,17 +1,19 @@
 """ConvLSTMCell and the multi-layer ConvLSTM, drop-in for the widely used implementation.
 
 Same constructor, parameter names (`conv.weight`, `conv.bias`, `cell_list.<k>.conv.*`), forward signatures and
-outputs; the gate math runs through `lstm_gates` on the backend the user picks, and with a fused backend the
-convolution through `conv_cat` (the same values, less kept for backward).
+outputs; the gate math runs on the backend the user picks, and with a fused backend the convolution through
+`conv_cat` (the same values, less kept for backward). The backend is resolved when the cell is built and again when
+it is moved to another device (`_apply`, what .to() / .cuda() call), never per step: forward calls what was bound.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
-from .backends import check_backend_name, resolve_backend
-from .conv_cat import conv_cat, conv_cat_ref
-from .lstm_gates import lstm_gates, lstm_gates_ref
+from .ops.conv_cat import conv_cat, conv_cat_ref
+from .ops.lstm_gates import backends
 
 
 def _pair(kernel_size):
@@ -21,6 +23,10 @@ def _pair(kernel_size):
     if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):
         raise ValueError(f"kernel_size must be two odd positive ints (same padding), got {kernel_size}")
     return kernel_size
+
+
+def _unavailable(message, *args, **kwargs):
+    raise RuntimeError(message)
 
 
 class ConvLSTMCell(nn.Module):
@@ -40,7 +46,7 @@ class ConvLSTMCell(nn.Module):
         self.kernel_size = _pair(kernel_size)
         self.padding = self.kernel_size[0] // 2, self.kernel_size[1] // 2
         self.bias = bias
-        self.backend = check_backend_name(backend)
+        self.backend = backends.check_backend_name(backend)
         self.peephole = peephole
         self.conv = nn.Conv2d(in_channels=input_dim + hidden_dim, out_channels=4 * hidden_dim,
                               kernel_size=self.kernel_size, padding=self.padding, bias=bias)
@@ -48,19 +54,32 @@ class ConvLSTMCell(nn.Module):
             self.w_ci = nn.Parameter(torch.zeros(hidden_dim, 1, 1))
             self.w_cf = nn.Parameter(torch.zeros(hidden_dim, 1, 1))
             self.w_co = nn.Parameter(torch.zeros(hidden_dim, 1, 1))
+        self._bind_backend()
+
+    def _bind_backend(self):
+        """Resolve the backend for the device of the weights; bind the gate function and the convolution to run.
+        A backend that cannot run there is bound as an error raised on use, so a cell built on the CPU for "cuda"
+        can still be moved to the GPU."""
+        try:
+            name, self.gates_fn = backends.resolve(self.backend, self.conv.weight.device)
+        except RuntimeError as error:
+            name, self.gates_fn = None, functools.partial(_unavailable, str(error))
+        # "torch" runs the tutorial's code; fused gates keep h once for backward, not the concatenation (conv_cat.py).
+        self.fused = name in backends.FUSED
+        self.conv_fn = conv_cat if self.fused else conv_cat_ref
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        self._bind_backend()
+        return module
 
     def forward(self, input_tensor, cur_state):
         """input_tensor (B, input_dim, H, W); cur_state (h_cur, c_cur), each (B, hidden_dim, H, W).
         Returns (h_next, c_next), each (B, hidden_dim, H, W)."""
         h_cur, c_cur = cur_state
         peephole = (self.w_ci, self.w_cf, self.w_co) if self.peephole else (None, None, None)
-        if self.backend == "torch":  # the tutorial's code, the reference
-            return lstm_gates_ref(conv_cat_ref(input_tensor, h_cur, self.conv), c_cur, *peephole)
-        backend = resolve_backend(self.backend, input_tensor.device)
-        # Fused gates: the convolution keeps h once for backward, not the concatenation (conv_cat.py).
-        conv = conv_cat_ref if backend == "torch" else conv_cat
-        gates = conv(input_tensor, h_cur, self.conv)  # (B, 4C, H, W)
-        return lstm_gates(gates, c_cur, *peephole, backend=backend)
+        gates = self.conv_fn(input_tensor, h_cur, self.conv)  # (B, 4C, H, W)
+        return self.gates_fn(gates, c_cur, *peephole)
 
     def init_hidden(self, batch_size, image_size):
         height, width = image_size

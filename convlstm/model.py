@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backends import resolve_backend
 from .cell import ConvLSTMCell
-from .conv_frame import conv_frame, conv_frame_applies
+from .ops.conv_frame import conv_frame, conv_frame_applies
 
 
 class EncoderDecoderConvLSTM(nn.Module):
@@ -34,6 +33,17 @@ class EncoderDecoderConvLSTM(nn.Module):
                                      padding=(0, 1, 1))
         self.decoder_from_encoder = decoder_from_encoder
         self.backend = backend
+        self._choose_head()
+
+    def _choose_head(self):
+        # Fused cells: the head runs on each frame as it is made, not on their stack (conv_frame.py: the same
+        # values, a training step's largest temporaries gone). Decided when built or moved, as the cells' backend.
+        self.head_per_frame = self.decoder_2_convlstm.fused
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)  # the cells rebind their backend first
+        self._choose_head()
+        return module
 
     def autoencoder(self, x, seq_len, future_step, h_t, c_t, h_t2, c_t2, h_t3, c_t3, h_t4, c_t4):
         for t in range(seq_len):
@@ -43,10 +53,7 @@ class EncoderDecoderConvLSTM(nn.Module):
             h_t3, c_t3, h_t4, c_t4 = h_t, c_t, h_t2, c_t2
         encoder_vector = h_t2  # (B, nf, H, W)
 
-        # Fused cells: the head runs on each frame as it is made, not on their stack (conv_frame.py: the same values,
-        # a training step's largest temporaries gone).
-        per_frame = (resolve_backend(self.backend, x.device) != "torch"
-                     and conv_frame_applies(self.decoder_CNN, [x, *self.parameters()]))
+        per_frame = self.head_per_frame and conv_frame_applies(self.decoder_CNN, [x, *self.parameters()])
         outputs = []
         for t in range(future_step):
             h_t3, c_t3 = self.decoder_1_convlstm(input_tensor=encoder_vector, cur_state=[h_t3, c_t3])

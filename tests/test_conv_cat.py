@@ -13,8 +13,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from convlstm.conv_cat import conv_cat, conv_cat_ref
-from convlstm.conv_frame import conv_frame, conv_frame_applies, conv_stack_ref
+from convlstm.ops.conv_cat import conv_cat, conv_cat_ref
+from convlstm.ops.conv_frame import conv_frame, conv_frame_applies, conv_stack_ref
 from test_lstm_gates_memory import saved_bytes
 
 CX, CH, COUT = 5, 8, 32

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from convlstm.data import MovingMNIST
-from convlstm.metrics import METRIC_NAMES, frame_metrics
+from convlstm.evaluation.metrics import METRIC_NAMES, frame_metrics
 from convlstm.model import EncoderDecoderConvLSTM
 
 EVALUATE = Path(__file__).resolve().parents[1] / "evaluate.py"

@@ -16,8 +16,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
-from convlstm.backends import fused_run, unavailable_reason
-from convlstm.lstm_gates_op import prepare
+from convlstm.ops.lstm_gates.backends import fused_run, unavailable_reason
+from convlstm.ops.lstm_gates.op import prepare
 
 FUSED = ("triton", "cuda", "cpu_twin")
 SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -319,7 +319,7 @@ def test_cell_torch_compile_fullgraph(device, backend, peephole):
 def test_available_backends_on_cpu():
     """The CPU runs torch, the twin, and triton when the interpreter is on (conftest.py does that without a GPU);
     "auto" stays torch."""
-    from convlstm.kernels.triton.lstm_gates import INTERPRETED
+    from convlstm.ops.lstm_gates.triton_kernels import INTERPRETED
     assert available_backends("cpu") == ["torch"] + ["triton"] * INTERPRETED + ["cpu_twin"]
     assert INTERPRETED or torch.cuda.is_available()
     gates, c_prev, _ = make_inputs((2, 3, 7, 5), torch.float32, "cpu")
@@ -398,7 +398,7 @@ def cpu_twin_extension():
     reason = unavailable_reason("cpu_twin", torch.device("cpu"))
     if reason:
         pytest.skip(reason)
-    from convlstm.lstm_gates_cpu_twin import extension
+    from convlstm.ops.lstm_gates.cpu_twin import extension
     return extension()
 
 
@@ -472,9 +472,9 @@ def test_lstm_gates_int64_offsets(device, backend):
     ((2, 5, 11, 13), True, 286, 5, (128, 8)),
 ], ids=["tutorial-nchw", "tutorial-nhwc", "odd-nchw", "odd-nhwc"])
 def test_triton_tiles_rows(shape, channels_last, rows, row_len, tile):
-    """The Triton kernels' tiling (convlstm/lstm_gates_triton.py): rows of H*W (NCHW) or of C (channels_last),
+    """The Triton kernels' tiling (convlstm/ops/lstm_gates/triton_launcher.py): rows of H*W (NCHW) or of C (channels_last),
     BLOCK elements per program; a row too long for the grid is a clear error, not a wrong launch."""
-    triton_module = pytest.importorskip("convlstm.lstm_gates_triton")
+    triton_module = pytest.importorskip("convlstm.ops.lstm_gates.triton_launcher")
     grid, sizes = triton_module._tiling(torch.empty(shape, device="meta"), channels_last)
     assert (sizes["rows"], sizes["row_len"], sizes["channels"]) == (rows, row_len, shape[1])
     assert (sizes["ROWS"], sizes["COLS"]) == tile and sizes["ROWS"] * sizes["COLS"] == triton_module.BLOCK

@@ -16,7 +16,7 @@ import torch
 import torch.utils.cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_DIR = ROOT / "kernels" / "cuda"
+CUDA_DIR = ROOT / "convlstm" / "ops" / "lstm_gates" / "csrc"
 # The files nvcc sees: they must compile without PyTorch's headers (absent from the CPU wheel).
 TORCH_FREE = ["lstm_gates.cu", "lstm_gates.cuh", "lstm_gates.h"]
 # Mangled template arguments: (gate_t, state_t, acc_t) for each dtype pair, then index_t, int32_t (i) or int64_t (l).
@@ -56,7 +56,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from convlstm.kernels.triton.lstm_gates import lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
+from convlstm.ops.lstm_gates.triton_kernels import lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
 
 def compile_kernel(fn, pointers, constexprs, arch):
     signature = {name: "constexpr" if name in constexprs else pointers.get(name, "i64") for name in fn.arg_names}
@@ -134,9 +134,9 @@ def test_setup_builds_cuda_extension_only_with_cuda_torch_and_nvcc(monkeypatch):
 
 def test_setup_force_build(monkeypatch):
     recorder = run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE")
-    assert recorder.extensions == [("convlstm._lstm_gates_cuda",
-                                    ["kernels/cuda/lstm_gates_cuda.cpp", "kernels/cuda/lstm_gates.cu"])]
-    assert recorder.kwargs["ext_modules"] == ["convlstm._lstm_gates_cuda"]
+    assert recorder.extensions == [("convlstm.ops.lstm_gates._cuda",
+                                    ["convlstm/ops/lstm_gates/csrc/lstm_gates_cuda.cpp", "convlstm/ops/lstm_gates/csrc/lstm_gates.cu"])]
+    assert recorder.kwargs["ext_modules"] == ["convlstm.ops.lstm_gates._cuda"]
     assert "build_ext" in recorder.kwargs["cmdclass"]
     for source in recorder.extensions[0][1]:
         assert (ROOT / source).is_file()
@@ -155,6 +155,6 @@ def test_setup_force_and_skip_together_is_an_error(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_extension_loads_prebuilt_or_jit():
     """On a GPU the extension loads (setup.py's build, else a JIT build with ninja) and has both entry points."""
-    from convlstm.lstm_gates_cuda import extension
+    from convlstm.ops.lstm_gates.cuda import extension
     ext = extension()
     assert hasattr(ext, "forward") and hasattr(ext, "backward")

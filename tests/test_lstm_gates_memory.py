@@ -1,4 +1,4 @@
-"""Bytes each backend keeps for backward per ConvLSTM step, counted with saved_tensors_hooks (kernels/README.md).
+"""Bytes each backend keeps for backward per ConvLSTM step, counted with saved_tensors_hooks (convlstm/ops/README.md).
 
 A tensor saved twice, or saved as a view of another, is counted once (by storage), as it is held once.
 Per element of the state (B, C, H, W), one lstm_gates call keeps:
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import convlstm.cell
-import convlstm.conv_cat
+import convlstm.ops.conv_cat
 import convlstm.model
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, lstm_gates
 from test_lstm_gates import FUSED, device_backend_cases
@@ -110,7 +110,7 @@ def test_encoder_decoder_saved_bytes(device, backend, amp, monkeypatch):
     fused = model_saved_bytes(backend, device, amp)
     monkeypatch.setattr(convlstm.model, "conv_frame_applies", lambda conv, inputs: False)  # the tutorial's head
     fused_stacking = model_saved_bytes(backend, device, amp)
-    monkeypatch.setattr(convlstm.cell, "conv_cat", convlstm.conv_cat.conv_cat_ref)
+    monkeypatch.setattr(convlstm.cell, "conv_cat", convlstm.ops.conv_cat.conv_cat_ref)
     fused_concatenating = model_saved_bytes(backend, device, amp)
     assert fused < fused_stacking < fused_concatenating < eager
     assert fused <= MODEL_SHARE[amp] * eager, f"{fused / eager:.3f} of eager"

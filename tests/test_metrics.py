@@ -1,10 +1,10 @@
-"""convlstm.metrics against scikit-image, frame by frame, in the published tables' conventions."""
+"""convlstm.evaluation.metrics against scikit-image, frame by frame, in the published tables' conventions."""
 import numpy as np
 import pytest
 import torch
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from convlstm.metrics import (METRIC_NAMES, MetricTotals, frame_metrics, mae_per_frame, mse_per_frame,
+from convlstm.evaluation.metrics import (METRIC_NAMES, MetricTotals, frame_metrics, mae_per_frame, mse_per_frame,
                               psnr_per_frame, ssim_per_frame, ssim_uint8_per_frame)
 
 SHAPES = {  # (B, T, C, H, W): the smallest SSIM frame, odd and non-square sizes, several channels, full size

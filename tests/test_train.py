@@ -12,12 +12,12 @@ import urllib.request
 import pytest
 import torch
 
-from convlstm.amp import Precision
-from convlstm.checkpoint import model_from_config
-from convlstm.config import parse_config, resolve_config
-from convlstm.metrics import METRIC_NAMES
-from convlstm.distributed import DistInfo, ResumableSampler, distributed
-from convlstm.logging_utils import prediction_grid
+from convlstm.training.amp import Precision
+from convlstm.training.checkpoint import model_from_config
+from convlstm.training.config import parse_config, resolve_config
+from convlstm.evaluation.metrics import METRIC_NAMES
+from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
+from convlstm.training.logs import prediction_grid
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
@@ -78,7 +78,7 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
     model.load_state_dict(state["model"])  # keys of the plain model: no "module." / "_orig_mod." prefix
     assert 0 < state["val_loss"] < 1
     assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["val_loss"] == state["val_loss"]
-    # Validation reports the published tables' metrics through convlstm.metrics (evaluate.py's functions): the
+    # Validation reports the published tables' metrics through convlstm.evaluation.metrics (evaluate.py's functions): the
     # loss best.pt is chosen by is their per-frame pixel sum of squared errors over the 16x16 pixels.
     metrics = state["val_metrics"]
     assert set(metrics) == set(METRIC_NAMES)

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from convlstm.distributed import FAULT_ENV
+from convlstm.training.distributed import FAULT_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 sequences, global batch 4: 4 steps per epoch; 6 steps cross into the second epoch. 5 held-out sequences do not

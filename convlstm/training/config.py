@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .backends import BACKENDS
-from .data.moving_mnist import GENERATORS
+from ..ops.lstm_gates.backends import BACKENDS
+from ..data.moving_mnist import GENERATORS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")

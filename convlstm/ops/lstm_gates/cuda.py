@@ -1,7 +1,7 @@
-"""lstm_gates on the CUDA extension: kernels/cuda/lstm_gates.cu (kernels and launchers, no PyTorch header) and
-kernels/cuda/lstm_gates_cuda.cpp (the PyTorch binding).
+"""lstm_gates on the CUDA extension: csrc/lstm_gates.cu (kernels and launchers, no PyTorch header) and
+csrc/lstm_gates_cuda.cpp (the PyTorch binding).
 
-The extension is `convlstm._lstm_gates_cuda` when setup.py built it (CUDA PyTorch and nvcc present, or
+The extension is `convlstm.ops.lstm_gates._cuda` when setup.py built it (CUDA PyTorch and nvcc present, or
 CONVLSTM_FORCE_BUILD=TRUE); otherwise it is JIT-built with ninja on first use on a GPU (about a minute, cached in
 the torch extensions folder). Ops: `convlstm::lstm_gates_cuda` and `convlstm::lstm_gates_cuda_backward`.
 This module imports on any machine; backends.py decides whether the backend can run.
@@ -14,9 +14,9 @@ import importlib.util
 
 import torch
 
-from .lstm_gates_op import SOURCE_DIR, define_extension_ops, headers_stamp, prepare
+from .op import SOURCE_DIR, define_extension_ops, gate_function, headers_stamp
 
-PREBUILT = "convlstm._lstm_gates_cuda"
+PREBUILT = f"{__package__}._cuda"
 HEADERS = ("lstm_gates.cuh", "lstm_gates.h", "lstm_gates_torch.h")
 # Same flags as setup.py's build (torch adds the C++ standard it needs). No --use_fast_math: the kernel is
 # memory-bound, and exact expf/tanhf keep float32 results within a few ulp of the reference.
@@ -50,6 +50,5 @@ def runs_on(device: torch.device) -> str | None:
 lstm_gates_cuda_run = define_extension_ops("cuda", "cuda", extension)
 
 
-def lstm_gates_cuda(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
-    """`lstm_gates_ref` on the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
-    return lstm_gates_cuda_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+# `lstm_gates_ref` on the CUDA kernels; same arguments and dtype policy as `lstm_gates`.
+lstm_gates_cuda = gate_function(lstm_gates_cuda_run)

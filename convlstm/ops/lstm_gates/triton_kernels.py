@@ -5,9 +5,9 @@ c_prev (B, C, H, W) is seen as rows of contiguous elements: NCHW, a row is one (
 the position of an element's four gates in gates (B, 4C, H, W), `gate_base + k * gate_stride` for k = 0..3 (i, f,
 o, g), comes from per-row arithmetic (one division per row, none per element), and in channels_last the gate loads
 are contiguous along the row, so they vectorise. Offsets are int64 (B*4C*H*W can pass 2^31); per row that costs
-little. Why tiles: kernels/README.md, "Index arithmetic" (instruction counts of this and the earlier indexing).
+little. Why tiles: convlstm/ops/README.md, "Index arithmetic" (instruction counts of this and the earlier indexing).
 The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
-The per-element formulas are those of kernels/cuda/lstm_gates.cuh; the spec is lstm_gates_ref.
+The per-element formulas are those of csrc/lstm_gates.cuh; the spec is lstm_gates_ref.
 """
 import triton
 import triton.language as tl

@@ -7,10 +7,10 @@ step_<N>.pt (the last few). A checkpoint is a dict:
     optimizer  Adam's state_dict            scaler   GradScaler's state_dict (empty when not fp16)
     step       optimizer steps taken        epoch    epoch the next step belongs to
     sampler    {"epoch", "samples_seen"}: where in that epoch's global permutation the next batch starts
-    config     the resolved Config as a plain dict (see convlstm.config)
+    config     the resolved Config as a plain dict (see convlstm.training.config)
     rng        torch / numpy / python / cuda RNG states as tensors and plain values
     val_loss   validation MSE per pixel at this point, or None if none was measured since the last epoch
-    val_metrics  the validation metrics of convlstm.metrics at this point ({name: overall mean}), or None
+    val_metrics  the validation metrics of convlstm.evaluation.metrics at this point ({name: overall mean}), or None
     best_val_loss  lowest validation MSE so far (None before the first validation)
 
 Every value is a tensor or a plain Python type, so `torch.load(path, weights_only=True)` reads it.
@@ -26,7 +26,7 @@ import re
 import numpy as np
 import torch
 
-from .model import EncoderDecoderConvLSTM
+from ..model import EncoderDecoderConvLSTM
 
 LATEST = "latest.pt"
 BEST = "best.pt"

@@ -1,12 +1,10 @@
-"""lstm_gates: the per-element math of one ConvLSTM step, after the convolution.
-
-`lstm_gates_ref` is the spec: short, readable PyTorch that the Triton and CUDA kernels are tested against and
-that runs wherever they do not. `lstm_gates` is the public op: it picks a backend (see `backends.py`) and calls it.
+"""lstm_gates_ref: the per-element math of one ConvLSTM step after the convolution, the spec of every backend.
 
 Shapes: gates (B, 4C, H, W) is the conv output over concat([x, h]), split in the order i, f, o, g as in the
 widely used ConvLSTMCell; c_prev (B, C, H, W); the optional peephole weights w_ci, w_cf, w_co are (C, 1, 1)
 (one weight per hidden channel, so a cell works at any image size).
 Returns (h_next, c_next), each (B, C, H, W), in the promoted dtype of gates and c_prev (as eager PyTorch).
+This file imports nothing else of the package: it is what the tests compare the kernels to.
 """
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ def lstm_gates_ref(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
     return h_next, c_next
 
 
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def check_inputs(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
@@ -53,20 +51,8 @@ def check_inputs(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
                 raise ValueError(f"lstm_gates: {name} must have shape (C, 1, 1) = ({channels}, 1, 1), "
                                  f"got {tuple(tensors[name].shape)}")
     for name, tensor in tensors.items():
-        if tensor.dtype not in _DTYPES:
+        if tensor.dtype not in DTYPES:
             raise TypeError(f"lstm_gates: {name} has dtype {tensor.dtype}; expected one of "
-                            f"{', '.join(str(t) for t in _DTYPES)}")
+                            f"{', '.join(str(t) for t in DTYPES)}")
         if tensor.device != gates.device:
             raise ValueError(f"lstm_gates: {name} is on {tensor.device} but gates is on {gates.device}")
-
-
-def lstm_gates(gates, c_prev, w_ci=None, w_cf=None, w_co=None, backend="auto"):
-    """The gate math of `lstm_gates_ref` on the chosen backend: "auto", "torch", "triton", "cuda" or "cpu_twin"
-    (see backends.py). gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1) or None.
-    Returns (h_next, c_next), each (B, C, H, W) in torch.promote_types(gates.dtype, c_prev.dtype) on every
-    backend; the fused ones compute in float32 (float64 for float64) whatever the storage dtype."""
-    from .backends import gate_function, resolve_backend
-
-    check_inputs(gates, c_prev, w_ci, w_cf, w_co)
-    name = resolve_backend(backend, gates.device)
-    return gate_function(name)(gates, c_prev, w_ci, w_cf, w_co)

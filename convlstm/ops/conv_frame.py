@@ -12,7 +12,7 @@ for backward) and the contiguous copy the convolution makes of the permuted stac
 gradient of all T frames at once (63 MB bf16, then 126 MB float32) while everything the forward kept is still
 alive. Run per frame as the decoder makes it, the head keeps only what conv_cat keeps already (each frame's
 autocast copy, shared), no frame outlives the step after it, and in backward frame t's gradient is made just
-before the decoder step that needs it. Measured: kernels/README.md, "Memory kept for backward".
+before the decoder step that needs it. Measured: convlstm/ops/README.md, "Memory kept for backward".
 Weight and bias gradients under autocast add up over the frames in float32 (the reference: one bf16 gradient of
 the one call).
 """

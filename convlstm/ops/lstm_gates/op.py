@@ -1,4 +1,4 @@
-"""lstm_gates: what the fused backends (triton, cuda, cpu_twin) share around their kernels.
+"""What the fused backends of lstm_gates (triton, cuda, cpu_twin) share around their kernels.
 
 Dtype policy (all backends, and the same as eager PyTorch / `lstm_gates_ref`):
   - h_next and c_next come out in torch.promote_types(gates.dtype, c_prev.dtype). Under autocast the conv makes
@@ -13,7 +13,7 @@ Layout: NCHW, or channels_last when gates is channels_last; anything else is mad
 Autograd, the same for the custom ops torch.compile traces and the autograd.Function eager calls use (`fused_op`):
 the forward saves the pre-activation gates and c_prev (plus c_next with peephole, for the w_co gradient); the
 backward recomputes the activations, so the bytes kept per step are those of (B, 4C, H, W) + (B, C, H, W) instead
-of eager PyTorch's six or more activations (kernels/README.md).
+of eager PyTorch's six or more activations (convlstm/ops/README.md).
 The peephole weight gradients are per-channel sums done in torch from the gate gradients.
 """
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from . import kernels
+from .ref import check_inputs
 
-# The CUDA sources and the header of per-element math that the CPU twin shares with them.
-SOURCE_DIR = Path(kernels.__file__).parent / "cuda"
+# The CUDA sources and the header of per-element math that the CPU twin shares with them (package data).
+SOURCE_DIR = Path(__file__).parent / "csrc"
 
-# (gates dtype, state dtype) pairs the kernels take; others are converted to the output dtype.
+# (gates dtype, state dtype) pairs the kernels take; others are converted to the output dtype. The one statement of
+# the rule: csrc/lstm_gates_torch.h's supported_pair must agree (test_lstm_gates_dtype_rule_matches_cpp).
 KERNEL_DTYPES = {(t, t) for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)} | {
     (torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 
@@ -180,3 +181,12 @@ def headers_stamp(source_dir, headers) -> str:
     change but does not look at included headers, so an edit of the shared math would otherwise be missed."""
     digest = hashlib.sha1(b"".join((source_dir / h).read_bytes() for h in headers)).hexdigest()[:16]
     return f"-DLSTM_GATES_HEADERS_SHA={digest}"
+
+
+def gate_function(run):
+    """The public function of a fused backend over its `run` (fused_op): (gates, c_prev, w_ci, w_cf, w_co) ->
+    (h_next, c_next), arguments checked, then the dtype and layout policy applied."""
+    def gates_fn(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
+        check_inputs(gates, c_prev, w_ci, w_cf, w_co)
+        return run(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+    return gates_fn

@@ -142,11 +142,6 @@ cudaError_t dispatch(Dtype gate_dtype, Dtype state_dtype, const Launch& launch) 
 
 }  // namespace
 
-bool supported_dtypes(Dtype gate_dtype, Dtype state_dtype) {
-  return gate_dtype == state_dtype ||
-         (state_dtype == Dtype::kFloat32 && (gate_dtype == Dtype::kFloat16 || gate_dtype == Dtype::kBFloat16));
-}
-
 cudaError_t forward_cuda(Dtype gate_dtype, Dtype state_dtype, const void* gates, const void* c_prev,
                          const void* w_ci, const void* w_cf, const void* w_co, void* h_next, void* c_next,
                          Shape shape, cudaStream_t stream) {

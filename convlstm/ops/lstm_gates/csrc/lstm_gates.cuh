@@ -86,7 +86,7 @@ LSTM_GATES_HD StepGrad<acc_t> backward(acc_t g_i, acc_t g_f, acc_t g_o, acc_t g_
 // per element; one element per thread leaves at most 2048 threads x 10 B = 20 KB of loads in flight per SM, while
 // the H200's specified 4.8 TB/s at ~600 ns of loaded latency (published H100 measurements; not measured here)
 // over 132 SMs wants ~22 KB (Little's law). With 4 per thread, 48 registers (1280 threads per SM) give 50 KB
-// (kernels/README.md, "Elements per thread"). PyTorch's elementwise kernels take 4 or more per thread too. Past kMaxBlocks blocks the grid
+// (convlstm/ops/README.md, "Elements per thread"). PyTorch's elementwise kernels take 4 or more per thread too. Past kMaxBlocks blocks the grid
 // strides (far more than fill an H200: 132 SMs x 8 resident blocks).
 constexpr int kThreads = 256;
 constexpr int kElemsPerThread = 4;
@@ -101,7 +101,7 @@ LSTM_GATES_HD int64_t num_blocks(int64_t numel) {
 
 // Whether indices can be int32_t: every offset (below 4*numel) and every n a thread forms (below numel +
 // kMaxStride) fits. Else int64_t (B*4C*H*W can pass 2^31). Why not always int64: 64-bit division and remainder
-// cost several times the 32-bit ones (kernels/README.md, "Index arithmetic"). The CUDA launchers and the CPU
+// cost several times the 32-bit ones (convlstm/ops/README.md, "Index arithmetic"). The CUDA launchers and the CPU
 // twin both follow it.
 LSTM_GATES_HD bool int32_index(int64_t numel) { return 4 * numel + kMaxStride <= int64_t(INT32_MAX); }
 

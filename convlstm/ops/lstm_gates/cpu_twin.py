@@ -1,6 +1,6 @@
-"""lstm_gates "cpu_twin": the CUDA kernels' thread bodies (kernels/cuda/lstm_gates.cuh: per-element math, indexing,
+"""lstm_gates "cpu_twin": the CUDA kernels' thread bodies (csrc/lstm_gates.cuh: per-element math, indexing,
 the grid's cover of the elements) compiled for the CPU with g++ and run for every thread of the grid the CUDA
-launchers would launch (kernels/cuda/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
+launchers would launch (csrc/lstm_gates_cpu.cpp), so tests on a machine without a GPU check the code the
 CUDA kernels run against `lstm_gates_ref`. The raw extension's forward/backward take `grid=` (blocks; 0 = the
 launcher's) and `int64_index=`, so tests run what on a GPU only huge inputs reach: the grid-stride loop (over 2^28
 elements) and the int64 instantiation of the indexing (over 4.7e8).
@@ -17,7 +17,7 @@ import os
 import shutil
 import torch
 
-from .lstm_gates_op import SOURCE_DIR, define_extension_ops, headers_stamp, prepare
+from .op import SOURCE_DIR, define_extension_ops, gate_function, headers_stamp
 
 HEADERS = ("lstm_gates.cuh", "lstm_gates_torch.h")
 
@@ -25,7 +25,7 @@ HEADERS = ("lstm_gates.cuh", "lstm_gates_torch.h")
 @functools.cache
 def extension():
     """Build (first time) and load the CPU twin extension."""
-    from torch.utils import cpp_extension  # imported on use: see lstm_gates_cuda.extension
+    from torch.utils import cpp_extension  # imported on use: see cuda.extension
     sources = [str(SOURCE_DIR / "lstm_gates_cpu.cpp")]
     return cpp_extension.load(name="convlstm_lstm_gates_cpu_twin", sources=sources,
                               extra_cflags=["-O3", headers_stamp(SOURCE_DIR, HEADERS)], verbose=False)
@@ -46,6 +46,5 @@ def runs_on(device: torch.device) -> str | None:
 lstm_gates_cpu_twin_run = define_extension_ops("cpu_twin", "cpu", extension)
 
 
-def lstm_gates_cpu_twin(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
-    """`lstm_gates_ref` on the CPU twin of the CUDA kernels; same arguments and dtype policy as `lstm_gates`."""
-    return lstm_gates_cpu_twin_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+# `lstm_gates_ref` on the CPU twin of the CUDA kernels; same arguments and dtype policy as `lstm_gates`.
+lstm_gates_cpu_twin = gate_function(lstm_gates_cpu_twin_run)

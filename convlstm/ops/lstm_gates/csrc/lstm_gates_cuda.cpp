@@ -1,5 +1,5 @@
 // lstm_gates: PyTorch binding of the CUDA launchers (lstm_gates.cu). Built by setup.py as
-// convlstm._lstm_gates_cuda, or JIT-built by convlstm/lstm_gates_cuda.py; the op around it is in that module.
+// convlstm.ops.lstm_gates._cuda, or JIT-built by convlstm/ops/lstm_gates/cuda.py; the op around it is in that module.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 

@@ -2,15 +2,16 @@
 
 Backends:
   "torch"    `lstm_gates_ref`, eager PyTorch: always there, any device.
-  "cuda"     the CUDA extension (convlstm/lstm_gates_cuda.py): CUDA tensors, prebuilt by setup.py or JIT-built.
-  "triton"   the Triton kernels (convlstm/lstm_gates_triton.py): CUDA tensors; CPU tensors too when
-             TRITON_INTERPRET=1 was set before triton was imported (the interpreter, for tests).
-  "cpu_twin" the CUDA kernels' thread bodies compiled for the CPU with g++ (convlstm/lstm_gates_cpu_twin.py):
-             a test/debug path, built on first use.
+  "cuda"     the CUDA extension (cuda.py, csrc/): CUDA tensors, prebuilt by setup.py or JIT-built.
+  "triton"   the Triton kernels (triton_launcher.py): CUDA tensors; CPU tensors too when TRITON_INTERPRET=1 was set
+             before triton was imported (the interpreter, for tests).
+  "cpu_twin" the CUDA kernels' thread bodies compiled for the CPU with g++ (cpu_twin.py): a test/debug path, built on
+             first use.
   "auto"     CUDA tensors: cuda if it loads, else triton, else torch. CPU tensors: torch (the interpreter and the
              twin are for tests, not speed).
 A backend module that fails to import (no Triton) or cannot run on a device is reported here with the reason; a
-backend asked for by name that cannot run is an error, never a silent fallback.
+backend asked for by name that cannot run is an error, never a silent fallback. Modules call `resolve` once, when
+built or moved to a device (cell.py), not per step.
 """
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ import importlib
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "cuda", "cpu_twin")
+from .ref import lstm_gates_ref
 
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu_twin")
+FUSED = ("triton", "cuda", "cpu_twin")
+
+_MODULES = {"triton": "triton_launcher", "cuda": "cuda", "cpu_twin": "cpu_twin"}
 # The order "auto" tries them in, per device type; the first that can run wins.
 _PREFERENCE = {"cuda": ("cuda", "triton", "torch")}
 _PREFERENCE_OTHER = ("torch", "triton", "cpu_twin", "cuda")
@@ -29,10 +34,11 @@ _PREFERENCE_OTHER = ("torch", "triton", "cpu_twin", "cuda")
 @functools.cache
 def _module(name: str):
     """(module, None), or (None, why it does not import)."""
+    path = f"{__package__}.{_MODULES[name]}"
     try:
-        return importlib.import_module(f"convlstm.lstm_gates_{name}"), None
+        return importlib.import_module(path), None
     except ImportError as error:
-        return None, f"convlstm.lstm_gates_{name} does not import: {error}"
+        return None, f"{path} does not import: {error}"
 
 
 @functools.cache
@@ -62,12 +68,9 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
-# Functions of the backends resolved so far: a plain dict, so torch.compile looks them up without a graph break.
-_GATE_FUNCTIONS = {}
-
-
-def resolve_backend(backend: str, device) -> str:
-    """Turn "auto" into a concrete backend for `device`; check a named one can run there."""
+def resolve(backend: str, device) -> tuple[str, callable]:
+    """(name, gate function) of `backend` on `device`: "auto" made concrete, a named one checked to run there.
+    The function is (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next), with the arguments of `lstm_gates`."""
     check_backend_name(backend)
     device = torch.device(device)
     name = available_backends(device)[0] if backend == "auto" else backend
@@ -75,32 +78,14 @@ def resolve_backend(backend: str, device) -> str:
     if reason is not None:
         raise RuntimeError(f"backend {backend!r} is not available for device {device}: {reason} "
                            f"(available: {', '.join(available_backends(device))})")
-    if name not in _GATE_FUNCTIONS:
-        if name == "torch":
-            from .lstm_gates import lstm_gates_ref
-            _GATE_FUNCTIONS[name] = lstm_gates_ref
-        else:
-            _GATE_FUNCTIONS[name] = getattr(_module(name)[0], f"lstm_gates_{name}")
-    return name
-
-
-# torch.compile runs resolve_backend once while tracing and keeps the answer (the choice depends only on the backend
-# name and the device, both fixed in a compiled graph), instead of tracing the imports and builds behind it. This is
-# what @torch.compiler.assume_constant_result does (it sets this one attribute, torch 2.0 to 2.13), but importing it
-# pulls in torch._dynamo: +2.0 s on every `import convlstm` here (4.1 s vs 2.3 s), paid by every train.py process.
-# The fullgraph torch.compile tests in tests/test_lstm_gates.py fail if this ever stops working.
-resolve_backend._dynamo_marked_constant = True
-
-
-def gate_function(name: str):
-    """The function (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next) of a backend `resolve_backend` gave."""
-    return _GATE_FUNCTIONS[name]
+    if name == "torch":
+        return name, lstm_gates_ref
+    return name, getattr(_module(name)[0], f"lstm_gates_{name}")
 
 
 def fused_run(name: str):
-    """The callable a fused backend's gate function ends in (lstm_gates_op.fused_op): its `.custom_op` is what
-    torch.compile traces, its `.forward_impl` / `.backward_impl` what the kernels are handed (for benchmarks and
-    tests). `name` must be a fused backend that imports here."""
+    """The callable a fused backend's gate function ends in (op.fused_op): its `.custom_op` is what torch.compile
+    traces, its `.forward_impl` / `.backward_impl` what the kernels are handed (for benchmarks and tests)."""
     module, reason = _module(name)
     if module is None:
         raise RuntimeError(reason)

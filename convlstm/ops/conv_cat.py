@@ -14,7 +14,7 @@ keeps: x's and h's reads and the float32 weight, not the concatenation.
 
 Why: per hidden-state element of a bf16 training step with x and h of equal width, the fused path keeps gates
 (8 B), c_prev (4 B) and the concatenation (4 B); sharing h's bf16 copy makes the last 2 B: 16 B -> 14 B, where
-eager PyTorch keeps 20 B. Whole model, measured on the CPU: kernels/README.md, "Memory kept for backward".
+eager PyTorch keeps 20 B. Whole model, measured on the CPU: convlstm/ops/README.md, "Memory kept for backward".
 Why hooks and not an autograd.Function: host time. A Function's Python forward and backward cost ~145 us per
 call forward+backward over the reference's 175-190 us here (float32, one-element state, 2-core Xeon VM, 1 thread,
 interleaved medians); the hooks ~50 us; bf16 +230 us against +145 us (the casts are CPU work here). 40 calls per

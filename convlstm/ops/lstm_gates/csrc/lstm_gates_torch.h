@@ -1,6 +1,6 @@
 // lstm_gates: argument checks shared by the two PyTorch bindings, the CUDA one (lstm_gates_cuda.cpp) and the CPU
 // twin (lstm_gates_cpu.cpp), so the CPU test suite exercises the checks the CUDA binding runs.
-// The Python op (convlstm/lstm_gates_op.py) already normalised dtypes and layout; these checks catch misuse of
+// The Python op (op.py) already normalised dtypes and layout; these checks catch misuse of
 // the raw bindings with a message instead of a wrong answer.
 #pragma once
 

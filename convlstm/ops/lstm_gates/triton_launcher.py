@@ -1,8 +1,8 @@
-"""lstm_gates on Triton: launchers and the torch.library ops around kernels/triton/lstm_gates.py.
+"""lstm_gates on Triton: launchers and the torch.library ops around triton_kernels.py.
 
 Ops: `convlstm::lstm_gates_triton` (forward) and `convlstm::lstm_gates_triton_backward`, both `triton_op`s, so
 torch.compile sees the kernels (no graph break) on a GPU; eager calls launch the same kernels through an
-autograd.Function (lstm_gates_op.fused_op says why). With TRITON_INTERPRET=1 they run on CPU tensors.
+autograd.Function (op.fused_op says why). With TRITON_INTERPRET=1 they run on CPU tensors.
 Importing this module needs Triton; backends.py is the one place that handles its absence.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from .kernels.triton.lstm_gates import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
-from .lstm_gates_op import fused_op, memory_format, prepare
+from .triton_kernels import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
+from .op import fused_op, gate_function, memory_format
 
 # Elements per program. Not tuned on a GPU yet (no GPU in any session so far); 1024 with 4 warps is the usual choice
 # for a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses along a row).
@@ -31,7 +31,7 @@ def _launcher(kernel):
 
 
 def _tiling(c_prev: Tensor, channels_last: bool) -> tuple[tuple[int, int], dict]:
-    """The grid and the kernels' size arguments for c_prev seen as rows (kernels/triton/lstm_gates.py): NCHW rows
+    """The grid and the kernels' size arguments for c_prev seen as rows (triton_kernels.py): NCHW rows
     are (b, c) planes of H*W elements, channels_last rows are (b, h, w) positions of C channels. A tile is as
     many whole rows as fit in BLOCK elements when rows are short, else BLOCK columns of one row."""
     batch, channels, height, width = c_prev.shape
@@ -113,7 +113,6 @@ def runs_on(device: torch.device) -> str | None:
             f"first imported (the slow interpreter, for tests)")
 
 
-def lstm_gates_triton(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
-    """`lstm_gates_ref` on the Triton kernels: gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1)
-    or None -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype)."""
-    return lstm_gates_triton_run(*prepare(gates, c_prev, w_ci, w_cf, w_co))
+# `lstm_gates_ref` on the Triton kernels: gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1) or
+# None -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype).
+lstm_gates_triton = gate_function(lstm_gates_triton_run)

@@ -2,8 +2,8 @@
 //
 // Tensors are raw device pointers. c_prev / h_next / c_next / grad_h / grad_c / grad_c_prev are (B, C, H, W) and
 // gates / grad_gates (B, 4C, H, W), all contiguous in one memory format (NCHW, or NHWC when channels_last).
-// Storage dtypes: gates in `gate_dtype`, the C-sized tensors in `state_dtype`; supported pairs are (t, t) for the
-// four dtypes, and (float16, float32) and (bfloat16, float32) for mixed precision with c kept in float32.
+// Storage dtypes: gates in `gate_dtype`, the C-sized tensors in `state_dtype`; the pairs dispatched are those of
+// op.py's KERNEL_DTYPES (checked by lstm_gates_torch.h's supported_pair before a launch).
 // The math runs in float32, or float64 when state_dtype is float64; the peephole weights w_ci, w_cf, w_co are
 // (C,) in that math type, or all null without peephole. grad_h / grad_c may be null (the output got no gradient).
 #pragma once
@@ -21,9 +21,6 @@ struct Shape {
   int64_t spatial;   // H*W
   bool channels_last;
 };
-
-// True when the launchers accept this (gate_dtype, state_dtype) pair.
-bool supported_dtypes(Dtype gate_dtype, Dtype state_dtype);
 
 // Both return cudaSuccess, the launch error, or cudaErrorInvalidValue for an unsupported dtype pair.
 cudaError_t forward_cuda(Dtype gate_dtype, Dtype state_dtype, const void* gates, const void* c_prev,

@@ -1,0 +1,1 @@
+"""Scoring predictions: metrics in the published tables' conventions (metrics) and the figures (plots)."""
