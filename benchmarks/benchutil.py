@@ -26,6 +26,7 @@ from importlib import metadata
 import torch
 
 import convlstm
+from convlstm.memory import peak_mem_mb, saved_bytes  # noqa: F401 (bench_memory and bench_train use them)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,54 +233,6 @@ def median_and_spread(times):
         q1, _, q3 = statistics.quantiles(times, n=4)
         return median, (q3 - q1) / median
     return median, (max(times) - min(times)) / median
-
-
-def saved_bytes(fn, held=()):
-    """Run fn() and return the bytes of the distinct storages autograd saved for backward while it ran, leaving out
-    those of the tensors in `held` (held anyway, such as parameters). The tests count with it too."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    for tensor in held:
-        storages.pop(tensor.untyped_storage().data_ptr(), None)
-    return sum(storages.values())
-
-
-def peak_mem_mb(fn, device):
-    """MiB allocated at most during one fn() call above what was allocated when it began (see the module doc)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-    from torch._C._profiler import _EventType
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    sizes = []  # (time, +bytes allocated / -bytes freed)
-
-    def walk(events):
-        for event in events:
-            if event.tag == _EventType.Allocation:
-                sizes.append((event.start_time_ns, event.extra_fields.alloc_size))
-            walk(event.children)
-
-    walk(prof.profiler.kineto_results.experimental_event_tree())
-    live = peak = 0
-    for _, size in sorted(sizes):
-        live += size
-        peak = max(peak, live)
-    return peak / 2**20
 
 
 def copy_gbps(device, nbytes=None):

@@ -15,7 +15,7 @@ from torch import nn
 
 from convlstm.ops.conv_cat import conv_cat, conv_cat_ref
 from convlstm.ops.conv_frame import conv_frame, conv_frame_applies, conv_stack_ref
-from test_lstm_gates_memory import saved_bytes
+from convlstm.memory import saved_bytes
 
 CX, CH, COUT = 5, 8, 32
 

@@ -7,22 +7,18 @@ Per element of the state (B, C, H, W), one lstm_gates call keeps:
   fused:       gates (4C) and c_prev                                     5 tensors (20 B in fp32)
                + c_next with peephole (for the w_co gradient)            6 tensors (24 B in fp32)
 The last tests count a whole EncoderDecoderConvLSTM forward (kept bytes) and forward+backward (peak), where conv_cat
-and conv_frame also keep less. Both counts are benchmarks/benchutil.py's, which bench_memory reports.
+and conv_frame also keep less. Both counts are convlstm/memory.py's, which bench_memory reports.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import convlstm.cell
-import convlstm.ops.conv_cat
 import convlstm.model
+import convlstm.ops.conv_cat
+from convlstm.memory import peak_mem_mb, saved_bytes
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, lstm_gates
 from test_lstm_gates import FUSED, device_backend_cases
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from benchutil import peak_mem_mb, saved_bytes  # noqa: E402
 
 B, C, H, W = 2, 3, 7, 5
 N = B * C * H * W  # elements of the state
