@@ -1,24 +1,12 @@
-"""conv_cat: a ConvLSTM step's convolution over concat([x, h]), keeping less for backward.
+"""conv_cat: a ConvLSTM step's convolution over concat([x, h]), keeping x and h for backward, not the concatenation.
 
-`conv_cat_ref(x, h, conv)` is the spec, the tutorial's `conv(torch.cat([x, h], dim=1))`. Autograd then keeps the
-concatenation for the weight gradient: a copy of h per consumer, and h of a cell feeds two convolutions (its own
-next step and the cell above it), under autocast in the autocast dtype. `conv_cat` runs the same cat, cast and
-convolution through PyTorch's own autograd (outputs and input gradients bit for bit the reference's), with
-saved-tensor hooks that keep, in place of the concatenation, x and h themselves, or under autocast one copy of
-each in the autocast dtype shared by all its consumers; backward rebuilds the concatenation from them.
-Differences: under autocast the weight and bias are cast per call, so the steps' gradients add up in float32 (the
-reference adds them in bf16 on autocast's cached casts); changing x, h or the weight in place between forward and
-backward is an error (`_check_version`), where the reference keeps a copy.
-Saved-tensor hooks of the caller's (memory measurement, torch.utils.checkpoint, offloading) see what conv_cat
-keeps: x's and h's reads and the float32 weight, not the concatenation.
-
-Why: per hidden-state element of a bf16 training step with x and h of equal width, the fused path keeps gates
-(8 B), c_prev (4 B) and the concatenation (4 B); sharing h's bf16 copy makes the last 2 B: 16 B -> 14 B, where
-eager PyTorch keeps 20 B. Whole model, measured on the CPU: convlstm/ops/README.md, "Memory kept for backward".
-Why hooks and not an autograd.Function: host time. A Function's Python forward and backward cost ~145 us per
-call forward+backward over the reference's 175-190 us here (float32, one-element state, 2-core Xeon VM, 1 thread,
-interleaved medians); the hooks ~50 us; bf16 +230 us against +145 us (the casts are CPU work here). 40 calls per
-training step of the tutorial's model, beside GPU work of about 10 ms (benchmarks/bench_dispatch.py, op "cell").
+Spec: `conv_cat_ref`, the tutorial's `conv(cat([x, h]))`, whose autograd keeps the concatenation: a copy of h per
+consumer (h feeds two convolutions). conv_cat runs the same ops (outputs and input gradients bit for bit) with
+saved-tensor hooks that keep x and h, or under autocast one low-precision copy of each shared by all consumers
+(bf16 step: 16 -> 14 B kept per hidden element, eager 20 B). Differences: autocast's weight cast is per call, so the
+steps' weight gradients add up in float32; an in-place change of x, h or the weight before backward is an error.
+Why hooks, not an autograd.Function: host time, ~50 us per call forward+backward against ~145 us (2-core VM, float32;
+benchmarks/bench_dispatch.py, op "cell").
 """
 from __future__ import annotations
 
@@ -38,17 +26,15 @@ _LOW_PRECISION_COPIES = WeakIdKeyDictionary()
 
 
 def as_conv_reads(tensor, dtype):
-    """What conv_cat keeps of `tensor` for backward: itself (detached), or, with autocast's `dtype`, the copy that
-    cast_for_conv made of it (of this version) for its first consumer, shared by all its consumers."""
+    """What conv_cat keeps of `tensor`: itself, or under autocast the copy cast_for_conv made of this version."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):  # autocast leaves float64 alone
         return tensor.detach()
     return _LOW_PRECISION_COPIES[tensor][1]  # cast_for_conv ran on this version in the same conv_cat call
 
 
 def cast_for_conv(tensor, dtype):
-    """`tensor` cast to autocast's `dtype` as a step of autograd (its gradient flows back through the cast, in
-    `tensor`'s dtype), as autocast casts a convolution's input; the first such copy of `tensor` (and version) is also
-    the one as_conv_reads gives for keeping. Itself where autocast leaves it alone."""
+    """`tensor` cast to autocast's `dtype` through autograd, as autocast casts a convolution's input; the first copy
+    of each version is remembered for as_conv_reads. Itself where autocast leaves it alone."""
     if dtype is None or tensor.dtype in (dtype, torch.float64):
         return tensor
     copy = tensor.to(dtype)
@@ -59,9 +45,8 @@ def cast_for_conv(tensor, dtype):
 
 
 def records_autograd(conv, inputs):
-    """Whether conv over `inputs` records autograd that conv_cat / conv_frame keep less for: not under no_grad,
-    while torch.compile traces (Inductor plans its own memory), for padding other than zeros, or when nothing needs
-    a gradient."""
+    """Whether conv over `inputs` records autograd to keep less for: not under no_grad, nor while torch.compile traces
+    (Inductor plans its own memory), nor for non-zero padding, nor when nothing needs a gradient."""
     weight, bias = conv.weight, conv.bias
     return not (torch.compiler.is_compiling() or not torch.is_grad_enabled() or conv.padding_mode != "zeros"
                 or not (any(t.requires_grad for t in inputs) or weight.requires_grad
@@ -87,26 +72,22 @@ def _check_version(name, tensor, version):
 
 
 def conv_cat(x, h, conv):
-    """`conv_cat_ref(x, h, conv)`, keeping for backward x and h (or their autocast-dtype copies, one per tensor)
-    instead of the concatenation. x (B, Cin, H, W), h (B, C, H, W), conv an nn.Conv2d over Cin + C channels with
-    zero padding. Without autograd to record (no_grad, no input needing a gradient) or while torch.compile traces
-    (Inductor plans its own memory), it is the reference."""
+    """`conv_cat_ref(x, h, conv)` keeping x and h for backward. x (B, Cin, H, W), h (B, C, H, W), conv an nn.Conv2d
+    over Cin + C channels. The reference itself where records_autograd is False. Returns (B, out, H, W)."""
     if _TOP_HOOKS is None or not records_autograd(conv, (x, h)):
         return conv_cat_ref(x, h, conv)
     outer = _TOP_HOOKS(False)  # the caller's hooks: what conv_cat keeps goes through them
     dtype = autocast_dtype(x)
     weight, bias = conv.weight, conv.bias
     if dtype is not None and torch.promote_types(x.dtype, h.dtype) != torch.float64:  # autocast leaves float64 alone
-        # The cast autocast makes of the concatenation inside conv2d, made here of x and h before concatenating (the
-        # same values; 10 B of traffic per element and channel instead of 14), so that the hooks know the result;
-        # the weight and bias cast per call so that their gradients come back in float32, one per step.
+        # Autocast's cast of the concatenation, made of x and h instead (same values, 10 B of traffic per element
+        # instead of 14) so the hooks know the copies; weight and bias cast per call: float32 gradients per step.
         x_in, h_in = cast_for_conv(x, dtype), cast_for_conv(h, dtype)
         weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
     else:
         dtype, x_in, h_in = None, x, h  # x and h are kept as they are
     cat = torch.cat([x_in, h_in], dim=1)
-    # The convolution saves its input (cat) and weight. Autograd keeps the pack hook, so it holds these through a
-    # dict emptied after the convolution, not as closure variables (those would keep cat, x and h alive).
+    # Autograd keeps the pack hook alive: a dict emptied after the call, not closure variables, so cat, x and h die.
     pending = dict(cat=cat, weight=weight, x=x, h=h)
 
     def pack(tensor):

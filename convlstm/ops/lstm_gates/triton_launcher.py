@@ -15,8 +15,8 @@ from torch.library import triton_op, wrap_triton
 from .triton_kernels import INTERPRETED, lstm_gates_bwd_kernel, lstm_gates_fwd_kernel
 from .op import fused_op, gate_function, memory_format
 
-# Elements per program. Not tuned on a GPU yet (no GPU in any session so far); 1024 with 4 warps is the usual choice
-# for a memory-bound elementwise kernel (8 elements per thread, 16-byte fp32 accesses along a row).
+# Elements per program: 1024 with 4 warps (8 per thread, 16-byte fp32 accesses), the common start for a memory-bound
+# elementwise kernel. Untuned: no session has had a GPU to measure it (bench_gates on the H200 is where to).
 BLOCK = 1024
 NUM_WARPS = 4
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension, which walks along a row
