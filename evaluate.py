@@ -30,12 +30,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
-from convlstm.training.checkpoint import CheckpointError, model_from_config, read_checkpoint
-from convlstm.training.config import DEVICES
 from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
-from convlstm.training.distributed import SetupError, distributed
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.model import model_from_config
+from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
+from convlstm.training.checkpoint import CheckpointError, read_checkpoint
+from convlstm.training.config import DEVICES
+from convlstm.training.distributed import SetupError, distributed
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
 REQUIRED_CONFIG = ("n_hidden_dim", "image_size", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole",
@@ -102,7 +103,7 @@ def load_checkpoint(path):
 
 
 def build_model(config, state_dict, backend, path):
-    """The model the config describes (convlstm.training.checkpoint.model_from_config), with the checkpoint's weights,
+    """The model the config describes (convlstm.model.model_from_config), with the checkpoint's weights,
     checked key by key first so that a mismatch is one line naming the keys."""
     try:
         model = model_from_config(config, backend=backend)

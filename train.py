@@ -20,17 +20,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.training.amp import NonFiniteWatch, Precision
-from convlstm.ops.lstm_gates.backends import resolve
-from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint,
-                                 model_from_config, rng_state, save_checkpoint, set_rng_state,
-                                 write_config, write_elastic_run_id)
-from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.data import MovingMNIST, split_sequence
-from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object, distributed,
-                                  kill_self, parse_fault, restart_count)
-from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.model import model_from_config
+from convlstm.ops.lstm_gates.backends import resolve
+from convlstm.training.amp import NonFiniteWatch, Precision
+from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
+                                          save_checkpoint, set_rng_state, write_config, write_elastic_run_id)
+from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
+from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object,
+                                           distributed, kill_self, parse_fault, restart_count)
+from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
 
 
 class TrainingError(RuntimeError):

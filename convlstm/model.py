@@ -77,3 +77,13 @@ class EncoderDecoderConvLSTM(nn.Module):
                    self.decoder_2_convlstm)]
         (h_t, c_t), (h_t2, c_t2), (h_t3, c_t3), (h_t4, c_t4) = states
         return self.autoencoder(x, seq_len, future_seq, h_t, c_t, h_t2, c_t2, h_t3, c_t3, h_t4, c_t4)
+
+
+def model_from_config(config: dict, backend: str | None = None) -> EncoderDecoderConvLSTM:
+    """The EncoderDecoderConvLSTM a train.py config dict describes, with fresh weights (load a state_dict next).
+
+    `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU a model trained with "triton".
+    """
+    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
+                                  kernel_size=config["kernel_size"], peephole=config["peephole"],
+                                  backend=backend or config["backend"])

@@ -12,10 +12,10 @@ import urllib.request
 import pytest
 import torch
 
-from convlstm.training.amp import Precision
-from convlstm.training.checkpoint import model_from_config
-from convlstm.training.config import parse_config, resolve_config
 from convlstm.evaluation.metrics import METRIC_NAMES
+from convlstm.model import model_from_config
+from convlstm.training.amp import Precision
+from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
 from convlstm.training.logs import prediction_grid
 

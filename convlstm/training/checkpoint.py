@@ -26,8 +26,6 @@ import re
 import numpy as np
 import torch
 
-from ..model import EncoderDecoderConvLSTM
-
 LATEST = "latest.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -39,16 +37,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
-
-
-def model_from_config(config: dict, backend: str | None = None) -> EncoderDecoderConvLSTM:
-    """The EncoderDecoderConvLSTM a checkpoint's `config` describes (fresh weights: load `checkpoint["model"]` next).
-
-    `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU a model trained with "triton".
-    """
-    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
-                                  kernel_size=config["kernel_size"], peephole=config["peephole"],
-                                  backend=backend or config["backend"])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
