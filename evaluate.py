@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.model import model_from_config
+from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.training.checkpoint import CheckpointError, read_checkpoint
 from convlstm.training.config import DEVICES
@@ -166,7 +166,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
     with torch.inference_mode():
         for batch in loader:
             x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
-            pred = model(x, future_seq=n_ahead).permute(0, 2, 1, 3, 4)  # (B, 1, T, H, W) -> (B, T, 1, H, W)
+            pred = to_btchw(model(x, future_seq=n_ahead))  # (B, T_out, C, H, W)
             totals["model"].add(frame_metrics(pred, y))
             totals["last_frame"].add(frame_metrics(x[:, -1:].expand_as(y), y))
             totals["zeros"].add(frame_metrics(torch.zeros_like(y), y))

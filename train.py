@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.data import MovingMNIST, split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.model import model_from_config
+from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
@@ -41,8 +41,8 @@ def predict(model, batch, cfg, precision):
     """batch (B, 20, 1, S, S) -> inputs x, targets y (B, T_out, 1, S, S) and predictions y_hat (float32, as y)."""
     x, y = split_sequence(batch, n_in=cfg.n_steps_past)
     with precision.autocast():
-        y_hat = model(x, future_seq=cfg.n_steps_ahead)  # (B, 1, T_out, S, S)
-    return x, y, y_hat.permute(0, 2, 1, 3, 4).float()
+        y_hat = model(x, future_seq=cfg.n_steps_ahead)
+    return x, y, to_btchw(y_hat).float()
 
 
 def validate(model, loader, cfg, precision, device):

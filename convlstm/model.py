@@ -87,3 +87,9 @@ def model_from_config(config: dict, backend: str | None = None) -> EncoderDecode
     return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
                                   kernel_size=config["kernel_size"], peephole=config["peephole"],
                                   backend=backend or config["backend"])
+
+
+def to_btchw(output: torch.Tensor) -> torch.Tensor:
+    """The model's output (B, C, T, H, W) (the tutorial's layout, kept for compatibility) as (B, T, C, H, W), the
+    layout of the data and the metrics. A view: same dtype and storage."""
+    return output.permute(0, 2, 1, 3, 4)

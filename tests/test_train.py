@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convlstm.evaluation.metrics import METRIC_NAMES
-from convlstm.model import model_from_config
+from convlstm.model import model_from_config, to_btchw
 from convlstm.training.amp import Precision
 from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
@@ -302,6 +302,18 @@ def test_prediction_grid_rows_are_prediction_truth_and_error():
     assert torch.equal(frame(1, 3), x[3]) and torch.equal(frame(1, 12), y[2])
     assert torch.equal(frame(2, 3), torch.zeros(1, 4, 5)) and torch.allclose(frame(2, 12), (y_hat[2] - y[2]) ** 2)
     assert grid[:, :2].abs().sum() == 0  # padding
+
+
+def test_to_btchw_is_the_permute_of_the_model_output_and_predict_returns_the_targets_layout():
+    model = model_from_config(dict(n_hidden_dim=3, in_chan=1, kernel_size=3, peephole=False, backend="torch"))
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 1, 7, 5), future_seq=4)  # (B, C, T_out, H, W)
+        assert out.shape == (2, 1, 4, 7, 5)
+        assert torch.equal(to_btchw(out), out.permute(0, 2, 1, 3, 4))
+        assert to_btchw(out).shape == (2, 4, 1, 7, 5)
+        bf16 = Precision("bf16", torch.device("cpu"))
+        _, y, y_hat = train_script.predict(model, torch.rand(2, 20, 1, 7, 5), parse_config(TINY), bf16)
+    assert y_hat.shape == y.shape == (2, 10, 1, 7, 5) and y_hat.dtype == torch.float32
 
 
 def test_process_group_is_destroyed_when_training_raises(monkeypatch):
