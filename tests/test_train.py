@@ -34,10 +34,6 @@ def run(tmp_run_dir, *flags):
     return train_script.main(TINY + ["--run_dir", str(tmp_run_dir), *map(str, flags)])
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
-
-
 def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:

@@ -99,14 +99,14 @@ def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> No
         os.remove(old)
 
 
-def read_checkpoint(path: str, map_location="cpu"):
-    """torch.load(path, weights_only=True), for train.py's resume and evaluate.py alike; anything that stops it is a
-    CheckpointError of one line that names the file and the cause."""
+def read_checkpoint(path: str):
+    """torch.load(path, weights_only=True) onto the CPU, for train.py's resume and evaluate.py alike; anything that
+    stops it is a CheckpointError of one line that names the file and the cause."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
                               f"checkpoint {path} is not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file; all mean "unreadable"
         detail = _load_error_detail(error)
         if "GLOBAL" in detail:  # a class or function to import: refused by the weights-only unpickler
@@ -123,9 +123,9 @@ def _load_error_detail(error: Exception) -> str:
     return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def load_checkpoint(path: str) -> dict:
     """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs)."""
-    state = read_checkpoint(path, map_location)
+    state = read_checkpoint(path)
     missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
                if not isinstance(state, dict) or key not in state]
     if missing:
