@@ -1,8 +1,8 @@
 """Evaluate a train.py checkpoint on Moving MNIST in the published tables' conventions.
 
-    python evaluate.py --checkpoint runs/x/ckpt.pt --out_dir eval/x                    # generated test split
-    python evaluate.py --checkpoint runs/x/ckpt.pt --out_dir eval/x --data mnist_test_seq.npy
-    torchrun --nproc_per_node 8 evaluate.py --checkpoint ... --out_dir ...            # one shard per rank
+    python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x        # generated test split
+    python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x --data mnist_test_seq.npy
+    torchrun --nproc_per_node 8 evaluate.py --checkpoint ... --out_dir ...             # one shard per rank
 
 The model's configuration comes from the checkpoint (read with weights_only=True: no code in it ever runs). Each rank
 evaluates a contiguous shard of the sequences; per-frame metric sums and sequence counts are all-reduced, so each
@@ -15,7 +15,8 @@ last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
     samples.gif      the same sequences animated, ground truth | prediction
     predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W)
 
-Metric conventions: see convlstm/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and exit code 2.
+Metric conventions: see convlstm/evaluation/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and
+exit code 2.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
 
 Every process takes --batch_size sequences per step from one shared shuffled order, so N processes with batch b train
-the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (see convlstm.training.checkpoint);
+the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (convlstm.training.checkpoint);
 --resume, or a worker group restarted by torchrun --max-restarts, continues from the newest one. Several machines
 need --run_dir on a filesystem they share. `python train.py --help` lists every flag.
 """
@@ -46,9 +46,9 @@ def predict(model, batch, cfg, precision):
 
 
 def validate(model, loader, cfg, precision, device):
-    """Held-out metrics in the published tables' conventions (convlstm.evaluation.metrics, as evaluate.py reports them), and the
-    validation loss (mean squared error per pixel, what best.pt is chosen by). Each rank holds a disjoint share, the
-    totals are summed over ranks: each sequence counts once. Returns (val_loss, {metric: overall mean})."""
+    """(val_loss, {metric: overall mean}) on the held-out sequences: val_loss is the MSE per pixel (best.pt is chosen
+    by it), the metrics evaluate.py's. Each rank scores a disjoint share; totals are summed over ranks, so each
+    sequence counts once."""
     totals = MetricTotals(cfg.n_steps_ahead, device)
     model.eval()
     with torch.no_grad():

@@ -74,8 +74,8 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
     model.load_state_dict(state["model"])  # keys of the plain model: no "module." / "_orig_mod." prefix
     assert 0 < state["val_loss"] < 1
     assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["val_loss"] == state["val_loss"]
-    # Validation reports the published tables' metrics through convlstm.evaluation.metrics (evaluate.py's functions): the
-    # loss best.pt is chosen by is their per-frame pixel sum of squared errors over the 16x16 pixels.
+    # Validation reports evaluate.py's metrics; the loss best.pt is chosen by is their "mse" (a per-frame sum over
+    # pixels) divided by the 16x16 pixels.
     metrics = state["val_metrics"]
     assert set(metrics) == set(METRIC_NAMES)
     assert metrics["mse"] / (16 * 16) == pytest.approx(state["val_loss"], rel=1e-6)

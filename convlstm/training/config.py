@@ -1,8 +1,5 @@
-"""The training configuration: one dataclass, the command line built from it, checks that fail at start.
-
-Every field carries its default and a comment (the help text); `build_parser` turns the fields into flags with the
-same names, so `--lr 3e-4` sets `Config.lr`. `parse_config` parses, checks and returns a Config; bad values stop the
-run before anything is built, with the flag and the value in the message (exit status 2, as argparse does).
+"""The training configuration: one dataclass whose fields (default and help text each) are train.py's flags of the
+same names, and the checks that stop a bad value before anything is built (exit status 2, naming flag and value).
 The tutorial's flags (--lr, --beta_1, --beta_2, --batch_size, --epochs, --n_hidden_dim, --use_amp) keep their meaning.
 """
 from __future__ import annotations

@@ -83,9 +83,8 @@ def distributed(requested_device: str = "auto"):
     try:
         yield DistInfo(rank, local_rank, world_size, device)
     finally:
-        if launched:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        if launched and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _agent_store_shared() -> bool:
@@ -95,12 +94,11 @@ def _agent_store_shared() -> bool:
 def _store_of_this_attempt(rank: int, world_size: int, timeout=datetime.timedelta(minutes=10)):
     """torchrun's key-value store, under a prefix that only this attempt's workers share.
 
-    torchrun (torch 2.13, c10d rendezvous) keeps one store for the whole job and hands it to every attempt. After
-    --max-restarts restarts the worker group, the keys that the process group wrote during the failed attempt are
-    still there, and a new worker may read a dead peer's address from them and wait for it forever (seen here:
-    both ranks stuck in gloo's connectFullMesh; pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT cannot name
-    the attempt, as each machine counts its own restarts. So rank 0 draws a fresh token and hands it to each peer
-    under a key that holds the peer's own fresh nonce, which no earlier attempt can have written.
+    torchrun (torch 2.13, c10d rendezvous) hands one store to every attempt: after a restart, the failed attempt's
+    process-group keys are still there and a new worker may wait forever on a dead peer's address (seen here: both
+    ranks stuck in gloo's connectFullMesh; pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT cannot name the
+    attempt (each machine counts its own restarts), so rank 0 draws a fresh token and answers each peer under a key
+    holding that peer's fresh nonce, which no earlier attempt can have written.
     """
     base = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False,
                          timeout=timeout)

@@ -161,7 +161,8 @@ class Reporter:
             save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
 
     def validation(self, step: int, epoch: int, val_loss: float, metrics: dict, num_val: int) -> None:
-        """val_loss: MSE per pixel; metrics: convlstm.evaluation.metrics' overall means (mse, mae: per-frame sums over pixels)."""
+        """val_loss: MSE per pixel; metrics: overall means of convlstm.evaluation.metrics (mse, mae: per-frame sums
+        over pixels)."""
         if self.is_main:
             table = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
             self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences; {table})")
