@@ -2,7 +2,8 @@
 
 Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter; TRITON_INTERPRET must be set before
 triton is first imported, which is why this happens here, before any test module loads. A GPU machine runs the
-compiled kernels (set TRITON_INTERPRET=1 yourself to force the interpreter there).
+compiled kernels (set TRITON_INTERPRET=1 yourself to force the interpreter there). helpers.py reads the variable
+to know whether "triton" must run on CPU tensors here.
 """
 import os
 

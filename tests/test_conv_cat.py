@@ -16,12 +16,12 @@ from torch import nn
 from convlstm.ops.conv_cat import conv_cat, conv_cat_ref
 from convlstm.ops.conv_frame import conv_frame, conv_frame_applies, conv_stack_ref
 from convlstm.memory import saved_bytes
+from helpers import needs_cuda
 
 CX, CH, COUT = 5, 8, 32
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                               reason="no CUDA device on this machine"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def make(layout, device="cpu", seed=0):

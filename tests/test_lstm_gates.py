@@ -2,7 +2,9 @@
 
 On a CPU machine: "torch", "triton" (Triton's interpreter, set up by conftest.py) and "cpu_twin" (the CUDA kernels'
 thread bodies compiled by g++). On a GPU machine the same test bodies also run on "cuda" tensors with the
-"torch", "triton" (compiled) and "cuda" backends; cases that cannot run are skipped with the reason.
+"torch", "triton" (compiled) and "cuda" backends. Which backends each machine must run is written out in
+helpers.py: an expected backend that fails to load fails its cases; only pairs not expected here (CUDA tensors
+without a GPU) are skipped, with the reason.
 
 Tolerances, against the reference computed in float64 from the same stored inputs:
   float64  atol 1e-12, rtol 1e-10  (all backends)
@@ -18,8 +20,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
 from convlstm.ops.lstm_gates.backends import fused_run, unavailable_reason
 from convlstm.ops.lstm_gates.op import prepare
+from helpers import (CUDA, DEVICE_BACKENDS, EXPECTED_BACKENDS, FUSED, TRITON_INTERPRET, device_backend_cases,
+                     needs_cuda)
 
-FUSED = ("triton", "cuda", "cpu_twin")
 SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 TOLERANCE = {  # (dtype, fused) -> (atol, rtol)
     (torch.float64, True): (1e-12, 1e-10), (torch.float64, False): (1e-12, 1e-10),
@@ -27,20 +30,6 @@ TOLERANCE = {  # (dtype, fused) -> (atol, rtol)
     (torch.bfloat16, True): (1e-3, 1.6e-2), (torch.bfloat16, False): (0.1, 0.1),
     (torch.float16, True): (1e-4, 2e-3), (torch.float16, False): (2e-2, 2e-2),
 }
-
-
-def device_backend_cases(backends=("torch", "triton", "cuda", "cpu_twin")):
-    """(device, backend) pairs, skipped with the reason where they cannot run on this machine."""
-    cases = []
-    for device, names in (("cpu", ("torch", "triton", "cpu_twin")), ("cuda", ("torch", "triton", "cuda"))):
-        for name in (n for n in names if n in backends):
-            if device == "cuda" and not torch.cuda.is_available():
-                reason = "no CUDA device on this machine"
-            else:
-                reason = unavailable_reason(name, torch.device(device))
-            marks = [pytest.mark.skip(reason=reason)] if reason else []
-            cases.append(pytest.param(device, name, id=f"{device}-{name}", marks=marks))
-    return cases
 
 
 def make_inputs(shape, dtype, device, layout="contiguous", peephole=False, seed=0):
@@ -316,20 +305,26 @@ def test_cell_torch_compile_fullgraph(device, backend, peephole):
         torch.testing.assert_close(grad_compiled, grad_eager, atol=1e-5, rtol=1e-5)
 
 
+def unavailable_reasons(device):
+    """Why each backend the suite runs on `device` does not run there (None: it does), for failure messages."""
+    return {name: unavailable_reason(name, torch.device(device)) for name in DEVICE_BACKENDS[device]}
+
+
 def test_available_backends_on_cpu():
-    """The CPU runs torch, the twin, and triton when the interpreter is on (conftest.py does that without a GPU);
-    "auto" stays torch."""
+    """The CPU runs exactly the backends helpers.py expects: torch, triton when the interpreter is on (conftest.py
+    turns it on without a GPU) and the twin; "auto" stays torch."""
     from convlstm.ops.lstm_gates.triton_kernels import INTERPRETED
-    assert available_backends("cpu") == ["torch"] + ["triton"] * INTERPRETED + ["cpu_twin"]
-    assert INTERPRETED or torch.cuda.is_available()
+    assert available_backends("cpu") == EXPECTED_BACKENDS["cpu"], unavailable_reasons("cpu")
+    assert INTERPRETED == TRITON_INTERPRET
+    assert TRITON_INTERPRET or CUDA, "without a GPU conftest.py turns Triton's interpreter on"
     gates, c_prev, _ = make_inputs((2, 3, 7, 5), torch.float32, "cpu")
     torch.testing.assert_close(lstm_gates(gates, c_prev), lstm_gates_ref(gates, c_prev), atol=0, rtol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@needs_cuda
 def test_available_backends_on_cuda_prefer_cuda_extension():
-    assert available_backends("cuda")[:2] == ["cuda", "triton"]
-    assert available_backends("cuda")[-1] == "torch"
+    assert available_backends("cuda") == EXPECTED_BACKENDS["cuda"] == ["cuda", "triton", "torch"], \
+        unavailable_reasons("cuda")
 
 
 def test_triton_without_interpreter_is_unavailable_on_cpu():
@@ -394,10 +389,8 @@ def test_bad_inputs_are_clear_errors(device, backend):
 
 
 def cpu_twin_extension():
-    """The raw CPU twin extension (built on first use), or a skip with the reason it cannot build here."""
-    reason = unavailable_reason("cpu_twin", torch.device("cpu"))
-    if reason:
-        pytest.skip(reason)
+    """The raw CPU twin extension, built on first use: expected on every machine (helpers.py), so a failed build
+    fails the test."""
     from convlstm.ops.lstm_gates.cpu_twin import extension
     return extension()
 
@@ -446,7 +439,7 @@ def test_cpu_twin_covers_every_element_on_any_grid(layout):
         ext.forward(*args, grid=-1)
 
 
-@pytest.mark.parametrize("device, backend", [c for c in device_backend_cases(FUSED) if c.values[0] == "cuda"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED, devices=["cuda"]))
 def test_lstm_gates_int64_offsets(device, backend):
     """gates with more than 2^31 elements (4.4 GB in bf16): the last sample's gates sit past int32 offsets."""
     b, c, h, w = 2, 16, 4100, 4100  # gates: 2*64*4100*4100 = 2.15e9 elements > 2^31
@@ -474,13 +467,13 @@ def test_lstm_gates_int64_offsets(device, backend):
 def test_triton_tiles_rows(shape, channels_last, rows, row_len, tile):
     """The Triton kernels' tiling (convlstm/ops/lstm_gates/triton_launcher.py): rows of H*W (NCHW) or of C (channels_last),
     BLOCK elements per program; a row too long for the grid is a clear error, not a wrong launch."""
-    triton_module = pytest.importorskip("convlstm.ops.lstm_gates.triton_launcher")
-    grid, sizes = triton_module._tiling(torch.empty(shape, device="meta"), channels_last)
+    from convlstm.ops.lstm_gates import triton_launcher
+    grid, sizes = triton_launcher._tiling(torch.empty(shape, device="meta"), channels_last)
     assert (sizes["rows"], sizes["row_len"], sizes["channels"]) == (rows, row_len, shape[1])
-    assert (sizes["ROWS"], sizes["COLS"]) == tile and sizes["ROWS"] * sizes["COLS"] == triton_module.BLOCK
+    assert (sizes["ROWS"], sizes["COLS"]) == tile and sizes["ROWS"] * sizes["COLS"] == triton_launcher.BLOCK
     assert grid == (-(-rows // tile[0]), -(-row_len // tile[1]))
     with pytest.raises(ValueError, match="rows of 68719476736 elements"):
-        triton_module._tiling(torch.empty(1, 1, 2**18, 2**18, device="meta"), False)
+        triton_launcher._tiling(torch.empty(1, 1, 2**18, 2**18, device="meta"), False)
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])

@@ -15,6 +15,8 @@ import setuptools
 import torch
 import torch.utils.cpp_extension
 
+from helpers import needs_cuda
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "convlstm" / "ops" / "lstm_gates" / "csrc"
 # The files nvcc sees: they must compile without PyTorch's headers (absent from the CPU wheel).
@@ -152,7 +154,7 @@ def test_setup_force_and_skip_together_is_an_error(monkeypatch):
         run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE", CONVLSTM_SKIP_CUDA_BUILD="TRUE")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@needs_cuda
 def test_cuda_extension_loads_prebuilt_or_jit():
     """On a GPU the extension loads (setup.py's build, else a JIT build with ninja) and has both entry points."""
     from convlstm.ops.lstm_gates.cuda import extension

@@ -17,7 +17,7 @@ import convlstm.model
 import convlstm.ops.conv_cat
 from convlstm.memory import peak_mem_mb, saved_bytes
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, lstm_gates
-from test_lstm_gates import FUSED, device_backend_cases
+from helpers import FUSED, device_backend_cases
 
 
 B, C, H, W = 2, 3, 7, 5
@@ -136,8 +136,7 @@ MODEL_PEAK_SHARE = 0.76
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
-@pytest.mark.parametrize("device, backend", [case for case in device_backend_cases(["cpu_twin"])
-                                             if case.values[0] == "cpu"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(["cpu_twin"], devices=["cpu"]))
 def test_encoder_decoder_step_peak(device, backend, amp, monkeypatch, one_cpu_thread):
     """With fused cells the head runs per frame (conv_frame): no list of float32 frames, no stack and no gradient
     of all frames at once, so a step's peak falls below what the tutorial's head gives the same cells. CPU only: the
