@@ -50,7 +50,7 @@ def run(fn, conv, x, h, amp):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv_cat_matches_reference(device, amp, layout):
     """Outputs and input gradients bit for bit. Weight and bias gradients too in float32; under autocast the
@@ -80,7 +80,7 @@ def test_conv_cat_matches_reference(device, amp, layout):
         torch.testing.assert_close(actual[4], per_call[0][1] + per_call[1][1], **exact)
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 def test_conv_cat_keeps_h_once(amp):
     """The reference keeps each call's concatenation (under autocast in bf16, plus the bf16 weight); conv_cat keeps
     x, h and the second call's x once each, in the dtype the convolution reads, and the float32 weight (a
@@ -123,7 +123,7 @@ def test_conv_cat_in_place_change_before_backward_is_an_error(changed):
         out.sum().backward()
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 def test_conv_cat_under_checkpoint_and_offloading(amp):
     """The caller's saved-tensor hooks see what conv_cat keeps: torch.utils.checkpoint (non-reentrant, itself
     hooks) and save_on_cpu give the gradients of a plain run."""
@@ -206,7 +206,7 @@ def run_head(fn, conv, leaves, amp):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv_frame_matches_conv_stack_ref(device, amp, layout):
     """Outputs, frame gradients and parameter gradients: equal up to the summation order of a 2-D convolution per
@@ -247,7 +247,7 @@ def test_conv_frame_applies_to_one_frame_deep_kernels_only():
         assert not conv_frame_applies(conv, leaves)
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 def test_conv_frame_keeps_the_frames_conv_cat_keeps(amp):
     """Under autocast the head and conv_cat share each frame's one bf16 copy; the reference keeps its own cast of
     the stack as well. Without autocast both keep the frames themselves."""

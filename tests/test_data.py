@@ -94,7 +94,7 @@ def test_independent_of_global_rng_state():
 # ---------------------------------------------------------------------------------------------- generated statistics
 
 @pytest.mark.parametrize("generator", ["standard", "tutorial"])
-@pytest.mark.parametrize("image_size", [16, 32, 64])
+@pytest.mark.parametrize("image_size", [16, 32, 64], ids=["16px", "32px", "64px"])
 def test_item_shape_dtype_range_and_rendering(generator, image_size):
     ds = MovingMNIST("train", 4, seq_len=7, image_size=image_size, generator=generator)
     expected_digit = round((28 if generator == "standard" else 32) * image_size / 64)
@@ -109,7 +109,7 @@ def test_item_shape_dtype_range_and_rendering(generator, image_size):
         assert offsets.min() >= 0 and offsets.max() <= image_size - expected_digit
 
 
-@pytest.mark.parametrize("image_size", [16, 32, 64])
+@pytest.mark.parametrize("image_size", [16, 32, 64], ids=["16px", "32px", "64px"])
 def test_mean_pixel_value_plausible(image_size):
     # Moving MNIST's mean pixel is about 0.05 (two MNIST digits, mean 33.5/255 over 28x28, on 64x64).
     ds = MovingMNIST("train", 32, image_size=image_size)
@@ -272,7 +272,7 @@ def test_missing_digit_sources(tmp_path, idx_dir):
         MovingMNIST("train", 1, digits=3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+BAD_ARGUMENTS = [  # (MovingMNIST arguments, the error message they give)
     ({"split": "val"}, "split='val'"),
     ({"generator": "svg"}, "generator='svg'"),
     ({"num_digits": 0}, "num_digits=0"),
@@ -283,7 +283,11 @@ def test_missing_digit_sources(tmp_path, idx_dir):
     ({"image_size": 2.5}, "image_size=2.5"),
     ({"image_size": 32, "digit_size": 32}, "image_size=32 is too small for digit_size=32"),
     ({"digit_size": 2}, "digit_size=2"),
-], ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_ARGUMENTS,
+                         ids=["-".join(f"{k}={v}" for k, v in kwargs.items()) for kwargs, _ in BAD_ARGUMENTS])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MovingMNIST(**{"num_sequences": 2, **kwargs})

@@ -117,7 +117,8 @@ def test_lstm_gates_odd_shapes(device, backend, shape, peephole):
 
 @pytest.mark.parametrize("gate_dtype, state_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
                                                      (torch.float32, torch.float64), (torch.float16, torch.bfloat16)],
-                         ids=["bf16-f32", "f16-f32", "f32-f64", "f16-bf16"])
+                         ids=["bf16-gates-f32-state", "f16-gates-f32-state", "f32-gates-f64-state",
+                              "f16-gates-bf16-state"])
 @pytest.mark.parametrize("device, backend", device_backend_cases())
 def test_lstm_gates_mixed_dtypes_follow_promotion(device, backend, gate_dtype, state_dtype):
     """Dtype policy: outputs in promote_types(gates, c_prev), as eager PyTorch; gradients in each input's dtype."""

@@ -96,7 +96,7 @@ def model_saved_bytes(backend, device, amp):
 MODEL_SHARE = {"none": 0.81, "bf16": 0.61}
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
 def test_encoder_decoder_saved_bytes(device, backend, amp, monkeypatch):
     """The fused cells keep gates and c_prev (above) and, through conv_cat, each hidden state once in the dtype the
@@ -135,7 +135,7 @@ def model_step_peak_mb(backend, amp):
 MODEL_PEAK_SHARE = 0.76
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16"], ids=["no-amp", "amp-bf16"])
 @pytest.mark.parametrize("device, backend", device_backend_cases(["cpu_twin"], devices=["cpu"]))
 def test_encoder_decoder_step_peak(device, backend, amp, monkeypatch, one_cpu_thread):
     """With fused cells the head runs per frame (conv_frame): no list of float32 frames, no stack and no gradient
