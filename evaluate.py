@@ -1,4 +1,4 @@
-"""Evaluate a train.py checkpoint on Moving MNIST in the published tables' conventions.
+"""Evaluate a train.py checkpoint on Moving MNIST or your own sequences in the published tables' conventions.
 
     python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x        # generated test split
     python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x --data mnist_test_seq.npy
@@ -31,17 +31,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.data import MovingMNIST, StandardMovingMNIST, split_sequence
+from convlstm.data import MovingMNIST, split_sequence
+from convlstm.data.sources import LAYOUTS, DataError, open_source
+from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.training.checkpoint import CheckpointError, read_checkpoint
-from convlstm.training.config import DEVICES
+from convlstm.training.config import DEVICES, Config
+from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import SetupError, distributed
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
-REQUIRED_CONFIG = ("n_hidden_dim", "image_size", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole",
-                   "in_chan")
+REQUIRED_CONFIG = ("n_hidden_dim", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole", "in_chan")
 BASELINES = ("last_frame", "zeros")
 DEFAULT_NUM_TEST = 10000  # the size of the standard test file, so generated results compare with it
 # The generated test split is the same for every checkpoint. train.py validates on the test split's sequences of
@@ -58,7 +60,14 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     p.add_argument("--out_dir", required=True, help="where the results go")
     p.add_argument("--data", default=None,
-                   help="the standard mnist_test_seq.npy (uint8 (20, N, 64, 64)); default: the generated test split")
+                   help="sequences to evaluate, as train.py's --data: an .npy/.npz array (mnist_test_seq.npy too), a "
+                        "video file or folder of videos, a folder of frame folders; default: the generated Moving "
+                        "MNIST test split, or for a run on your own data the sequences it held out")
+    p.add_argument("--layout", default=None, choices=LAYOUTS, help="axis order of an --data array (default: detected)")
+    p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="read images and videos as grey or RGB")
+    p.add_argument("--resize", default=None, help="resize the frames of --data to HxW, e.g. 64 or 48x64")
+    p.add_argument("--stride", type=int, default=None,
+                   help="frames between windows cut from longer sequences (default: n_in + n_out, no overlap)")
     p.add_argument("--num_test", type=int, default=None,
                    help=f"sequences to evaluate (default {DEFAULT_NUM_TEST} generated, or all of --data)")
     p.add_argument("--batch_size", type=int, default=32, help="sequences per forward pass on each rank")
@@ -124,16 +133,25 @@ def build_model(config, state_dict, backend, path):
     return model
 
 
-def build_dataset(args, config):
+def build_dataset(args, config, ckpt):
     """The sequences to evaluate and a description of them for metrics.json."""
     seq_len = config["n_steps_past"] + config["n_steps_ahead"]
+    legacy = "digits" not in config  # a config from before the own-data flags, whose "data" named MNIST digits
+    if args.data is None and config.get("data") and not legacy:  # own data: the sequences the run held out
+        cfg = Config(**{k: v for k, v in config.items() if k in Config.__dataclass_fields__})
+        try:
+            _, dataset, _, described = build_datasets(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            raise EvalError(f"cannot rebuild the validation split of the checkpoint's --data {config['data']} "
+                            f"(pass --data with your test sequences): {e}") from None
+        return _first(args, dataset), {"source": "validation split of the training run", "described": described}
     if args.data is None:
         if config.get("seed") == TEST_SEED and config.get("num_val", 0) > 0:
             raise EvalError(f"checkpoint {args.checkpoint} was trained with seed {TEST_SEED} and validated on the "
                             f"generated test split's sequences of that seed, which are the ones evaluate.py "
                             f"reports: evaluate it with --data, or train with another --seed")
         num = DEFAULT_NUM_TEST if args.num_test is None else args.num_test
-        digits = args.digits if args.digits is not None else config.get("data")
+        digits = args.digits if args.digits is not None else config.get("data" if legacy else "digits")
         try:  # the test split of the data the model was trained on (train.py's defaults for older configs)
             dataset = MovingMNIST(split="test", num_sequences=num, seq_len=seq_len, image_size=config["image_size"],
                                   num_digits=config.get("num_digits", 2), digits=digits, seed=TEST_SEED,
@@ -143,19 +161,28 @@ def build_dataset(args, config):
                             f"--digits sets another MNIST directory): {e}") from None
         return dataset, {"source": "generated", "dataset": repr(dataset)}
     try:
-        dataset = StandardMovingMNIST(args.data)
-    except (ValueError, FileNotFoundError) as e:
+        source = open_source(args.data, layout=args.layout, channels=args.channels, min_length=seq_len)
+        dataset = Windows(source, seq_len, stride=args.stride, resize=parse_size(args.resize))
+    except DataError as e:
         raise EvalError(f"--data: {e}") from None
-    frames, size = dataset.array.shape[0], dataset.array.shape[-1]
-    if (frames, size) != (seq_len, config["image_size"]):
-        raise EvalError(f"--data {args.data} holds {frames} frames of {size}x{size}, but the checkpoint needs "
-                        f"{seq_len} frames (n_steps_past + n_steps_ahead) of "
-                        f"{config['image_size']}x{config['image_size']}")
-    if args.num_test is not None:
-        if args.num_test > len(dataset):
-            raise EvalError(f"--num_test {args.num_test} but {args.data} holds only {len(dataset)} sequences")
-        dataset = Subset(dataset, range(args.num_test))
-    return dataset, {"source": "file", "path": os.path.abspath(args.data)}
+    trained = tuple(ckpt.get("frame_shape") or (config["in_chan"], config["image_size"], config["image_size"]))
+    if dataset.frame_shape[0] != trained[0]:
+        raise EvalError(f"--data {args.data} has {dataset.frame_shape[0]} channel(s) but the checkpoint's model "
+                        f"takes {trained[0]} (--channels converts images and videos)")
+    if dataset.frame_shape != trained:
+        size = "x".join(map(str, trained[1:]))
+        raise EvalError(f"--data {args.data} has frames of {dataset.frame_shape[1]}x{dataset.frame_shape[2]} but "
+                        f"the checkpoint was trained on {size} (H x W): pass --resize {size}")
+    return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset)}
+
+
+def _first(args, dataset):
+    """The first --num_test sequences of `dataset` (all without it)."""
+    if args.num_test is None:
+        return dataset
+    if args.num_test > len(dataset):
+        raise EvalError(f"--num_test {args.num_test} but {args.data} holds only {len(dataset)} sequences")
+    return Subset(dataset, range(args.num_test))
 
 
 def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples):
@@ -219,7 +246,7 @@ def run(args):
         raise EvalError(f"--num_samples must be at least 1, got {args.num_samples}")
     check_out_dir(args.out_dir, args.overwrite)
     config, state_dict, ckpt = load_checkpoint(args.checkpoint)
-    dataset, data_info = build_dataset(args, config)
+    dataset, data_info = build_dataset(args, config, ckpt)
 
     try:
         with distributed(args.device) as info:  # the process group under torchrun, destroyed on every way out

@@ -12,6 +12,7 @@ need --run_dir on a filesystem they share. `python train.py --help` lists every 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from convlstm.data import MovingMNIST, split_sequence
+from convlstm.data import split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import resolve
@@ -28,6 +29,7 @@ from convlstm.training.amp import NonFiniteWatch, Precision
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state, write_config, write_elastic_run_id)
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
+from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count)
 from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
@@ -38,16 +40,16 @@ class TrainingError(RuntimeError):
 
 
 def predict(model, batch, cfg, precision):
-    """batch (B, 20, 1, S, S) -> inputs x, targets y (B, T_out, 1, S, S) and predictions y_hat (float32, as y)."""
-    x, y = split_sequence(batch, n_in=cfg.n_steps_past)
+    """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y)."""
+    x, y = split_sequence(batch, n_in=cfg.n_steps_past, n_out=cfg.n_steps_ahead)
     with precision.autocast():
         y_hat = model(x, future_seq=cfg.n_steps_ahead)
     return x, y, to_btchw(y_hat).float()
 
 
-def validate(model, loader, cfg, precision, device):
+def validate(model, loader, cfg, precision, device, pixels):
     """(val_loss, {metric: overall mean}) on the held-out sequences: val_loss is the MSE per pixel (best.pt is chosen
-    by it), the metrics evaluate.py's. Each rank scores a disjoint share; totals are summed over ranks, so each
+    by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics evaluate.py's. Each rank scores a disjoint share; totals are summed over ranks, so each
     sequence counts once."""
     totals = MetricTotals(cfg.n_steps_ahead, device)
     model.eval()
@@ -58,7 +60,6 @@ def validate(model, loader, cfg, precision, device):
     model.train()
     totals.all_reduce()
     summary = totals.summary()
-    pixels = cfg.in_chan * cfg.image_size ** 2  # "mse" is the per-frame sum over pixels
     return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}
 
 
@@ -101,46 +102,56 @@ def restore(state, cfg, model, optimizer, precision, log) -> None:
     set_rng_state(state["rng"])
 
 
-def make_loaders(cfg, info):
-    """Training loader over a ResumableSampler and a validation loader over this rank's disjoint share of the test
-    split (sequences rank, rank + W, ...: no padding, so every held-out sequence counts exactly once)."""
-    common = dict(seq_len=cfg.n_steps_past + cfg.n_steps_ahead, image_size=cfg.image_size, num_digits=cfg.num_digits,
-                  digits=cfg.data, seed=cfg.seed, generator=cfg.generator)
+def make_data(cfg, info, train_set=None, val_set=None):
+    """The datasets (convlstm.training.datasets), checked before anything is written, and cfg with in_chan set to
+    the data's channel count. Returns (cfg, frame_shape (C, H, W), description)."""
     try:
-        train_set = MovingMNIST("train", cfg.num_train, **common)
-        val_set = MovingMNIST("test", cfg.num_val, **common)
+        train_set, val_set, frame_shape, described = build_datasets(cfg, train_set, val_set)
     except (FileNotFoundError, ValueError) as error:
-        raise TrainingError(f"cannot build Moving MNIST (--data {cfg.data}, --image_size {cfg.image_size}): "
-                            f"{error}") from error
+        source = f"--data {cfg.data}" if cfg.data else f"Moving MNIST (--digits {cfg.digits}, --image_size " \
+                                                        f"{cfg.image_size})"
+        raise TrainingError(f"cannot read {source}: {error}") from error
+    if cfg.in_chan is not None and cfg.in_chan != frame_shape[0]:
+        raise TrainingError(f"the data has {frame_shape[0]} channel(s) but --in_chan is {cfg.in_chan}")
+    return dataclasses.replace(cfg, in_chan=frame_shape[0]), (train_set, val_set), frame_shape, described
+
+
+def make_loaders(cfg, info, datasets):
+    """Training loader over a ResumableSampler and a validation loader over this rank's disjoint share of the
+    validation sequences (rank, rank + W, ...: no padding, so every held-out sequence counts exactly once)."""
+    train_set, val_set = datasets
     sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
     loader_options = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_options)
     if len(train_loader) == 0:
-        raise TrainingError(f"--num_train {cfg.num_train} is smaller than one global batch (--batch_size "
-                            f"{cfg.batch_size} x {info.world_size} processes): no training step per epoch")
+        raise TrainingError(f"{len(train_set)} training sequences are fewer than one global batch (--batch_size "
+                            f"{cfg.batch_size} x {info.world_size} processes): no training step per epoch"
+                            + ("" if cfg.data else f"; raise --num_train {cfg.num_train}"))
     val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return sampler, train_loader, DataLoader(val_share, **loader_options)
 
 
-def train(cfg, info) -> None:
+def train(cfg, info, train_set=None, val_set=None) -> None:
     cfg = resolve_config(cfg, info.device.type, info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     try:
         backend, _ = resolve(cfg.backend, info.device)
     except (RuntimeError, ValueError) as error:
         raise TrainingError(str(error)) from error
+    cfg, datasets, frame_shape, described = make_data(cfg, info, train_set, val_set)
+    loaders = make_loaders(cfg, info, datasets)
     skipped = []
     state = start_state(cfg, info, skipped)
     log = make_logger(cfg.run_dir, info.rank)
     try:
         for message in skipped:
             log.warning(message)
-        _train(cfg, info, state, backend, log)
+        _train(cfg, info, state, backend, log, loaders, frame_shape, described)
     finally:
         close_logger(log)
 
 
-def _train(cfg, info, state, backend, log) -> None:
+def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> None:
     device, global_batch = info.device, cfg.batch_size * info.world_size
     if info.is_main:
         write_elastic_run_id(cfg.run_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
@@ -148,8 +159,9 @@ def _train(cfg, info, state, backend, log) -> None:
         log.info(f"config: {dataclasses.asdict(cfg)}")
         log.info(f"{info.world_size} process(es) on {device.type}, global batch {global_batch}, amp {cfg.amp}, "
                  f"gate backend {backend}")
+        log.info(f"data: {described}; frames {frame_shape} (C, H, W)")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    sampler, train_loader, val_loader = make_loaders(cfg, info)
+    sampler, train_loader, val_loader = loaders
 
     raw_model = model_from_config(dataclasses.asdict(cfg)).to(device)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
@@ -194,7 +206,8 @@ def _train(cfg, info, state, backend, log) -> None:
             save_checkpoint(checkpoint_dir(cfg.run_dir), {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
                 "step": step, "epoch": epoch, "sampler": {"epoch": epoch, "samples_seen": samples_seen},
-                "config": dataclasses.asdict(cfg), "rng": rng_state(), "val_loss": val_loss,
+                "config": dataclasses.asdict(cfg), "frame_shape": list(frame_shape), "rng": rng_state(),
+                "val_loss": val_loss,
                 "val_metrics": val_metrics, "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
         barrier(info)  # the other ranks go on only once the checkpoint is complete
 
@@ -221,8 +234,8 @@ def _train(cfg, info, state, backend, log) -> None:
                 reporter.picture(step, x[0], y[0], y_hat[0])
             val_loss, val_metrics = None, None
             if epoch_done or last_step:
-                val_loss, val_metrics = validate(raw_model, val_loader, cfg, precision, device)
-                reporter.validation(step, epoch, val_loss, val_metrics, cfg.num_val)
+                val_loss, val_metrics = validate(raw_model, val_loader, cfg, precision, device, math.prod(frame_shape))
+                reporter.validation(step, epoch, val_loss, val_metrics, len(val_loader.dataset) * info.world_size)
             if epoch_done or last_step or step % cfg.checkpoint_every == 0:
                 save(val_loss, val_metrics)
             if last_step:
@@ -232,11 +245,14 @@ def _train(cfg, info, state, backend, log) -> None:
         log.info(f"done: {step} steps; checkpoints in {checkpoint_dir(cfg.run_dir)}")
 
 
-def main(argv=None) -> int:
+def main(argv=None, train_dataset=None, val_dataset=None) -> int:
+    """Train with the flags `argv` (default sys.argv[1:]). From Python, train_dataset and val_dataset may be any
+    torch Datasets whose items are float32 (T, C, H, W) tensors in [0, 1], T >= n_steps_past + n_steps_ahead; they
+    replace --data."""
     cfg = parse_config(argv)
     try:
         with distributed(cfg.device) as info:
-            train(cfg, info)
+            train(cfg, info, train_dataset, val_dataset)
     except (TrainingError, SetupError, CheckpointError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1

@@ -83,8 +83,9 @@ def model_from_config(config: dict, backend: str | None = None) -> EncoderDecode
     """The EncoderDecoderConvLSTM a train.py config dict describes, with fresh weights (load a state_dict next).
 
     `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU a model trained with "triton".
+    The model predicts frames of its input's channels (out_chan = in_chan: grey in, grey out; RGB in, RGB out).
     """
-    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
+    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"], out_chan=config["in_chan"],
                                   kernel_size=config["kernel_size"], peephole=config["peephole"],
                                   backend=backend or config["backend"])
 

@@ -129,7 +129,7 @@ def test_cli_standard_file(tmp_path):
                         "--save_predictions", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert results["data"] == {"source": "file", "path": str(tmp_path / "mnist_test_seq.npy")}
+    assert results["data"] == {"source": "file", "path": str(tmp_path / "mnist_test_seq.npy"), "windows": 3}
     assert results["num_sequences"] == 3
     target = arr[10:].transpose(1, 0, 2, 3)[:, :, None].astype(np.float64) / 255  # (N, 10, 1, 64, 64)
     np.testing.assert_allclose(np.load(tmp_path / "e" / "predictions.npz")["target"], target, atol=1e-7)
@@ -219,14 +219,16 @@ def make_bad_case(case, d):
     if case == "malicious_pickle":
         torch.save({"model": RunsCodeWhenUnpickled(str(d / "pwned")), "config": TINY}, d / "evil.pt")
         return ["--checkpoint", d / "evil.pt", *out], "refusing checkpoint"
-    if case == "data_wrong_shape":
+    if case == "data_wrong_shape":  # the checkpoint predicts 16x16 frames
         np.save(d / "bad.npy", np.zeros((20, 2, 32, 32), dtype=np.uint8))
-        return ["--checkpoint", good, "--data", d / "bad.npy", *out], "expected uint8 of shape (20, N, 64, 64)"
+        return ["--checkpoint", good, "--data", d / "bad.npy", *out], "has frames of 32x32 but the checkpoint was " \
+                                                                      "trained on 16x16 (H x W): pass --resize 16x16"
     if case == "data_missing":
         return ["--checkpoint", good, "--data", d / "none.npy", *out], f"{d / 'none.npy'} does not exist"
-    if case == "data_does_not_fit_checkpoint":  # a valid file, but the checkpoint predicts 16x16 frames
-        moving_squares_file(d / "m.npy", num=1)
-        return ["--checkpoint", good, "--data", d / "m.npy", *out], "but the checkpoint needs 7 frames"
+    if case == "data_does_not_fit_checkpoint":  # sequences of 5 frames, where the checkpoint needs 3 + 4
+        moving_squares_file(d / "m.npy", num=1, frames=5, size=16)
+        return ["--checkpoint", good, "--data", d / "m.npy", "--layout", "TNHW", *out], \
+            "has 5 frames, shorter than one window of 7"
     if case == "num_test_beyond_file":
         moving_squares_file(d / "m.npy", num=2)
         bigger = save_checkpoint(d / "big.pt", dict(TINY, image_size=64, n_steps_past=10, n_steps_ahead=10))

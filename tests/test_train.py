@@ -191,10 +191,10 @@ def test_tiny_run_on_the_gpu(tmp_path):
     (["--use_amp", "maybe"], "argument --use_amp: expected a boolean"),
     (["--use_amp", "True", "--amp", "none"], "--use_amp True contradicts --amp none"),
     (["--kernel_size", "4"], "--kernel_size 4: must be odd"),
-    (["--n_steps_past", "12"], "n_steps_past + n_steps_ahead must be 20"),
+    (["--val_fraction", "1"], "--val_fraction 1.0: must be in [0, 1)"),
     (["--bogus", "1"], "unrecognized arguments: --bogus"),
 ], ids=["negative-lr", "zero-batch", "amp-fp8", "unknown-backend", "use_amp-maybe", "use_amp-vs-amp",
-        "even-kernel", "frames-not-20", "unknown-flag"])
+        "even-kernel", "val-fraction-1", "unknown-flag"])
 def test_bad_flags_exit_with_status_2_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(flags)
@@ -203,12 +203,13 @@ def test_bad_flags_exit_with_status_2_naming_the_flag(flags, message, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--data", "/no/such/mnist"], "/no/such/mnist"),
-    (["--num_train", "3"], "--num_train 3 is smaller than one global batch"),
+    (["--data", "/no/such/videos"], "cannot read --data /no/such/videos: /no/such/videos does not exist"),
+    (["--digits", "/no/such/mnist"], "/no/such/mnist"),
+    (["--num_train", "3"], "3 training sequences are fewer than one global batch"),
     (["--image_size", "6"], "image_size=6 is too small"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
     (["--backend", "cuda"], "backend 'cuda' is not available"),
-], ids=["missing-data-dir", "too-few-sequences", "tiny-image", "no-gpu", "backend-unavailable"])
+], ids=["missing-data", "missing-digits-dir", "too-few-sequences", "tiny-image", "no-gpu", "backend-unavailable"])
 def test_setup_problems_exit_with_status_1_and_a_message(tmp_path, flags, message, capsys):
     if torch.cuda.is_available() and "cuda" in flags:
         pytest.skip("this machine has a GPU")
@@ -280,7 +281,8 @@ def test_sampler_gives_n_ranks_the_global_batches_of_one_process_and_resumes_mid
 
 def test_validation_shares_cover_every_held_out_sequence_once():
     cfg = parse_config(TINY + ["--num_val", "7", "--batch_size", "2"])
-    shares = [train_script.make_loaders(cfg, DistInfo(rank, rank, 3, torch.device("cpu")))[2].dataset.indices
+    datasets = train_script.make_data(cfg, None)[1]
+    shares = [train_script.make_loaders(cfg, DistInfo(rank, rank, 3, torch.device("cpu")), datasets)[2].dataset.indices
               for rank in range(3)]
     assert sorted(i for share in shares for i in share) == list(range(7))
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..ops.lstm_gates.backends import BACKENDS
 from ..data.moving_mnist import GENERATORS
+from ..data.sources import LAYOUTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,13 +40,26 @@ class Config:
     checkpoint_every: int = _arg(500, "steps between checkpoints (also written after every epoch and at the end)")
     keep_checkpoints: int = _arg(3, "how many step_<N>.pt checkpoints to keep besides latest.pt and best.pt")
     # Data.
-    data: Optional[str] = _arg(None, "directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
-                                     "default: the embedded digits")
+    data: Optional[str] = _arg(None, "your sequences: an .npy/.npz array, a video file, a folder of videos, or a "
+                                     "folder of frame folders (PNG/JPEG); default: Moving MNIST generated on the fly")
+    val_data: Optional[str] = _arg(None, "validation sequences from another path, as --data; default: "
+                                         "--val_fraction of --data's sequences")
+    val_fraction: float = _arg(0.1, "share of --data's sequences held out for validation (by --seed) without "
+                                    "--val_data")
+    layout: Optional[str] = _arg(None, "axis order of an array in --data (default: detected where unambiguous)",
+                                 choices=LAYOUTS)
+    stride: int = _arg(0, "frames between the starts of windows cut from longer sequences (0: n_in + n_out)")
+    channels: Optional[int] = _arg(None, "read images and videos as grey (1) or RGB (3); default: grey images "
+                                         "grey, videos RGB", choices=(1, 3))
+    resize: Optional[str] = _arg(None, "resize the frames of --data to HxW, e.g. 64 or 48x64")
+    n_steps_past: int = _arg(10, "input frames the model reads", aliases=("--n_in",))
+    n_steps_ahead: int = _arg(10, "frames the model predicts", aliases=("--n_out",))
+    # Moving MNIST, when there is no --data.
+    digits: Optional[str] = _arg(None, "directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
+                                       "default: the embedded digits")
     num_train: int = _arg(10000, "training sequences per epoch (Moving MNIST train split)")
     num_val: int = _arg(1000, "held-out validation sequences (Moving MNIST test split), evaluated every epoch")
     image_size: int = _arg(64, "frame height and width in pixels")
-    n_steps_past: int = _arg(10, "input frames the model reads")
-    n_steps_ahead: int = _arg(10, "frames the model predicts")
     num_digits: int = _arg(2, "moving digits per sequence")
     generator: str = _arg("standard", "how digits move: the benchmark's (standard) or the tutorial's",
                           choices=GENERATORS)
@@ -54,7 +68,7 @@ class Config:
     # Model.
     kernel_size: int = _arg(3, "ConvLSTM kernel size (odd)")
     peephole: bool = _arg(False, "add the peephole terms of Shi et al. (2015) to every cell")
-    in_chan: int = _arg(1, "input channels (Moving MNIST is grey: 1)")
+    in_chan: Optional[int] = _arg(None, "channels of the frames, in and out (default: the data's; Moving MNIST: 1)")
     backend: str = _arg("auto", "gate kernel backend", choices=BACKENDS)
     compile: bool = _arg(False, "wrap the model in torch.compile")
     # Numerics and device.
@@ -80,16 +94,18 @@ def _to_bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field. Boolean flags accept `--flag` alone or `--flag True/False` (the tutorial's style)."""
     parser = argparse.ArgumentParser(
-        prog="train.py", description="Train EncoderDecoderConvLSTM on Moving MNIST (torchrun for several processes).",
+        prog="train.py",
+        description="Train EncoderDecoderConvLSTM on Moving MNIST or your own sequences (torchrun for several processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     for f in dataclasses.fields(Config):
         kwargs = {k: v for k, v in f.metadata.items()}
         kwargs.setdefault("help", "")
+        names = (f"--{f.name}", *kwargs.pop("aliases", ()))
         if f.type in ("bool", "Optional[bool]"):
-            parser.add_argument(f"--{f.name}", type=_to_bool, nargs="?", const=True, default=f.default, **kwargs)
+            parser.add_argument(*names, type=_to_bool, nargs="?", const=True, default=f.default, **kwargs)
         else:
-            kind = {"float": float, "int": int, "str": str, "Optional[str]": str}[f.type]
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, **kwargs)
+            kind = {"float": float, "int": int, "Optional[int]": int, "str": str, "Optional[str]": str}[f.type]
+            parser.add_argument(*names, type=kind, default=f.default, **kwargs)
     return parser
 
 
@@ -110,14 +126,14 @@ def check_config(cfg: Config) -> None:
     need(0 <= cfg.beta_2 < 1, "beta_2", "must be in [0, 1)")
     need(cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
     for flag in ("batch_size", "epochs", "n_hidden_dim", "num_train", "num_val", "image_size", "n_steps_past",
-                 "n_steps_ahead", "num_digits", "checkpoint_every", "log_every", "image_every", "in_chan"):
+                 "n_steps_ahead", "num_digits", "checkpoint_every", "log_every", "image_every"):
         need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
     for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed"):
         need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
     need(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, "kernel_size", "must be odd and positive")
-    need(cfg.n_steps_past + cfg.n_steps_ahead == 20, "n_steps_ahead",
-         f"n_steps_past + n_steps_ahead must be 20 (Moving MNIST sequences have 20 frames), "
-         f"got {cfg.n_steps_past} + {cfg.n_steps_ahead}")
+    need(cfg.in_chan is None or cfg.in_chan >= 1, "in_chan", "must be at least 1")
+    need(0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+    need(cfg.stride >= 0, "stride", "must be >= 0 (0: windows of n_in + n_out frames without overlap)")
     need(cfg.amp in AMP_MODES, "amp", f"must be one of {', '.join(AMP_MODES)}")
     need(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
     need(cfg.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")

@@ -106,7 +106,7 @@ lstm_gates_triton_run = fused_op(
 def runs_on(device: torch.device) -> str | None:
     """None if the Triton kernels can run on `device`, else the reason they cannot."""
     if device.type == "cuda":
-        return None
+        return None if torch.cuda.is_available() else "no CUDA device in this process (torch.cuda.is_available())"
     if INTERPRETED:
         return None
     return (f"Triton compiles kernels for GPUs only; for {device} tensors set TRITON_INTERPRET=1 before triton is "

@@ -1,0 +1,62 @@
+"""The training and validation sequences a Config names: Moving MNIST generated on the fly, or the user's own data
+(--data, --val_data or --val_fraction), or datasets handed to train.main from Python. Each item is a float32
+(T, C, H, W) tensor in [0, 1] with T = n_steps_past + n_steps_ahead."""
+from __future__ import annotations
+
+from ..data import MovingMNIST
+from ..data.sources import DataError, open_source
+from ..data.windows import Windows, parse_size, split_sequences
+
+
+def build_datasets(cfg, train_set=None, val_set=None):
+    """(train_set, val_set, frame_shape (C, H, W), description). Raises DataError (or FileNotFoundError for MNIST
+    digits) naming the problem; nothing is written before this has succeeded."""
+    length = cfg.n_steps_past + cfg.n_steps_ahead
+    if train_set is not None:
+        if val_set is None:
+            raise DataError("train.main(train_dataset=...) needs a val_dataset too")
+        described = "datasets given from Python"
+    elif cfg.data is None:
+        common = dict(seq_len=length, image_size=cfg.image_size, num_digits=cfg.num_digits, digits=cfg.digits,
+                      seed=cfg.seed, generator=cfg.generator)
+        train_set = MovingMNIST("train", cfg.num_train, **common)
+        val_set = MovingMNIST("test", cfg.num_val, **common)
+        described = f"Moving MNIST generated ({cfg.num_train} train, {cfg.num_val} validation sequences)"
+    else:
+        train_set, val_set, described = _own_data(cfg, length)
+    frame_shape, val_shape = _check(train_set, length, "training"), _check(val_set, length, "validation")
+    if val_shape != frame_shape:
+        raise DataError(f"validation frames are {val_shape} (C, H, W) but training frames are {frame_shape}: they "
+                        "must match (--resize, --channels)")
+    return train_set, val_set, frame_shape, described
+
+
+def _own_data(cfg, length):
+    options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length)
+    windows = dict(length=length, stride=cfg.stride or length, resize=parse_size(cfg.resize))
+    source = open_source(cfg.data, **options)
+    if cfg.val_data is not None:
+        train_set = Windows(source, **windows)
+        val_set = Windows(open_source(cfg.val_data, **options), **windows)
+        return train_set, val_set, f"{cfg.data} ({len(train_set)} windows), validation {cfg.val_data} " \
+                                   f"({len(val_set)} windows)"
+    if cfg.val_fraction == 0:
+        raise DataError("--val_fraction 0 without --val_data leaves no validation sequences: give one of them")
+    count = len(source.lengths)
+    if count < 2:
+        raise DataError(f"--data {cfg.data} holds one sequence: --val_fraction needs two or more; pass --val_data")
+    kept, held = split_sequences(count, cfg.val_fraction, cfg.seed)
+    train_set, val_set = Windows(source, sequences=kept, **windows), Windows(source, sequences=held, **windows)
+    return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows) for training, " \
+                               f"{len(held)} ({len(val_set)} windows) held out by --val_fraction {cfg.val_fraction}"
+
+
+def _check(dataset, length, what):
+    """The (C, H, W) of the dataset's first item, after checking its shape."""
+    if len(dataset) == 0:
+        raise DataError(f"the {what} data holds no sequence")
+    item = dataset[0]
+    if item.dim() != 4 or item.shape[0] < length:
+        raise DataError(f"{what} items must be (T, C, H, W) with T >= n_in + n_out = {length}, got "
+                        f"{tuple(item.shape)}")
+    return tuple(item.shape[1:])
