@@ -117,8 +117,9 @@ def test_split_sequences_is_deterministic_and_disjoint():
     assert len(held) == 3 and sorted(kept + held) == list(range(10))
     assert split_sequences(10, 0.3, seed=0) == (kept, held)
     assert split_sequences(10, 0.3, seed=1) != (kept, held)
-    with pytest.raises(DataError, match="leaves no validation sequence"):
-        split_sequences(2, 0.1, seed=0)
+    assert [len(part) for part in split_sequences(2, 0.1, seed=0)] == [1, 1]  # at least one each side
+    with pytest.raises(DataError, match="needs two or more sequences to split, got 1; pass --val_data"):
+        split_sequences(1, 0.5, seed=0)
 
 
 @pytest.mark.parametrize("case", ["missing", "mixed_sizes", "corrupt_image", "corrupt_video", "short_video",

@@ -61,12 +61,12 @@ class Windows(Dataset):
 
 
 def split_sequences(count, fraction, seed):
-    """(kept, held_out) sequence indices: round(fraction * count) held out by a permutation seeded with `seed`."""
-    if not 0 <= fraction < 1:
-        raise DataError(f"--val_fraction {fraction}: must be in [0, 1)")
-    held = round(fraction * count)
-    if fraction and (held == 0 or held == count):
-        raise DataError(f"--val_fraction {fraction} of {count} sequence(s) leaves "
-                        f"{'no validation' if held == 0 else 'no training'} sequence")
+    """(kept, held_out) sequence indices: round(fraction * count) held out (at least one, and one kept) by a
+    permutation seeded with `seed`."""
+    if not 0 < fraction < 1:
+        raise DataError(f"--val_fraction {fraction}: must be in (0, 1)")
+    if count < 2:
+        raise DataError(f"--val_fraction needs two or more sequences to split, got {count}; pass --val_data")
+    held = min(count - 1, max(1, round(fraction * count)))
     order = np.random.default_rng(seed).permutation(count)
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())

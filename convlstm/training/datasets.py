@@ -42,10 +42,7 @@ def _own_data(cfg, length):
                                    f"({len(val_set)} windows)"
     if cfg.val_fraction == 0:
         raise DataError("--val_fraction 0 without --val_data leaves no validation sequences: give one of them")
-    count = len(source.lengths)
-    if count < 2:
-        raise DataError(f"--data {cfg.data} holds one sequence: --val_fraction needs two or more; pass --val_data")
-    kept, held = split_sequences(count, cfg.val_fraction, cfg.seed)
+    kept, held = split_sequences(len(source.lengths), cfg.val_fraction, cfg.seed)
     train_set, val_set = Windows(source, sequences=kept, **windows), Windows(source, sequences=held, **windows)
     return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows) for training, " \
                                f"{len(held)} ({len(val_set)} windows) held out by --val_fraction {cfg.val_fraction}"
