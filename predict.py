@@ -1,0 +1,188 @@
+"""Predict the next frames of your own sequences with a trained EncoderDecoderConvLSTM; no ground truth needed.
+
+    python predict.py --checkpoint runs/x/checkpoints/best.pt --input clips/ --out predictions/x
+    python predict.py --checkpoint tutorial.ckpt --input walk.mp4 --channels 1 --resize 64 --out predictions/walk
+
+--checkpoint: a train.py checkpoint, a bare state_dict or the tutorial's Lightning checkpoint (convlstm.load_model).
+--input: an .npy / .npz array, a video, a folder of videos or a folder of frame folders (convlstm.data.sources).
+The model reads the LAST n_in frames of each sequence and predicts n_out more (both from the checkpoint's training
+config; without one the tutorial's 10 and 10), at the frame size a train.py model was trained on unless --resize.
+Into --out:
+
+    predictions.npy        float32 (N, n_out, C, H, W) in [0, 1]
+    inputs.npy             float32 (N, n_in, C, H, W) in [0, 1]: the frames the model read (after --resize)
+    strips/<i>_<name>.png  one row per sequence: its inputs, a wider gap, the predictions
+    gifs/<i>_<name>.gif    the inputs then the predictions; the bar below grows grey over inputs, red over predictions
+    predict.json           what was predicted: checkpoint, input, n_in, n_out, shapes, each sequence's files
+
+Everything is checked before --out is made: a bad input ends with one line "predict.py: error: ..." and exit code 1,
+having written nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from convlstm.data.sources import LAYOUTS, DataError, open_source
+from convlstm.data.windows import parse_size
+from convlstm.load import load_model
+from convlstm.model import to_btchw
+from convlstm.training.checkpoint import CheckpointError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--checkpoint", required=True, help="a train.py checkpoint, a state_dict or a Lightning one")
+    p.add_argument("--input", required=True, help="array, video, folder of videos or folder of frame folders")
+    p.add_argument("--out", required=True, help="directory for the results (must be empty or new)")
+    p.add_argument("--n_out", type=int, default=None, help="frames to predict (default: the checkpoint's)")
+    p.add_argument("--layout", default=None, choices=LAYOUTS, help="axis order of an array (default: detected)")
+    p.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                   help="read images and videos as grey (1) or RGB (3) (default: as in training, else as stored)")
+    p.add_argument("--resize", default=None,
+                   help="resize frames to HxW, e.g. 64 or 48x64 (default: a train.py model's frame size, else none)")
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (same names replaced)")
+    return p.parse_args(argv)
+
+
+class PredictError(ValueError):
+    """Bad input, reported as one line."""
+
+
+def pick_device(name):
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    except RuntimeError as error:
+        raise PredictError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return device
+
+
+def read_inputs(source, n_in, resize):
+    """The last n_in frames of every sequence, float32 (N, n_in, C, H, W) in [0, 1]."""
+    short = [(name, length) for name, length in zip(source.names, source.lengths) if length < n_in]
+    if short:
+        raise PredictError(f"{short[0][0]} has {short[0][1]} frames, fewer than the {n_in} the model reads (n_in); "
+                           f"{len(short)} sequence(s) this short")
+    clips = []
+    for i, (name, length) in enumerate(zip(source.names, source.lengths)):
+        frames = torch.from_numpy(source.frames(i, length - n_in, length))
+        if len(frames) != n_in:
+            raise DataError(f"{name}: read {len(frames)} of its last {n_in} frames (shorter than its header said)")
+        frames = frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
+        if resize is not None and tuple(frames.shape[-2:]) != resize:  # as convlstm.data.windows does for training
+            frames = F.interpolate(frames, size=resize, mode="bilinear", antialias=True, align_corners=False)
+            frames = frames.clamp_(0, 1)
+        clips.append(frames)
+    return torch.stack(clips)
+
+
+def to_rgb_uint8(frames):
+    """(T, C, H, W) float in [0, 1] -> (T, H, W, 3) uint8."""
+    frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def save_strip(inputs, predictions, path, gap=2):
+    """One row, white gaps: the inputs (T_in, C, H, W), a gap three times as wide, the predictions (T_out, C, H, W)."""
+    frames = np.concatenate([to_rgb_uint8(inputs), to_rgb_uint8(predictions)])
+    total, h, w = frames.shape[:3]
+    row = np.full((h, total * (w + gap) + gap, 3), 255, dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        left = t * (w + gap) + (2 * gap if t >= len(inputs) else 0)
+        row[:, left:left + w] = frame
+    Image.fromarray(row).save(path)
+
+
+def save_gif(inputs, predictions, path, duration_ms=200):
+    """The inputs then the predictions, enlarged (nearest) 2x or more. The bar below grows each frame, grey then red:
+    it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a still prediction)."""
+    frames = np.concatenate([to_rgb_uint8(inputs), to_rgb_uint8(predictions)])
+    total, h, w = frames.shape[:3]
+    scale = max(2, -(-total // w))
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    images = []
+    for t, frame in enumerate(frames):
+        bar = np.zeros((4, w * scale, 3), dtype=np.uint8)
+        bar[:, :(t + 1) * w * scale // total] = (160, 160, 160) if t < len(inputs) else (220, 40, 40)
+        images.append(Image.fromarray(np.concatenate([frame, bar])))
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+
+
+def file_stem(index, name, count):
+    """"3_walk_01.mp4" for sequence 3 of a folder: its index (unique, in order), then the name made file-safe."""
+    return f"{index:0{len(str(count - 1))}d}_" + (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sequence")
+
+
+def prepare(args):
+    """Everything checked and read before anything is written: (model, device, source, inputs, n_out)."""
+    device = pick_device(args.device)
+    if args.batch_size < 1:
+        raise PredictError(f"--batch_size {args.batch_size}: must be at least 1")
+    if args.n_out is not None and args.n_out < 1:
+        raise PredictError(f"--n_out {args.n_out}: must be at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise PredictError(f"--out {args.out} exists and is not a directory")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise PredictError(f"--out {args.out} is not empty; pass --overwrite to write into it or choose another")
+    model = load_model(args.checkpoint, device=device)
+    info, config = model.info, model.info.config or {}
+    source = open_source(args.input, layout=args.layout, channels=args.channels or config.get("channels"),
+                         min_length=info.n_in)
+    if source.frame_shape[0] != info.in_chan:
+        hint = (" (an array is read as stored)" if args.input.lower().endswith((".npy", ".npz"))
+                else f"; pass --channels {info.in_chan}" if info.in_chan in (1, 3) else "")
+        raise PredictError(f"{args.input} has frames of {source.frame_shape[0]} channel(s), the checkpoint's model "
+                           f"reads {info.in_chan}{hint}")
+    inputs = read_inputs(source, info.n_in, parse_size(args.resize) or info.frame_size)
+    return model, device, source, inputs, args.n_out or info.n_out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, device, source, inputs, n_out = prepare(args)
+    except (PredictError, DataError, CheckpointError) as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 1
+
+    batches = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), args.batch_size):
+            x = inputs[start:start + args.batch_size].to(device)  # (B, n_in, C, H, W)
+            batches.append(to_btchw(model(x, future_seq=n_out)).float().cpu())  # (B, n_out, C, H, W)
+    predictions, inputs = torch.cat(batches).numpy(), inputs.numpy()
+
+    for folder in ("strips", "gifs"):
+        os.makedirs(os.path.join(args.out, folder), exist_ok=True)
+    np.save(os.path.join(args.out, "predictions.npy"), predictions)
+    np.save(os.path.join(args.out, "inputs.npy"), inputs)
+    sequences = []
+    for i, (name, length) in enumerate(zip(source.names, source.lengths)):
+        stem = file_stem(i, name, len(source.names))
+        files = {"strip": os.path.join("strips", stem + ".png"), "gif": os.path.join("gifs", stem + ".gif")}
+        save_strip(inputs[i], predictions[i], os.path.join(args.out, files["strip"]))
+        save_gif(inputs[i], predictions[i], os.path.join(args.out, files["gif"]))
+        sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
+    summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "input": args.input,
+               "n_in": model.info.n_in, "n_out": n_out, "device": str(device), "layout": "(N, T, C, H, W) in [0, 1]",
+               "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
+    with open(os.path.join(args.out, "predict.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    print(f"{args.out}: {n_out} frames predicted for each of {len(sequences)} sequence(s), each from its last "
+          f"{model.info.n_in}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
