@@ -120,6 +120,8 @@ def _load_error_detail(error: Exception) -> str:
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(boilerplate)]
+    # torch 2.13 puts "(1) In PyTorch 2.6, we changed ..." first; the refused class is on a later line.
+    useful = [line for line in useful if "GLOBAL" in line] or useful
     return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
 
 
