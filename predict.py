@@ -28,11 +28,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from convlstm.data.sources import LAYOUTS, DataError, open_source
-from convlstm.data.windows import parse_size
+from convlstm.data.windows import parse_size, to_frames
+from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
 from convlstm.model import to_btchw
 from convlstm.training.checkpoint import CheckpointError
@@ -77,47 +76,11 @@ def read_inputs(source, n_in, resize):
                            f"{len(short)} sequence(s) this short")
     clips = []
     for i, (name, length) in enumerate(zip(source.names, source.lengths)):
-        frames = torch.from_numpy(source.frames(i, length - n_in, length))
-        if len(frames) != n_in:
-            raise DataError(f"{name}: read {len(frames)} of its last {n_in} frames (shorter than its header said)")
-        frames = frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
-        if resize is not None and tuple(frames.shape[-2:]) != resize:  # as convlstm.data.windows does for training
-            frames = F.interpolate(frames, size=resize, mode="bilinear", antialias=True, align_corners=False)
-            frames = frames.clamp_(0, 1)
-        clips.append(frames)
+        clip = source.frames(i, length - n_in, length)
+        if len(clip) != n_in:
+            raise DataError(f"{name}: read {len(clip)} of its last {n_in} frames (shorter than its header said)")
+        clips.append(to_frames(clip, resize))
     return torch.stack(clips)
-
-
-def to_rgb_uint8(frames):
-    """(T, C, H, W) float in [0, 1] -> (T, H, W, 3) uint8."""
-    frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
-
-
-def save_strip(inputs, predictions, path, gap=2):
-    """One row, white gaps: the inputs (T_in, C, H, W), a gap three times as wide, the predictions (T_out, C, H, W)."""
-    frames = np.concatenate([to_rgb_uint8(inputs), to_rgb_uint8(predictions)])
-    total, h, w = frames.shape[:3]
-    row = np.full((h, total * (w + gap) + gap, 3), 255, dtype=np.uint8)
-    for t, frame in enumerate(frames):
-        left = t * (w + gap) + (2 * gap if t >= len(inputs) else 0)
-        row[:, left:left + w] = frame
-    Image.fromarray(row).save(path)
-
-
-def save_gif(inputs, predictions, path, duration_ms=200):
-    """The inputs then the predictions, enlarged (nearest) 2x or more. The bar below grows each frame, grey then red:
-    it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a still prediction)."""
-    frames = np.concatenate([to_rgb_uint8(inputs), to_rgb_uint8(predictions)])
-    total, h, w = frames.shape[:3]
-    scale = max(2, -(-total // w))
-    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    images = []
-    for t, frame in enumerate(frames):
-        bar = np.zeros((4, w * scale, 3), dtype=np.uint8)
-        bar[:, :(t + 1) * w * scale // total] = (160, 160, 160) if t < len(inputs) else (220, 40, 40)
-        images.append(Image.fromarray(np.concatenate([frame, bar])))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
 
 
 def file_stem(index, name, count):
@@ -172,8 +135,8 @@ def main(argv=None):
     for i, (name, length) in enumerate(zip(source.names, source.lengths)):
         stem = file_stem(i, name, len(source.names))
         files = {"strip": os.path.join("strips", stem + ".png"), "gif": os.path.join("gifs", stem + ".gif")}
-        save_strip(inputs[i], predictions[i], os.path.join(args.out, files["strip"]))
-        save_gif(inputs[i], predictions[i], os.path.join(args.out, files["gif"]))
+        save_prediction_strip(inputs[i], predictions[i], os.path.join(args.out, files["strip"]))
+        save_prediction_gif(inputs[i], predictions[i], os.path.join(args.out, files["gif"]))
         sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
     summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "input": args.input,
                "n_in": model.info.n_in, "n_out": n_out, "device": str(device), "layout": "(N, T, C, H, W) in [0, 1]",
@@ -183,6 +146,7 @@ def main(argv=None):
     print(f"{args.out}: {n_out} frames predicted for each of {len(sequences)} sequence(s), each from its last "
           f"{model.info.n_in}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from convlstm import EncoderDecoderConvLSTM, load_model
+from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
 from convlstm.training.checkpoint import CheckpointError
 from convlstm.training.config import Config
@@ -244,5 +245,5 @@ def test_gif_keeps_every_frame_of_a_still_prediction(tmp_path):
     """Pillow merges identical consecutive GIF frames; the growing bar keeps them apart, even for frames narrower
     than the frame count."""
     inputs, still = np.random.default_rng(0).random((10, 1, 4, 3)), np.full((10, 1, 4, 3), 0.5)
-    predict.save_gif(inputs, still, tmp_path / "still.gif")
+    save_prediction_gif(inputs, still, tmp_path / "still.gif")
     assert gif_frames(tmp_path / "still.gif") == 20

@@ -52,12 +52,17 @@ class Windows(Dataset):
         if len(clip) != self.length:
             raise DataError(f"{self.source.names[sequence]}: read {len(clip)} frames from {start}, expected "
                             f"{self.length} (the file is shorter than its header said)")
-        frames = torch.from_numpy(clip)
-        frames = frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
-        if self.resize is not None and tuple(frames.shape[-2:]) != self.resize:
-            frames = F.interpolate(frames, size=self.resize, mode="bilinear", antialias=True, align_corners=False)
-            frames = frames.clamp_(0, 1)
-        return frames
+        return to_frames(clip, self.resize)
+
+
+def to_frames(clip, resize=None):
+    """A source's clip, numpy (T, C, H, W) uint8 0-255 or float 0-1, as float32 in [0, 1], resized to (H, W)."""
+    frames = torch.from_numpy(clip)
+    frames = frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
+    if resize is not None and tuple(frames.shape[-2:]) != tuple(resize):
+        frames = F.interpolate(frames, size=tuple(resize), mode="bilinear", antialias=True, align_corners=False)
+        frames = frames.clamp_(0, 1)
+    return frames
 
 
 def split_sequences(count, fraction, seed):

@@ -100,3 +100,35 @@ def save_gif(inputs, target, pred, path, scale=2, duration_ms=200):
         image = (np.clip(canvas, 0, 1) * 255).astype(np.uint8).repeat(scale, axis=0).repeat(scale, axis=1)
         frames.append(Image.fromarray(image[..., 0] if c == 1 else image))
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+
+
+def _to_rgb_uint8(frames):
+    """(T, C, H, W) float in [0, 1] -> (T, H, W, 3) uint8."""
+    frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def save_prediction_strip(inputs, predictions, path, gap=2):
+    """One row, white gaps: the inputs (T_in, C, H, W), a gap three times as wide, the predictions (T_out, C, H, W)."""
+    frames = np.concatenate([_to_rgb_uint8(inputs), _to_rgb_uint8(predictions)])
+    total, h, w = frames.shape[:3]
+    row = np.full((h, total * (w + gap) + gap, 3), 255, dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        left = t * (w + gap) + (2 * gap if t >= len(inputs) else 0)
+        row[:, left:left + w] = frame
+    Image.fromarray(row).save(path)
+
+
+def save_prediction_gif(inputs, predictions, path, duration_ms=200):
+    """The inputs then the predictions, enlarged (nearest) 2x or more. The bar below grows each frame, grey then red:
+    it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a still prediction)."""
+    frames = np.concatenate([_to_rgb_uint8(inputs), _to_rgb_uint8(predictions)])
+    total, h, w = frames.shape[:3]
+    scale = max(2, -(-total // w))
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    images = []
+    for t, frame in enumerate(frames):
+        bar = np.zeros((4, w * scale, 3), dtype=np.uint8)
+        bar[:, :(t + 1) * w * scale // total] = (160, 160, 160) if t < len(inputs) else (220, 40, 40)
+        images.append(Image.fromarray(np.concatenate([frame, bar])))
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
