@@ -31,7 +31,7 @@ from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choos
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object,
-                                           distributed, kill_self, parse_fault, restart_count)
+                                           distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
 
 
@@ -212,7 +212,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> N
         barrier(info)  # the other ranks go on only once the checkpoint is complete
 
     while step < total_steps:
-        sampler.set_epoch(epoch, samples_seen)
+        epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning)
         batches_left = len(train_loader)
         for batch in train_loader:
             if step == fault_step:

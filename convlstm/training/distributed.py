@@ -197,3 +197,24 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.skip)
+
+
+def start_epoch(sampler: ResumableSampler, loader, epoch: int, samples_seen: int, warn) -> tuple[int, int]:
+    """Set `sampler` `samples_seen` sequences into `epoch` and return the (epoch, samples_seen) the loop starts at.
+
+    A resume on fewer sequences per epoch than the checkpoint's run (a smaller --num_train), or on a position at the
+    epoch's very end, leaves `loader` no full batch: that epoch is over, so the next one starts (said through `warn`)
+    and the training loop always makes progress. A position the processes cannot share evenly is a SetupError.
+    """
+    try:
+        sampler.set_epoch(epoch, samples_seen)
+    except ValueError as error:
+        raise SetupError(f"the checkpoint is {samples_seen} sequences into epoch {epoch}, which "
+                         f"{sampler.num_replicas} processes cannot share evenly: resume with a process count that "
+                         f"divides {samples_seen}") from error
+    if len(loader) > 0:
+        return epoch, samples_seen
+    warn(f"epoch {epoch} holds no further batch of {loader.batch_size * sampler.num_replicas} after the checkpoint's {samples_seen} "
+         f"sequences ({len(sampler.dataset)} per epoch now): starting epoch {epoch + 1}")
+    sampler.set_epoch(epoch + 1, 0)
+    return epoch + 1, 0
