@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
-from test_train import run
+from test_train import run, train_script
 
 TIMEOUT_S = 30
 
@@ -57,3 +57,27 @@ def test_a_position_the_processes_cannot_share_is_one_line():
     loader = DataLoader(range(12), batch_size=2, sampler=sampler, drop_last=True)
     with pytest.raises(SetupError, match="2 processes cannot share evenly: resume with a process count that divides 3"):
         start_epoch(sampler, loader, 0, 3, print)
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_rerun(tmp_path, monkeypatch,
+                                                                                            capsys):
+    run_dir = tmp_path / "run"
+    for bad in (["--image_size", 6], ["--data", tmp_path / "missing.npy"]):
+        assert run(run_dir, "--max_steps", 2, *bad) == 1
+        assert not run_dir.exists()  # the data is checked before anything is written
+    # A failure after the start wrote config.json and train.log, before any checkpoint: a loss that is NaN at once.
+    build = train_script.model_from_config
+
+    def model_with_nan_output(config):
+        model = build(config)
+        plain_forward = model.forward
+        model.forward = lambda *args, **kwargs: plain_forward(*args, **kwargs) * float("nan")
+        return model
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_script, "model_from_config", model_with_nan_output)
+        assert run(run_dir, "--max_steps", 2) == 1
+    assert (run_dir / "config.json").exists() and not (run_dir / "checkpoints").exists()
+    capsys.readouterr()
+    assert run(run_dir, "--max_steps", 2) == 0, capsys.readouterr().err
+    assert latest(run_dir)["step"] == 2

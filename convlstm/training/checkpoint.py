@@ -162,10 +162,10 @@ ELASTIC_RUN_ID_FILE = "torchelastic_run_id"
 
 
 def holds_run(run_dir: str) -> bool:
-    """Whether `run_dir` already has a run's config.json or any checkpoint."""
+    """Whether `run_dir` holds a run: a checkpoint. A start that failed before its first checkpoint leaves config.json
+    and train.log, which the corrected rerun overwrites and appends to."""
     directory = checkpoint_dir(run_dir)
-    has_checkpoint = os.path.isdir(directory) and any(name.endswith(".pt") for name in os.listdir(directory))
-    return has_checkpoint or os.path.exists(os.path.join(run_dir, "config.json"))
+    return os.path.isdir(directory) and any(name.endswith(".pt") for name in os.listdir(directory))
 
 
 def is_restart_of_this_launch(run_dir: str, elastic_run_id: str | None, restarts: int) -> bool:
@@ -187,8 +187,9 @@ def choose_start(run_dir: str, resume: bool, elastic_run_id: str | None, restart
     """
     if not (resume or is_restart_of_this_launch(run_dir, elastic_run_id, restarts)):
         if holds_run(run_dir):
-            raise CheckpointError(f"--run_dir {run_dir} already holds a run (config.json or checkpoints/); "
-                                  "pass --resume to continue it, or choose another --run_dir")
+            raise CheckpointError(f"--run_dir {run_dir} already holds a run (checkpoints in "
+                                  f"{checkpoint_dir(run_dir)}); pass --resume to continue it, or choose another "
+                                  "--run_dir")
         return None
     return find_resume_checkpoint(checkpoint_dir(run_dir), warn)
 
