@@ -35,6 +35,7 @@ from convlstm.data import MovingMNIST, split_sequence
 from convlstm.data.sources import LAYOUTS, DataError, open_source
 from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.load import load_model
 from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.training.checkpoint import CheckpointError, read_checkpoint
@@ -93,9 +94,17 @@ def check_out_dir(out_dir, overwrite):
 
 
 def load_checkpoint(path):
-    """The checkpoint dict, read with weights_only=True. Returns (config dict, model state_dict, dict)."""
+    """(config dict, model state_dict, checkpoint dict), read with weights_only=True. A bare state_dict or the
+    tutorial's Lightning checkpoint (convlstm.load_model) gets the tutorial's configuration: 10 in, 10 out, 64x64."""
     try:
         ckpt = read_checkpoint(path)
+        if isinstance(ckpt, dict) and "config" not in ckpt and "model" not in ckpt:
+            model = load_model(path)
+            cell = model.encoder_1_convlstm
+            config = dict(n_hidden_dim=cell.hidden_dim, in_chan=model.info.in_chan, kernel_size=cell.kernel_size[0],
+                          peephole=cell.peephole, n_steps_past=model.info.n_in, n_steps_ahead=model.info.n_out,
+                          image_size=64, backend="auto")
+            return config, model.state_dict(), {"kind": model.info.kind}
     except CheckpointError as e:
         raise EvalError(str(e)) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or \

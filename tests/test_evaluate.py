@@ -311,3 +311,19 @@ def test_malicious_pickle_would_run_code_but_is_refused(bad_runs, tmp_path):
     torch.save({"model": RunsCodeWhenUnpickled(str(marker)), "config": TINY}, tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.is_dir()
+
+
+def test_tutorial_lightning_checkpoint_is_evaluated_with_the_tutorials_configuration(tmp_path, capsys):
+    """The tutorial's training script saves {"state_dict": {"model.<key>": ...}}: evaluate.py scores it as the
+    tutorial ran it (10 in, 10 out, 64x64) instead of refusing it; a bare state_dict alike."""
+    model = tiny_model(dict(TINY, n_hidden_dim=2))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+               tmp_path / "tutorial.ckpt")
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    for name in ("tutorial.ckpt", "bare.pt"):
+        load_evaluate_module().main(["--checkpoint", str(tmp_path / name), "--out_dir", str(tmp_path / name[:4]),
+                                     "--num_test", "2", "--device", "cpu", "--backend", "torch"])
+        results = json.loads((tmp_path / name[:4] / "metrics.json").read_text())
+        assert results["num_sequences"] == 2 and results["n_steps_ahead"] == 10
+        assert results["model_config"]["n_hidden_dim"] == 2
+    assert json.loads((tmp_path / "tuto" / "metrics.json").read_text())["mse"] == pytest.approx(results["mse"])

@@ -47,7 +47,8 @@ def plot_samples(inputs, target, pred, path, gap=2):
     """One mosaic per sequence: rows inputs, ground truth, prediction, |error|; one column per frame.
 
     inputs (K, T_in, C, H, W), target and pred (K, T_out, C, H, W): float arrays on the [0, 1] scale. Drawn as a
-    single image (one axes, not one per frame: fast for 10x40 frames); channels are averaged to grey.
+    single image (one axes, not one per frame: fast for 10x40 frames); RGB frames in colour, other counts averaged
+    to grey.
     """
     k, t_in = inputs.shape[:2]
     t_out = target.shape[1]
@@ -56,14 +57,17 @@ def plot_samples(inputs, target, pred, path, gap=2):
     clipped = np.clip(pred, 0, 1)
     rows = [("input", inputs, 1), ("truth", target, t_in + 1), ("prediction", clipped, t_in + 1),
             ("|error|", np.abs(clipped - target), t_in + 1)]
-    mosaic = np.ones((4 * k * (h + gap) - gap, cols * (w + gap) - gap), dtype=np.float32)  # white gaps
+    rgb = inputs.shape[2] == 3
+    mosaic = np.ones((4 * k * (h + gap) - gap, cols * (w + gap) - gap, *((3,) if rgb else ())),
+                     dtype=np.float32)  # white gaps
     labels = []
     for seq in range(k):
         for r, (label, frames, first) in enumerate(rows):
             top = (4 * seq + r) * (h + gap)
             for col in range(frames.shape[1]):
                 left = col * (w + gap)
-                mosaic[top:top + h, left:left + w] = frames[seq, col].mean(axis=0)
+                frame = frames[seq, col]
+                mosaic[top:top + h, left:left + w] = frame.transpose(1, 2, 0) if rgb else frame.mean(axis=0)
             labels.append((top + h / 2, f"#{seq} {label} (t={first}..{first + frames.shape[1] - 1})"))
     label_width, pixels_per_inch = 2.0, 40  # inches left of the frames for the row labels; frame scale
     width, height = mosaic.shape[1] / pixels_per_inch, mosaic.shape[0] / pixels_per_inch
@@ -71,7 +75,7 @@ def plot_samples(inputs, target, pred, path, gap=2):
     FigureCanvasAgg(fig)
     ax = fig.add_axes((label_width / (label_width + width + 0.1), 0.1 / (height + 0.2),
                        width / (label_width + width + 0.1), height / (height + 0.2)))
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(np.clip(mosaic, 0, 1), cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([y for y, _ in labels], [text for _, text in labels], fontsize=7)
     ax.tick_params(length=0)
