@@ -111,7 +111,7 @@ if [ "$DEVICE" = cuda ] && [ -z "${CUDA_HOME:-}" ]; then
 fi
 build_check='
 import importlib.util, sys, torch, convlstm
-from convlstm import backends
+from convlstm.ops.lstm_gates.backends import unavailable_reason
 device = torch.device(sys.argv[1])
 if device.type == "cuda":  # (on the CPU, asking would build the cpu_twin debugging path: not needed here)
     print("prebuilt extension:", importlib.util.find_spec("convlstm.ops.lstm_gates._cuda") is not None)
@@ -119,7 +119,7 @@ if device.type == "cuda":  # (on the CPU, asking would build the cpu_twin debugg
 gates, c_prev = torch.randn(3, 4 * 5, 7, 9, device=device), torch.randn(3, 5, 7, 9, device=device)
 want = convlstm.lstm_gates_ref(gates, c_prev)
 for name in ("cuda", "triton") if device.type == "cuda" else ():
-    reason = backends.unavailable_reason(name, device)
+    reason = unavailable_reason(name, device)
     if reason is not None:
         sys.exit(f"backend {name} cannot run: {reason}")
     got = convlstm.lstm_gates(gates, c_prev, backend=name)
