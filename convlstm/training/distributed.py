@@ -214,7 +214,7 @@ def start_epoch(sampler: ResumableSampler, loader, epoch: int, samples_seen: int
                          f"divides {samples_seen}") from error
     if len(loader) > 0:
         return epoch, samples_seen
-    warn(f"epoch {epoch} holds no further batch of {loader.batch_size * sampler.num_replicas} after the checkpoint's {samples_seen} "
-         f"sequences ({len(sampler.dataset)} per epoch now): starting epoch {epoch + 1}")
+    warn(f"epoch {epoch} holds no further batch of {loader.batch_size * sampler.num_replicas} after the "
+         f"checkpoint's {samples_seen} sequences ({len(sampler.dataset)} per epoch now): starting epoch {epoch + 1}")
     sampler.set_epoch(epoch + 1, 0)
     return epoch + 1, 0
