@@ -12,6 +12,7 @@ need --run_dir on a filesystem they share. `python train.py --help` lists every 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import sys
@@ -27,12 +28,13 @@ from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
-                                          save_checkpoint, set_rng_state, write_config, write_elastic_run_id)
+                                          save_checkpoint, set_rng_state, sweep_temp_files, write_config,
+                                          write_elastic_run_id)
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.training.datasets import build_datasets
-from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, barrier, broadcast_object,
+from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
-from convlstm.training.logs import Reporter, close_logger, make_logger, start_tensorboard_server
+from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
 
 
 class TrainingError(RuntimeError):
@@ -69,6 +71,9 @@ def start_state(cfg, info, warnings: list):
     decision, state = None, None
     if info.is_main:
         try:
+            removed = sweep_temp_files(cfg.run_dir)
+            if removed:
+                warnings.append(f"removed {len(removed)} temp file(s) of an interrupted write: {', '.join(removed)}")
             found = choose_start(cfg.run_dir, cfg.resume, os.environ.get("TORCHELASTIC_RUN_ID"), restart_count(),
                                  warnings.append)
         except CheckpointError as error:
@@ -147,6 +152,9 @@ def train(cfg, info, train_set=None, val_set=None) -> None:
         for message in skipped:
             log.warning(message)
         _train(cfg, info, state, backend, log, loaders, frame_shape, described)
+    except (TrainingError, SetupError, CheckpointError) as error:
+        log_to_file(log, f"error: {error}")
+        raise
     finally:
         close_logger(log)
 
@@ -202,14 +210,22 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> N
         is_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
         if is_best:
             best_val_loss = val_loss
+        failure = None
         if info.is_main:
-            save_checkpoint(checkpoint_dir(cfg.run_dir), {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
-                "step": step, "epoch": epoch, "sampler": {"epoch": epoch, "samples_seen": samples_seen},
-                "config": dataclasses.asdict(cfg), "frame_shape": list(frame_shape), "rng": rng_state(),
-                "val_loss": val_loss,
-                "val_metrics": val_metrics, "best_val_loss": best_val_loss}, keep=cfg.keep_checkpoints, is_best=is_best)
-        barrier(info)  # the other ranks go on only once the checkpoint is complete
+            try:
+                save_checkpoint(checkpoint_dir(cfg.run_dir), {
+                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": precision.state_dict(), "step": step, "epoch": epoch,
+                    "sampler": {"epoch": epoch, "samples_seen": samples_seen}, "config": dataclasses.asdict(cfg),
+                    "frame_shape": list(frame_shape), "rng": rng_state(), "val_loss": val_loss,
+                    "val_metrics": val_metrics, "best_val_loss": best_val_loss},
+                    keep=cfg.keep_checkpoints, is_best=is_best)
+            except CheckpointError as error:
+                failure = str(error)
+        # Also the barrier: the other ranks go on once the checkpoint is complete, or stop with rank 0's line.
+        failure = broadcast_object(failure)
+        if failure:
+            raise TrainingError(failure)
 
     while step < total_steps:
         epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning)
@@ -255,6 +271,11 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
             train(cfg, info, train_dataset, val_dataset)
     except (TrainingError, SetupError, CheckpointError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk outside the checkpoint writes (predictions.png): one line all the same
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"train.py: error: no space left writing {error.filename or cfg.run_dir}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,12 +4,15 @@ In-process runs use test_train's tiny configuration (n_hidden_dim 4, 16x16 frame
 start `python train.py` as a subprocess, as a scheduler would.
 """
 import contextlib
+import errno
+import os
 import signal
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from convlstm.training import checkpoint
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
 from test_train import run, train_script
 
@@ -81,3 +84,94 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corr
     capsys.readouterr()
     assert run(run_dir, "--max_steps", 2) == 0, capsys.readouterr().err
     assert latest(run_dir)["step"] == 2
+
+
+class _FullDisk:
+    """A file whose disk fills up: the first bytes of a write land, then ENOSPC."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(data[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def fill_disk_after(monkeypatch, good_writes):
+    """The checkpoint module's files (checkpoints, config.json) hit a full disk after `good_writes` of them."""
+    opened = []
+
+    def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        if "w" not in mode:
+            return handle
+        opened.append(path)
+        return handle if len(opened) <= good_writes else _FullDisk(handle)
+
+    monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
+
+
+def temp_files(run_dir):
+    return [path.name for path in run_dir.rglob("*") if ".tmp." in path.name]
+
+
+def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resumes_from_the_newest(
+        tmp_path, monkeypatch, capsys):
+    run_dir, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    # Writes: config.json, step_2.pt, latest.pt, then step_4.pt fails.
+    with monkeypatch.context() as patch:
+        fill_disk_after(patch, 3)
+        assert run(run_dir, "--max_steps", 4, "--checkpoint_every", 2) == 1
+    err = capsys.readouterr().err
+    line = f"train.py: error: no space left writing {ckpt / 'step_4.pt'}"
+    assert line in err and "Traceback" not in err
+    assert f"ERROR {line[len('train.py: '):]}" in (run_dir / "train.log").read_text()
+    assert temp_files(run_dir) == [] and sorted(os.listdir(ckpt)) == ["latest.pt", "step_2.pt"]
+
+    # Resume, where step_4.pt is written and then latest.pt fails: latest.pt lags the complete step_4.pt.
+    with monkeypatch.context() as patch:
+        fill_disk_after(patch, 2)
+        assert run(run_dir, "--max_steps", 4, "--checkpoint_every", 2, "--resume") == 1
+    assert f"no space left writing {ckpt / 'latest.pt'}" in capsys.readouterr().err
+    assert latest(run_dir)["step"] == 2 and "step_4.pt" in os.listdir(ckpt) and temp_files(run_dir) == []
+
+    # A resume whose config.json cannot be written.
+    with monkeypatch.context() as patch:
+        fill_disk_after(patch, 0)
+        assert run(run_dir, "--max_steps", 6, "--checkpoint_every", 2, "--resume") == 1
+    assert f"no space left writing {run_dir / 'config.json'}" in capsys.readouterr().err
+    assert temp_files(run_dir) == []
+
+    # Temp files a killed writer left are swept at the start; the resume takes step_4.pt, the newest complete one.
+    for stale in (ckpt / "latest.pt.tmp.99999", run_dir / "config.json.tmp.4242", run_dir / "predictions.png.tmp.png"):
+        stale.write_bytes(b"partial")
+    assert run(run_dir, "--max_steps", 6, "--checkpoint_every", 2, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "resumed from step 4" in err and "removed 3 temp file(s) of an interrupted write" in err
+    assert temp_files(run_dir) == [] and latest(run_dir)["step"] == 6
+
+    # predictions.png on a full disk: one line as well, and no temp file.
+    from PIL import Image
+
+    save_to_memory = Image.Image.save  # TensorBoard's images
+
+    def save_on_a_full_disk(image, path, *args, **kwargs):
+        if not isinstance(path, (str, os.PathLike)):
+            return save_to_memory(image, path, *args, **kwargs)
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", save_on_a_full_disk)
+    assert run(tmp_path / "picture", "--max_steps", 2, "--image_every", 1) == 1
+    err = capsys.readouterr().err
+    assert f"train.py: error: no space left writing {tmp_path / 'picture' / 'predictions.png'}" in err
+    assert "Traceback" not in err and temp_files(tmp_path / "picture") == []

@@ -17,6 +17,8 @@ Every value is a tensor or a plain Python type, so `torch.load(path, weights_onl
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -65,14 +67,54 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Temp files of an atomic write: <name>.tmp.<pid> here, <name>.tmp.png for logs.save_picture.
+_TEMP_FILE = re.compile(r"^.+\.tmp\.(\d+|png)$")
+
+
+def _write_error(path: str, error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left writing {path}" + (" (disk quota exceeded)" if error.errno == errno.EDQUOT else "")
+    return f"cannot write {path}: {error.strerror or error}"
+
+
 def _write_atomic(path: str, payload: bytes) -> None:
-    """Write to a temp file beside `path`, flush it to disk, then rename: readers see the old file or the new one."""
+    """Write to a temp file beside `path`, flush it to disk, then rename: readers see the old file or the new one.
+    On failure the temp file is removed and an OSError becomes a CheckpointError of one line naming `path`."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError):
+            raise CheckpointError(_write_error(path, error)) from error
+        raise
+
+
+def _make_dir(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(_write_error(directory, error)) from error
+
+
+def sweep_temp_files(run_dir: str) -> list[str]:
+    """Remove the temp files that writes cut short (a killed process, a full disk) left in run_dir and its
+    checkpoints; returns their paths. Call only while holding the run_dir's lock: a live writer's are in use."""
+    removed = []
+    for directory in (run_dir, checkpoint_dir(run_dir)):
+        if os.path.isdir(directory):
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                if _TEMP_FILE.match(name) and os.path.isfile(path):
+                    with contextlib.suppress(OSError):  # one it cannot remove stays; it blocks nothing
+                        os.remove(path)
+                        removed.append(path)
+    return removed
 
 
 def step_checkpoints(directory: str) -> list[tuple[int, str]]:
@@ -86,8 +128,9 @@ def step_checkpoints(directory: str) -> list[tuple[int, str]]:
 
 def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> None:
     """Write step_<N>.pt, then latest.pt (and best.pt when `is_best`), each atomically; keep the newest `keep`
-    step files. Call on rank 0 only; the caller's barrier afterwards tells the other ranks it is complete."""
-    os.makedirs(directory, exist_ok=True)
+    step files. Call on rank 0 only; the caller's barrier afterwards tells the other ranks it is complete. A write
+    that fails (a full disk) raises CheckpointError and leaves the complete files as they were."""
+    _make_dir(directory)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -136,22 +179,38 @@ def load_checkpoint(path: str) -> dict:
 
 
 def find_resume_checkpoint(directory: str, warn) -> tuple[str, dict] | None:
-    """(path, state) of the newest readable checkpoint in `directory`: latest.pt, else the newest step_<N>.pt.
+    """(path, state) of the newest readable checkpoint in `directory`: latest.pt, unless a step_<N>.pt is newer (a
+    write of latest.pt that failed after its step file was complete), else the newest readable step_<N>.pt.
 
     Each unreadable file is reported through `warn` by name. Returns None when the directory holds no checkpoint at
     all; raises CheckpointError when there are checkpoints but none loads (never a silent fresh start).
     """
-    candidates = [os.path.join(directory, LATEST)] if os.path.exists(os.path.join(directory, LATEST)) else []
-    candidates += [path for _, path in step_checkpoints(directory)]
-    if not candidates:
+    latest_path = os.path.join(directory, LATEST)
+    steps = step_checkpoints(directory)
+    if not steps and not os.path.exists(latest_path):
         return None
     problems = []
-    for path in candidates:
+
+    def load(path):
         try:
-            return path, load_checkpoint(path)
+            return load_checkpoint(path)
         except CheckpointError as error:
             problems.append(str(error))
             warn(f"{error}; trying an older checkpoint")
+            return None
+
+    latest = load(latest_path) if os.path.exists(latest_path) else None
+    latest_step = latest["step"] if latest is not None else -1
+    for step, path in steps:
+        if step <= latest_step:
+            break
+        state = load(path)
+        if state is not None:
+            if latest is not None:
+                warn(f"{latest_path} is at step {latest_step}, behind the complete {path}: continuing from that")
+            return path, state
+    if latest is not None:
+        return latest_path, latest
     raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(problems)
                           + ". Move the directory away to start fresh.")
 
@@ -196,10 +255,10 @@ def choose_start(run_dir: str, resume: bool, elastic_run_id: str | None, restart
 
 def write_elastic_run_id(run_dir: str, elastic_run_id: str | None) -> None:
     if elastic_run_id:
-        os.makedirs(run_dir, exist_ok=True)
+        _make_dir(run_dir)
         _write_atomic(os.path.join(run_dir, ELASTIC_RUN_ID_FILE), elastic_run_id.encode())
 
 
 def write_config(run_dir: str, config: dict) -> None:
-    os.makedirs(run_dir, exist_ok=True)
+    _make_dir(run_dir)
     _write_atomic(os.path.join(run_dir, "config.json"), (json.dumps(config, indent=2) + "\n").encode())

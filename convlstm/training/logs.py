@@ -5,6 +5,7 @@ they stay quiet unless something is wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -17,6 +18,14 @@ from tqdm import tqdm
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
 PICTURE_FILE = "predictions.png"
+
+
+class _FileHandler(logging.FileHandler):
+    """train.log. On a full disk a lost line is not worth logging's traceback per line: the checkpoint write that
+    follows stops the run with one line."""
+
+    def handleError(self, record):
+        pass
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -43,10 +52,18 @@ def make_logger(run_dir: str, rank: int) -> logging.Logger:
     logger.addHandler(console)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        to_file = logging.FileHandler(os.path.join(run_dir, LOG_FILE))
+        to_file = _FileHandler(os.path.join(run_dir, LOG_FILE))
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(to_file)
     return logger
+
+
+def log_to_file(logger: logging.Logger, message: str) -> None:
+    """An ERROR line in train.log only: the line that stops a run, which the caller also prints once to stderr."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def close_logger(logger: logging.Logger) -> None:
@@ -107,8 +124,14 @@ def save_picture(grid: torch.Tensor, path: str) -> None:
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
     image = Image.fromarray(pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy())
     tmp = f"{path}.tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        error.filename = error.filename or path
+        raise
 
 
 class Reporter:
