@@ -11,6 +11,7 @@ need --run_dir on a filesystem they share. `python train.py --help` lists every 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import math
@@ -34,6 +35,7 @@ from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
+from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
 
 
@@ -66,11 +68,13 @@ def validate(model, loader, cfg, precision, device, pixels):
 
 
 def start_state(cfg, info, warnings: list):
-    """Rank 0 decides between a fresh start and a checkpoint and tells every rank; returns the checkpoint or None.
-    Unreadable checkpoints skipped on the way are appended to `warnings`."""
-    decision, state = None, None
+    """Rank 0 takes the run_dir's lock, then decides between a fresh start and a checkpoint and tells every rank.
+    Returns (the checkpoint or None, the lock: a context that releases it; a no-op context on the other ranks).
+    Temp files swept and unreadable checkpoints skipped on the way are appended to `warnings`."""
+    decision, state, lock = None, None, contextlib.nullcontext()
     if info.is_main:
         try:
+            lock = lock_run_dir(cfg.run_dir)
             removed = sweep_temp_files(cfg.run_dir)
             if removed:
                 warnings.append(f"removed {len(removed)} temp file(s) of an interrupted write: {', '.join(removed)}")
@@ -83,10 +87,11 @@ def start_state(cfg, info, warnings: list):
             state = found[1] if found else None
     kind, detail = broadcast_object(decision)
     if kind == "error":
-        raise TrainingError(detail)
+        with lock:
+            raise TrainingError(detail)
     if kind == "fresh":
-        return None
-    return state if info.is_main else load_checkpoint(detail)
+        return None, lock
+    return (state if info.is_main else load_checkpoint(detail)), lock
 
 
 def restore(state, cfg, model, optimizer, precision, log) -> None:
@@ -146,17 +151,18 @@ def train(cfg, info, train_set=None, val_set=None) -> None:
     cfg, datasets, frame_shape, described = make_data(cfg, info, train_set, val_set)
     loaders = make_loaders(cfg, info, datasets)
     skipped = []
-    state = start_state(cfg, info, skipped)
-    log = make_logger(cfg.run_dir, info.rank)
-    try:
-        for message in skipped:
-            log.warning(message)
-        _train(cfg, info, state, backend, log, loaders, frame_shape, described)
-    except (TrainingError, SetupError, CheckpointError) as error:
-        log_to_file(log, f"error: {error}")
-        raise
-    finally:
-        close_logger(log)
+    state, lock = start_state(cfg, info, skipped)
+    with lock:  # rank 0 holds the run_dir until the run ends (the OS releases it if the process dies)
+        log = make_logger(cfg.run_dir, info.rank)
+        try:
+            for message in skipped:
+                log.warning(message)
+            _train(cfg, info, state, backend, log, loaders, frame_shape, described)
+        except (TrainingError, SetupError, CheckpointError) as error:
+            log_to_file(log, f"error: {error}")
+            raise
+        finally:
+            close_logger(log)
 
 
 def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> None:

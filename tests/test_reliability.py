@@ -6,7 +6,11 @@ start `python train.py` as a subprocess, as a scheduler would.
 import contextlib
 import errno
 import os
+import pathlib
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -14,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from convlstm.training import checkpoint
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
-from test_train import run, train_script
+from test_train import TINY, run, train_script
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30
 
 
@@ -175,3 +180,41 @@ def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resum
     err = capsys.readouterr().err
     assert f"train.py: error: no space left writing {tmp_path / 'picture' / 'predictions.png'}" in err
     assert "Traceback" not in err and temp_files(tmp_path / "picture") == []
+
+
+def start_train(run_dir, *flags, **env):
+    """`python train.py` with the tiny flags in a subprocess of its own session; output to <run_dir>.out."""
+    out = open(f"{run_dir}.out", "w")
+    return subprocess.Popen([sys.executable, "train.py", *TINY, "--run_dir", str(run_dir), *map(str, flags)], cwd=REPO,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env))
+
+
+def wait_for_line(path, text, process, seconds=TIMEOUT_S * 2):
+    limit = time.monotonic() + seconds
+    while time.monotonic() < limit and process.poll() is None:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path} (exit {process.poll()})")
+
+
+def test_a_second_run_into_a_run_dir_in_use_is_refused_until_the_first_ends(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    first = start_train(run_dir, "--num_train", 4000, "--max_steps", 100000, "--checkpoint_every", 100000,
+                        "--num_workers", 2)
+    try:
+        wait_for_line(run_dir / "train.log", "step 2/", first)
+        for flags in ([], ["--resume"]):
+            assert run(run_dir, "--max_steps", 2, *flags) == 1
+            err = capsys.readouterr().err
+            assert f"train.py: error: --run_dir {run_dir} is in use by another run (pid {first.pid} on " in err
+        assert first.poll() is None and not (run_dir / "checkpoints").exists()
+        # SIGKILL to the run alone: the OS drops its lock at once, though its DataLoader workers live on a while.
+        first.kill()
+        first.wait()
+        assert run(run_dir, "--max_steps", 2) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
