@@ -103,9 +103,28 @@ def memory_table(run):
                                   ("status", "status", None)])
 
 
+def data_table(run):
+    """What was read, then one row for the training step and one per (source, workers): sequences/s and, for a
+    loader, its rate over the step's (above 1: reading keeps up with training on this machine)."""
+    h = run["header"]
+    npy, videos = h["npy"], h["videos"]
+    read = (f"Read: `.npy` {'x'.join(map(str, npy['shape']))} {npy['dtype']} ({npy['mb']:.0f} MiB, memory-mapped, "
+            f"page cache); {videos['count']} mp4 of {videos['frames_each']} frames {videos['size']} RGB "
+            f"{videos['codec']} ({videos['mb']:.2f} MiB). Windows of {h['length']} frames, batch {h['batch']}.\n\n")
+
+    def plain(key):  # loader fields; the training step's row has none
+        return lambda r: str(r.get(key, "-"))
+    return read + table(run["results"], [
+        ("case", "case", None), ("workers", "num_workers", plain("num_workers")),
+        ("pinned", "pin_memory", plain("pin_memory")), ("windows", "windows", plain("windows")),
+        ("epochs", "epochs", plain("epochs")), ("ms/step", "ms", ".0f"), ("seq/s", "seq_per_s", ".1f"),
+        ("x train step", "x_train_step", ".2f"), ("status", "status", None)])
+
+
 TABLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
           "dispatch": ("Host time per call (bench_dispatch)", dispatch_table),
-          "memory": ("Memory of a training step (bench_memory)", memory_table)}
+          "memory": ("Memory of a training step (bench_memory)", memory_table),
+          "data": ("Data loading beside the training step (bench_data)", data_table)}
 
 
 def targets(runs):
@@ -157,7 +176,7 @@ def render(runs):
     for run in runs:
         title, make = TABLES[run["header"]["kind"]]
         config = (f"Configuration {run['header']['config_name']}: {run['results'][0]['config']}\n\n"
-                  if run["header"]["kind"] in ("train", "memory") and run["results"] else "")
+                  if run["header"]["kind"] in ("train", "memory", "data") and run["results"] else "")
         parts += [f"### {title}, {run['header']['device']}", "", describe(run), "", config + make(run), ""]
     return "\n".join(parts + ["## Targets", "", targets(runs)])
 

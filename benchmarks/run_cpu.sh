@@ -4,9 +4,10 @@
 #     bash benchmarks/run_cpu.sh                 # torch's default thread count (all cores)
 #     bash benchmarks/run_cpu.sh --threads 1     # extra arguments go to every benchmark
 #
-# Writes benchmarks/results/{dispatch,gates,train,memory}_cpu.json, then rewrites the generated part of
-# benchmarks/README.md from every file in benchmarks/results/. Takes about 10 minutes on 2 cores, most of it
-# torch.compile's first compiles. Run it on a quiet machine: timings taken beside other work are noise.
+# Writes benchmarks/results/{dispatch,gates,train,memory,data}_cpu.json, then rewrites the generated part of
+# benchmarks/README.md from every file in benchmarks/results/. Takes about 13 minutes on 2 cores, most of it
+# torch.compile's first compiles and bench_data's tutorial-size training step (2-3 minutes). Run it on a quiet
+# machine: timings taken beside other work are noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,5 +16,6 @@ status=0
 "$PYTHON" benchmarks/bench_gates.py --device cpu --out benchmarks/results/gates_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_train.py --device cpu --out benchmarks/results/train_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/bench_memory.py --device cpu --out benchmarks/results/memory_cpu.json "$@" || status=$?
+"$PYTHON" benchmarks/bench_data.py --device cpu --out benchmarks/results/data_cpu.json "$@" || status=$?
 "$PYTHON" benchmarks/make_table.py --write
 exit "$status"

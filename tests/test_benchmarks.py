@@ -119,11 +119,29 @@ def test_bench_dispatch_quick(tmp_path):
         assert_positive(r, "us", "x_reference")
 
 
+def test_bench_data_quick(tmp_path):
+    """The training step, then the .npy and the videos through a DataLoader with 0 and 2 workers: finite positive
+    rates, each loader's as a ratio to the step's, every window of a full batch delivered."""
+    head, results = quick_run("bench_data.py", tmp_path)
+    assert head["kind"] == "data" and head["config_name"] == "quick" and (head["batch"], head["length"]) == (12, 20)
+    assert [(r["case"], r.get("num_workers")) for r in results] == [("train step", None)] + [
+        (source, workers) for source in ("npy", "video") for workers in (0, 2)]
+    assert all(r["status"] == "ok" for r in results), results
+    step, loaders = results[0], results[1:]
+    assert_positive(step, "ms", "seq_per_s")
+    assert step["seq_per_s"] == pytest.approx(step["config"]["batch"] / step["ms"] * 1e3)
+    for r in loaders:
+        assert_positive(r, "seconds", "seq_per_s", "x_train_step")
+        assert not r["pin_memory"] and r["epochs"] >= 3 and r["sequences"] == r["epochs"] * (r["windows"] // 12 * 12)
+        assert r["x_train_step"] == pytest.approx(r["seq_per_s"] / step["seq_per_s"])
+    assert [r["frame_shape"] for r in loaders] == [[1, 64, 64]] * 2 + [[3, 64, 64]] * 2
+
+
 def test_make_table_renders_the_committed_results():
     """benchmarks/README.md's generated part is what make_table makes of benchmarks/results/ (run
     `python benchmarks/make_table.py --write` after adding a results file)."""
     runs = make_table.load(sorted((BENCH / "results").glob("*.json")))
-    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory"}
+    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory", "data"}
     readme = (BENCH / "README.md").read_text()
     assert readme.split(make_table.BEGIN + "\n", 1)[1].split(make_table.END, 1)[0] == make_table.render(runs)
 
