@@ -114,11 +114,14 @@ def data_table(run):
 
     def plain(key):  # loader fields; the training step's row has none
         return lambda r: str(r.get(key, "-"))
+
+    def rate(key):  # 0.392 and 8214, not 0.4 and 8214.5
+        return lambda r: "-" if key not in r else f"{r[key]:.0f}" if r[key] >= 100 else f"{r[key]:.3g}"
     return read + table(run["results"], [
         ("case", "case", None), ("workers", "num_workers", plain("num_workers")),
         ("pinned", "pin_memory", plain("pin_memory")), ("windows", "windows", plain("windows")),
-        ("epochs", "epochs", plain("epochs")), ("ms/step", "ms", ".0f"), ("seq/s", "seq_per_s", ".1f"),
-        ("x train step", "x_train_step", ".2f"), ("status", "status", None)])
+        ("epochs", "epochs", plain("epochs")), ("ms/step", "ms", ".0f"), ("seq/s", "seq_per_s", rate("seq_per_s")),
+        ("x train step", "x_train_step", rate("x_train_step")), ("status", "status", None)])
 
 
 TABLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
