@@ -106,6 +106,17 @@ def test_resize_and_sizes():
         parse_size("64x")
 
 
+def test_sequences_of_several_sizes_need_resize(tmp_path):
+    write_frames(tmp_path / "f" / "small", sequences((4, 6, 8)))
+    write_frames(tmp_path / "f" / "large", sequences((4, 12, 16)))
+    source = open_source(tmp_path / "f")
+    with pytest.raises(DataError, match=r"frames of 6x8 in small and 12x16 in large \(H x W\): sequences of several "
+                                        r"sizes need --resize"):
+        Windows(source, 4)
+    windows = Windows(source, 4, resize=(6, 8))
+    assert [tuple(w.shape) for w in windows] == [(4, 1, 6, 8)] * 2
+
+
 def test_resize_windows(tmp_path):
     np.save(tmp_path / "a.npy", sequences((2, 6, 1, 16, 24)))
     window = Windows(open_source(tmp_path / "a.npy"), 6, resize=(8, 12))[0]
@@ -127,10 +138,13 @@ def test_split_sequences_is_deterministic_and_disjoint():
 def test_bad_input_is_one_clear_error(tmp_path, case):
     if case == "missing":
         path, match = tmp_path / "nowhere.npy", "nowhere.npy does not exist"
-    elif case == "mixed_sizes":
+    elif case == "mixed_sizes":  # within one sequence
         write_frames(tmp_path / "f" / "s", sequences((3, 6, 9)))
-        write_frames(tmp_path / "f" / "t", sequences((3, 6, 8)))
-        path, match = tmp_path / "f", r"t/0.png: frame of 8x6 \(WxH\) where .*s/0.png is 9x6"
+        write_frames(tmp_path / "f" / "s" / "..", [])
+        from PIL import Image
+        Image.fromarray(sequences((6, 8))).save(tmp_path / "f" / "s" / "3.png")
+        path, match = tmp_path / "f", r"s/3.png: frame of 8x6 \(WxH\) where .*s/0.png is 9x6: the frames of a " \
+                                      r"sequence must have one size"
     elif case == "corrupt_image":
         write_frames(tmp_path / "f" / "s", sequences((3, 6, 9)))
         (tmp_path / "f" / "s" / "1.png").write_bytes(b"not a png")

@@ -1,13 +1,14 @@
 """Users' own sequences: arrays (.npy / .npz), folders of frames, video files.
 
-A source is a list of sequences of frames, all of one frame shape (C, H, W). It knows each sequence's length and
-reads frames [start, stop) of sequence i as a numpy array (t, C, H, W), uint8 (0-255) or float (0-1);
+A source is a list of sequences of frames with C channels. It knows each sequence's length and frame size (`sizes`,
+(H, W); `frame_shape` is the first's (C, H, W)) and reads frames [start, stop) of sequence i as a numpy array
+(t, C, H, W), uint8 (0-255) or float (0-1);
 `convlstm.data.windows` turns sources into training windows. Everything is checked when the source is opened (shapes,
 sizes, readable headers), so bad data stops a run before anything is written, with the file and the value named.
 """
 from __future__ import annotations
 
-import functools
+import collections
 import os
 import re
 import zipfile
@@ -51,6 +52,7 @@ class ArraySource:
         if sizes["N"] < 1 or sizes["T"] < 1:
             raise DataError(f"{self.path}: shape {array.shape} ({self.layout}) holds no sequence")
         self.lengths = [sizes["T"]] * sizes["N"]
+        self.sizes = [(sizes["H"], sizes["W"])] * sizes["N"]
         self.frame_shape = (sizes["C"], sizes["H"], sizes["W"])
         self.names = [f"{os.path.basename(self.path)}[{i}]" for i in range(sizes["N"])]
 
@@ -144,8 +146,9 @@ class FrameFolders:
         folders = sorted((e for e in os.scandir(self.root) if e.is_dir()), key=lambda e: _natural_key(e.name))
         if not folders:
             raise DataError(f"{self.root}: no sub-folders; expected one folder of frames per sequence")
-        self.files, size, modes = [], None, set()
+        self.files, self.sizes, modes = [], [], set()
         for folder in folders:
+            size = None
             files = sorted((e.path for e in os.scandir(folder.path) if e.name.lower().endswith(IMAGE_EXTENSIONS)),
                            key=lambda p: _natural_key(os.path.basename(p)))
             if not files:
@@ -160,11 +163,12 @@ class FrameFolders:
                     size, first = frame_size, file
                 elif frame_size != size:
                     raise DataError(f"{file}: frame of {frame_size[0]}x{frame_size[1]} (WxH) where {first} is "
-                                    f"{size[0]}x{size[1]}: all frames must have one size (or pass --resize)")
+                                    f"{size[0]}x{size[1]}: the frames of a sequence must have one size")
                 modes.add(mode)
             self.files.append(files)
+            self.sizes.append((size[1], size[0]))
         self.channels = channels or max(_image_channels(mode) for mode in modes)
-        self.frame_shape = (self.channels, size[1], size[0])
+        self.frame_shape = (self.channels, *self.sizes[0])
         self.lengths = [len(files) for files in self.files]
         self.names = [folder.name for folder in folders]
 
@@ -200,7 +204,7 @@ class VideoFiles:
         if not self.paths:
             raise DataError("no video files given")
         self.channels = channels or 3
-        self.lengths, size = [], None
+        self.lengths, self.sizes = [], []
         for path in self.paths:
             try:
                 with av.open(path) as container:
@@ -212,22 +216,31 @@ class VideoFiles:
                     count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
             except av.error.FFmpegError as error:
                 raise DataError(f"{path}: not a readable video ({error})") from error
-            if size is None:
-                size, first = frame_size, path
-            elif frame_size != size:
-                raise DataError(f"{path}: frames of {frame_size[0]}x{frame_size[1]} (WxH) where {first} has "
-                                f"{size[0]}x{size[1]}: all videos must have one size (or pass --resize)")
             self.lengths.append(count)
-        self.frame_shape = (self.channels, size[1], size[0])
+            self.sizes.append((frame_size[1], frame_size[0]))
+        self.frame_shape = (self.channels, *self.sizes[0])
         self.names = [os.path.basename(p) for p in self.paths]
 
     def frames(self, index, start, stop):
-        return _decode(self.paths[index], self.channels)[start:stop]
+        key = (self.paths[index], self.channels)
+        clip = _DECODED.pop(key, None)
+        if clip is None:
+            clip = _decode(*key)
+        _DECODED[key] = clip  # most recently used last
+        while sum(c.nbytes for c in _DECODED.values()) > VIDEO_CACHE_BYTES and len(_DECODED) > 1:
+            _DECODED.pop(next(iter(_DECODED)))
+        return clip[start:stop]
 
 
-@functools.lru_cache(maxsize=4)
+# Decoded videos kept per process (each DataLoader worker has its own), least recently used dropped first. Shuffled
+# windows hit a video again only if many are kept: bench_data's 24 videos with 4 kept missed 88 of 96 windows, each
+# miss a whole decode (12-17 ms for 80 frames of 64x64).
+VIDEO_CACHE_BYTES = 256 * 2**20
+_DECODED = collections.OrderedDict()
+
+
 def _decode(path, channels):
-    """All frames of a video, uint8 (T, C, H, W). Cached per process: windows of one video come in runs."""
+    """All frames of a video, uint8 (T, C, H, W)."""
     av = _av()
     fmt = "gray" if channels == 1 else "rgb24"
     try:

@@ -39,6 +39,11 @@ class Windows(Dataset):
             name, frames = short[0]
             raise DataError(f"{name} has {frames} frames, shorter than one window of {length} (n_in + n_out); "
                             f"{len(short)} sequence(s) this short")
+        sizes = sorted({source.sizes[i] for i in sequences})
+        if resize is None and len(sizes) > 1:
+            names = [next(source.names[i] for i in sequences if source.sizes[i] == size) for size in sizes[:2]]
+            raise DataError(f"frames of {sizes[0][0]}x{sizes[0][1]} in {names[0]} and {sizes[1][0]}x{sizes[1][1]} "
+                            f"in {names[1]} (H x W): sequences of several sizes need --resize")
         self.index = [(i, start) for i in sequences for start in range(0, source.lengths[i] - length + 1, self.stride)]
         channels, height, width = source.frame_shape
         self.frame_shape = (channels, *(resize or (height, width)))
