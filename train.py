@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import math
 import os
+import signal
 import sys
 
 import torch
@@ -37,6 +39,7 @@ from convlstm.training.distributed import (ResumableSampler, SetupError, all_red
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
+from convlstm.training.preemption import StopSignals, Stopped, exit_code, ignore_stop_signals
 
 
 class TrainingError(RuntimeError):
@@ -132,7 +135,8 @@ def make_loaders(cfg, info, datasets):
     train_set, val_set = datasets
     sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
     loader_options = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                          pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+                          pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+                          worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_options)
     if len(train_loader) == 0:
         raise TrainingError(f"{len(train_set)} training sequences are fewer than one global batch (--batch_size "
@@ -152,20 +156,25 @@ def train(cfg, info, train_set=None, val_set=None) -> None:
     loaders = make_loaders(cfg, info, datasets)
     skipped = []
     state, lock = start_state(cfg, info, skipped)
-    with lock:  # rank 0 holds the run_dir until the run ends (the OS releases it if the process dies)
+    # Rank 0 holds the run_dir until the run ends (the OS releases it if the process dies); SIGTERM and SIGINT stop
+    # the run after a step, with a checkpoint.
+    with lock, StopSignals() as stop:
         log = make_logger(cfg.run_dir, info.rank)
         try:
             for message in skipped:
                 log.warning(message)
-            _train(cfg, info, state, backend, log, loaders, frame_shape, described)
+            _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop)
         except (TrainingError, SetupError, CheckpointError) as error:
             log_to_file(log, f"error: {error}")
+            raise
+        except Stopped as stopped:
+            log_to_file(log, str(stopped), logging.WARNING)
             raise
         finally:
             close_logger(log)
 
 
-def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> None:
+def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop) -> None:
     device, global_batch = info.device, cfg.batch_size * info.world_size
     if info.is_main:
         write_elastic_run_id(cfg.run_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
@@ -202,7 +211,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> N
     if cfg.tensorboard and info.is_main:
         log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
     watch = NonFiniteWatch(enabled=cfg.amp != "fp16", device=device)
-    fault_step = parse_fault(info)
+    fault_step, fault_signal = parse_fault(info)
 
     def stop_if_not_finite():
         bad = watch.first_bad_step(lambda t: all_reduce(t, torch.distributed.ReduceOp.MIN))
@@ -238,7 +247,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> N
         batches_left = len(train_loader)
         for batch in train_loader:
             if step == fault_step:
-                kill_self()
+                kill_self(fault_signal)
             x, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
             loss = F.mse_loss(y_hat, y)
             grad_norm = precision.step(loss, optimizer, parameters, cfg.grad_clip)
@@ -258,10 +267,19 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described) -> N
             if epoch_done or last_step:
                 val_loss, val_metrics = validate(raw_model, val_loader, cfg, precision, device, math.prod(frame_shape))
                 reporter.validation(step, epoch, val_loss, val_metrics, len(val_loader.dataset) * info.world_size)
-            if epoch_done or last_step or step % cfg.checkpoint_every == 0:
+            saved = epoch_done or last_step or step % cfg.checkpoint_every == 0
+            if saved:
                 save(val_loss, val_metrics)
             if last_step:
                 break
+            signum = stop.agreed()  # every rank stops after the same step
+            if signum:
+                if not saved:
+                    save(None, None)
+                reporter.close()
+                raise Stopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                              f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} written: continue with "
+                              "--resume", signum, announce=info.is_main)
     reporter.close()
     if info.is_main:
         log.info(f"done: {step} steps; checkpoints in {checkpoint_dir(cfg.run_dir)}")
@@ -278,6 +296,13 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
     except (TrainingError, SetupError, CheckpointError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except Stopped as stopped:
+        if stopped.announce:
+            print(f"train.py: {stopped}", file=sys.stderr)
+        return stopped.code
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second one
+        print("train.py: interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        return exit_code(signal.SIGINT)
     except OSError as error:  # a full disk outside the checkpoint writes (predictions.png): one line all the same
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from convlstm.training import checkpoint
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
-from test_train import TINY, run, train_script
+from test_train import TINY, assert_same_weights, run, train_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30
@@ -182,12 +182,13 @@ def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resum
     assert "Traceback" not in err and temp_files(tmp_path / "picture") == []
 
 
-def start_train(run_dir, *flags, **env):
+def start_train(run_dir, *flags):
     """`python train.py` with the tiny flags in a subprocess of its own session; output to <run_dir>.out."""
-    out = open(f"{run_dir}.out", "w")
-    return subprocess.Popen([sys.executable, "train.py", *TINY, "--run_dir", str(run_dir), *map(str, flags)], cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env))
+    # This process's thread count, so that runs here and there compare bit for bit.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
+    with open(f"{run_dir}.out", "w") as out:
+        return subprocess.Popen([sys.executable, "train.py", *TINY, "--run_dir", str(run_dir), *map(str, flags)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for_line(path, text, process, seconds=TIMEOUT_S * 2):
@@ -218,3 +219,39 @@ def test_a_second_run_into_a_run_dir_in_use_is_refused_until_the_first_ends(tmp_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+# 30 steps (5 epochs of 6): the signal comes after step 2 is logged, long before the end.
+STOP_RUN = ["--max_steps", 30, "--checkpoint_every", 100]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert run(run_dir, *STOP_RUN) == 0
+    return latest(run_dir)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_at_a_step_with_a_checkpoint_and_resume_ends_at_the_uninterrupted_weights(
+        tmp_path, uninterrupted, signum, code):
+    run_dir = tmp_path / "run"
+    process = start_train(run_dir, *STOP_RUN)
+    try:
+        wait_for_line(run_dir / "train.log", "step 2/", process)
+        os.kill(process.pid, signum)
+        assert process.wait(timeout=TIMEOUT_S) == code
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    output = pathlib.Path(f"{run_dir}.out").read_text()
+    stopped = latest(run_dir)["step"]
+    assert 2 <= stopped < 30
+    line = f"train.py: stopped by {signum.name} after step {stopped}; checkpoint " \
+           f"{run_dir / 'checkpoints' / 'latest.pt'} written: continue with --resume"
+    assert output.splitlines()[-1] == line and "Traceback" not in output
+    assert line[len("train.py: "):] in (run_dir / "train.log").read_text()
+    assert run(run_dir, *STOP_RUN, "--resume") == 0
+    resumed = latest(run_dir)
+    assert resumed["step"] == uninterrupted["step"] == 30
+    assert_same_weights(resumed["model"], uninterrupted["model"])

@@ -4,6 +4,7 @@ Three runs start together (to share their start-up seconds) and are compared:
   one process, --batch_size 4                          `python train.py`
   two processes, --batch_size 2 each                   `torchrun --standalone --nproc_per_node=2`
   the same two processes, rank 1 SIGKILLed at step 3   `torchrun --max-restarts=1`, first attempt only
+  the same two processes, rank 1 SIGTERMed at step 3   `torchrun`: both ranks stop after step 4, with a checkpoint
 """
 import os
 import signal
@@ -34,6 +35,7 @@ def runs(tmp_path_factory):
         "one": ([sys.executable, "train.py", "--batch_size", "4"], env),
         "two": (TORCHRUN + ["train.py", "--batch_size", "2"], env),
         "killed": (TORCHRUN + ["--max-restarts=1", "train.py", "--batch_size", "2"], dict(env, **{FAULT_ENV: "1:3"})),
+        "stopped": (TORCHRUN + ["train.py", "--batch_size", "2"], dict(env, **{FAULT_ENV: "1:3:SIGTERM"})),
     }
     started = {}
     for name, (command, run_env) in commands.items():
@@ -88,3 +90,14 @@ def test_a_killed_worker_is_restarted_and_ends_at_the_uninterrupted_weights(runs
     assert killed["step"] == 6
     for key, weight in two["model"].items():
         assert torch.equal(killed["model"][key], weight), key
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(runs):
+    returncode, output, run_dir = runs["stopped"]
+    # Only rank 1 got SIGTERM, while about to take step 4; the ranks agree on it after that step, rank 0 writes the
+    # checkpoint, and both exit with 143 (torchrun then reports the failure).
+    assert returncode != 0 and "exitcode: 143" in output, output[-3000:]
+    line = f"stopped by SIGTERM after step 4; checkpoint {run_dir / 'checkpoints' / 'latest.pt'} written"
+    assert f"train.py: {line}" in output and line in (run_dir / "train.log").read_text()
+    assert "Traceback" not in output.split("failed (exitcode: 143)")[0]  # the workers' output; torchrun's follows
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 4

@@ -154,21 +154,24 @@ def restart_count() -> int:
     return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
 
 
-# Test-only fault injection: CONVLSTM_FAULT_KILL="<rank>:<step>" makes that rank SIGKILL itself when it is about to
-# take that optimizer step, on the first attempt only, so the restarted group runs to the end.
+# Test-only fault injection: CONVLSTM_FAULT_KILL="<rank>:<step>[:<signal>]" makes that rank send itself the signal
+# (default SIGKILL) when it is about to take that optimizer step, on the first attempt only, so a restarted group
+# runs to the end.
 FAULT_ENV = "CONVLSTM_FAULT_KILL"
 
 
-def parse_fault(info: DistInfo):
+def parse_fault(info: DistInfo) -> tuple[int | None, int | None]:
+    """(step, signal number) of this rank's injected fault, or (None, None)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec or restart_count() > 0:
-        return None
-    rank, step = (int(part) for part in spec.split(":"))
-    return step if rank == info.rank else None
+        return None, None
+    rank, step, *name = spec.split(":")
+    signum = signal.Signals[name[0]] if name else signal.SIGKILL
+    return (int(step), signum) if int(rank) == info.rank else (None, None)
 
 
-def kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+def kill_self(signum: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), signum)
 
 
 class ResumableSampler(DistributedSampler):

@@ -58,9 +58,9 @@ def make_logger(run_dir: str, rank: int) -> logging.Logger:
     return logger
 
 
-def log_to_file(logger: logging.Logger, message: str) -> None:
-    """An ERROR line in train.log only: the line that stops a run, which the caller also prints once to stderr."""
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+def log_to_file(logger: logging.Logger, message: str, level: int = logging.ERROR) -> None:
+    """A line in train.log only: the line that stops a run, which the caller also prints once to stderr."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, None, None)
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -1,0 +1,75 @@
+"""Preemption: SIGTERM (what schedulers and torchrun send first) and SIGINT (Ctrl-C) stop a run after a whole step,
+with a checkpoint.
+
+The handler only notes the signal. After every step all ranks agree on it, an all-reduce of the signal number over
+gloo on the CPU (no device sync), so they stop after the same step and no rank waits alone on a collective; rank 0
+writes a checkpoint and every rank exits with exit_code(signum) = 128 + signum, 143 for SIGTERM and 130 for SIGINT,
+what a shell reports for a process the signal ended. A second signal ends the process at once, without a checkpoint.
+DataLoader workers ignore both signals (a terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group),
+so the step under way still gets its batch; their parent stops them.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+    return 128 + signum
+
+
+class Stopped(Exception):
+    """The run stopped for a signal after a checkpoint; `code` is the exit status, `announce` whether this rank
+    prints the message (rank 0)."""
+
+    def __init__(self, message: str, signum: int, announce: bool):
+        super().__init__(message)
+        self.code, self.announce = exit_code(signum), announce
+
+
+class StopSignals:
+    """While entered (in the main thread), SIGTERM and SIGINT are noted instead of ending the process; `agreed()`
+    tells every rank whether any rank got one."""
+
+    def __init__(self):
+        self.signum = 0
+        self.distributed = dist.is_initialized()
+        # A CPU flag over gloo: on NCCL a device tensor would make every step wait for the GPU.
+        self.group = dist.new_group(backend="gloo") if self.distributed and dist.get_backend() != "gloo" else None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._note) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _note(self, signum, frame):
+        if self.signum:  # the second signal: as if no handler were installed (SIGTERM ends, SIGINT interrupts)
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def agreed(self) -> int:
+        """The signal number any rank has noted, 0 for none: a collective on every rank when distributed."""
+        if not self.distributed:
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(flag)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: leave SIGTERM and SIGINT to the training process."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
