@@ -29,7 +29,7 @@ from convlstm.data import split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import resolve
-from convlstm.training.amp import NonFiniteWatch, Precision
+from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state, sweep_temp_files, write_config,
                                           write_elastic_run_id)
@@ -211,13 +211,20 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
     if cfg.tensorboard and info.is_main:
         log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
     watch = NonFiniteWatch(enabled=cfg.amp != "fp16", device=device)
+    skips = SkippedSteps(enabled=cfg.amp == "fp16" and cfg.max_skipped_steps > 0, device=device)
     fault_step, fault_signal = parse_fault(info)
 
     def stop_if_not_finite():
+        last_good = f"The last good checkpoint is {os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} (left " \
+                    "as it was)"
         bad = watch.first_bad_step(lambda t: all_reduce(t, torch.distributed.ReduceOp.MIN))
         if bad is not None:
-            raise TrainingError(f"non-finite training loss at step {bad}; stopping. The last good checkpoint is "
-                                f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} (left as it was)")
+            raise TrainingError(f"non-finite training loss at step {bad}; stopping. {last_good}")
+        in_a_row = skips.longest_run(lambda t: all_reduce(t, torch.distributed.ReduceOp.MAX))
+        if in_a_row > cfg.max_skipped_steps:
+            raise TrainingError(f"the fp16 GradScaler skipped {in_a_row} steps in a row (non-finite "
+                                f"gradients each time) by step {step}, more than --max_skipped_steps "
+                                f"{cfg.max_skipped_steps}; stopping. {last_good}")
 
     def save(val_loss, val_metrics):
         nonlocal best_val_loss
@@ -254,6 +261,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             step, samples_seen, batches_left = step + 1, samples_seen + global_batch, batches_left - 1
             reporter.record(loss, grad_norm)
             watch.observe(loss, step)
+            skips.observe(grad_norm)
             epoch_done, last_step = batches_left == 0, step == total_steps
             if epoch_done:
                 epoch, samples_seen = epoch + 1, 0

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from convlstm.training import checkpoint
+from convlstm.training.config import parse_config
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
 from test_train import TINY, assert_same_weights, run, train_script
 
@@ -255,3 +256,29 @@ def test_a_signal_stops_at_a_step_with_a_checkpoint_and_resume_ends_at_the_unint
     resumed = latest(run_dir)
     assert resumed["step"] == uninterrupted["step"] == 30
     assert_same_weights(resumed["model"], uninterrupted["model"])
+
+
+def test_fp16_stops_after_too_many_skipped_steps_in_a_row(tmp_path, monkeypatch, capsys):
+    build = train_script.model_from_config
+
+    def model_with_nan_output(config):
+        model = build(config)
+        plain_forward = model.forward
+        model.forward = lambda *args, **kwargs: plain_forward(*args, **kwargs) * float("nan")
+        return model
+
+    monkeypatch.setattr(train_script, "model_from_config", model_with_nan_output)
+    assert parse_config([]).max_skipped_steps == 50
+    # Every step's gradients are NaN, so the GradScaler skips every step: checked at each logged step (every 2).
+    assert run(tmp_path / "run", "--amp", "fp16", "--max_steps", 6, "--max_skipped_steps", 3) == 1
+    err = capsys.readouterr().err
+    assert "train.py: error: the fp16 GradScaler skipped 4 steps in a row (non-finite gradients each time) " \
+           "by step 4, more than --max_skipped_steps 3; stopping" in err
+
+
+def test_an_absurd_learning_rate_is_refused_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--lr", "1e38"])
+    assert exit_info.value.code == 2
+    assert "--lr 1e+38: must be at most 1.0: Adam moves every weight by up to lr per step" in capsys.readouterr().err
+    assert parse_config(["--lr", "1"]).lr == 1.0

@@ -71,3 +71,24 @@ class NonFiniteWatch:
             return None
         step = all_reduce_min(self.first_bad.clone()).item()
         return None if step == self.NONE else step
+
+
+class SkippedSteps:
+    """fp16 only: the longest run of consecutive steps the GradScaler skipped, kept on the device (no host sync per
+    step). A skipped step is one whose gradient norm is inf or nan: the scaler then skips it and halves the scale."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.current = torch.zeros((), dtype=torch.int64, device=device)
+        self.longest = torch.zeros((), dtype=torch.int64, device=device)
+
+    def observe(self, grad_norm: torch.Tensor) -> None:
+        if self.enabled:
+            self.current = torch.where(torch.isfinite(grad_norm), 0, self.current + 1)
+            self.longest = torch.maximum(self.longest, self.current)
+
+    def longest_run(self, all_reduce_max) -> int:
+        """The longest run so far over all ranks (a collective when enabled)."""
+        if not self.enabled:
+            return 0
+        return int(all_reduce_max(self.longest.clone()).item())

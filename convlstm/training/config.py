@@ -15,6 +15,8 @@ from ..data.moving_mnist import GENERATORS
 from ..data.sources import LAYOUTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+# Adam's step moves each weight by about lr at most, so a larger lr only diverges (1e38 overflowed inside Adam).
+MAX_LR = 1.0
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -25,7 +27,7 @@ def _arg(default, help_text, **argparse_kwargs):
 @dataclass
 class Config:
     # The tutorial's flags, same defaults and meaning.
-    lr: float = _arg(1e-4, "Adam learning rate")
+    lr: float = _arg(1e-4, f"Adam learning rate, at most {MAX_LR}")
     beta_1: float = _arg(0.9, "Adam beta_1 (decay rate of the first moment)")
     beta_2: float = _arg(0.98, "Adam beta_2 (decay rate of the second moment)")
     batch_size: int = _arg(12, "sequences per process and step; the global batch is batch_size * world size")
@@ -75,6 +77,9 @@ class Config:
     amp: str = _arg("auto", "mixed precision: auto is bf16 on GPUs that support it, none on the CPU",
                     choices=AMP_MODES)
     grad_clip: float = _arg(0.0, "clip the global gradient norm to this value (0: no clipping, as the tutorial)")
+    max_skipped_steps: int = _arg(50, "fp16: stop when the GradScaler has skipped more than this many steps in a "
+                                      "row (inf or nan gradients each time; a healthy run skips a few while its "
+                                      "scale settles); 0: never stop")
     device: str = _arg("auto", "auto: the GPU of LOCAL_RANK when CUDA is available, else the CPU", choices=DEVICES)
     # Logging.
     log_every: int = _arg(50, "steps between logged training loss, throughput and gradient norm")
@@ -122,13 +127,14 @@ def check_config(cfg: Config) -> None:
     for flag in ("lr", "beta_1", "beta_2", "grad_clip"):
         need(math.isfinite(getattr(cfg, flag)), flag, "must be a finite number")
     need(cfg.lr > 0, "lr", "must be positive")
+    need(cfg.lr <= MAX_LR, "lr", f"must be at most {MAX_LR}: Adam moves every weight by up to lr per step")
     need(0 <= cfg.beta_1 < 1, "beta_1", "must be in [0, 1)")
     need(0 <= cfg.beta_2 < 1, "beta_2", "must be in [0, 1)")
     need(cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
     for flag in ("batch_size", "epochs", "n_hidden_dim", "num_train", "num_val", "image_size", "n_steps_past",
                  "n_steps_ahead", "num_digits", "checkpoint_every", "log_every", "image_every"):
         need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
-    for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed"):
+    for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed", "max_skipped_steps"):
         need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
     need(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, "kernel_size", "must be odd and positive")
     need(cfg.in_chan is None or cfg.in_chan >= 1, "in_chan", "must be at least 1")
