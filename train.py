@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +56,9 @@ def predict(model, batch, cfg, precision):
 
 
 def validate(model, loader, cfg, precision, device, pixels):
-    """(val_loss, {metric: overall mean}) on the held-out sequences: val_loss is the MSE per pixel (best.pt is chosen
-    by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics evaluate.py's. Each rank scores a disjoint share; totals are summed over ranks, so each
-    sequence counts once."""
+    """(val_loss, {metric: overall mean}, sequences scored) on the held-out sequences: val_loss is the MSE per pixel
+    (best.pt is chosen by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics evaluate.py's.
+    Each rank scores a disjoint share; totals are summed over ranks, so each sequence counts once."""
     totals = MetricTotals(cfg.n_steps_ahead, device)
     model.eval()
     with torch.no_grad():
@@ -67,7 +68,7 @@ def validate(model, loader, cfg, precision, device, pixels):
     model.train()
     totals.all_reduce()
     summary = totals.summary()
-    return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}
+    return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}, summary["num_sequences"]
 
 
 def start_state(cfg, info, warnings: list):
@@ -273,8 +274,10 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
                 reporter.picture(step, x[0], y[0], y_hat[0])
             val_loss, val_metrics = None, None
             if epoch_done or last_step:
-                val_loss, val_metrics = validate(raw_model, val_loader, cfg, precision, device, math.prod(frame_shape))
-                reporter.validation(step, epoch, val_loss, val_metrics, len(val_loader.dataset) * info.world_size)
+                started = time.perf_counter()
+                val_loss, val_metrics, num_val = validate(raw_model, val_loader, cfg, precision, device,
+                                                          math.prod(frame_shape))
+                reporter.validation(step, epoch, val_loss, val_metrics, num_val, time.perf_counter() - started)
             saved = epoch_done or last_step or step % cfg.checkpoint_every == 0
             if saved:
                 save(val_loss, val_metrics)

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from convlstm.training import checkpoint
-from convlstm.training.config import parse_config
+from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
 from test_train import TINY, assert_same_weights, run, train_script
 
@@ -282,3 +283,15 @@ def test_an_absurd_learning_rate_is_refused_at_parse_time(capsys):
     assert exit_info.value.code == 2
     assert "--lr 1e+38: must be at most 1.0: Adam moves every weight by up to lr per step" in capsys.readouterr().err
     assert parse_config(["--lr", "1"]).lr == 1.0
+
+
+def test_validation_is_a_tenth_of_an_epoch_by_default_and_the_log_says_how_long_it_took(tmp_path, capsys):
+    def num_val(*flags):
+        return resolve_config(parse_config(list(flags)), "cpu", False).num_val
+
+    assert num_val() == 1000 and num_val("--num_train", "3200") == 320 and num_val("--num_train", "5") == 1
+    assert num_val("--num_train", "24", "--num_val", "7") == 7
+    without_num_val = TINY[:TINY.index("--num_val")] + TINY[TINY.index("--num_val") + 2:]
+    assert train_script.main(without_num_val + ["--run_dir", str(tmp_path / "run"), "--max_steps", "6"]) == 0
+    assert re.search(r"step 6 epoch 1 validation loss [\d.]+ \(2 sequences in [\d.]+ s, \d+% of the wall time since "
+                     r"the start; mse", capsys.readouterr().err)

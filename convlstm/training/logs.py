@@ -150,6 +150,7 @@ class Reporter:
         self.bar = progress_bar(total_steps, done_steps, is_main)
         self.sums = torch.zeros(2, device=device)  # (loss, gradient norm) summed since the last report
         self.steps, self.start = 0, time.perf_counter()
+        self.start_time = self.since_validation = self.start
 
     def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.sums += torch.stack([loss.detach().float(), grad_norm.detach().float()])
@@ -183,13 +184,19 @@ class Reporter:
             self.writer.add_image("predictions", grid, step)
             save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
 
-    def validation(self, step: int, epoch: int, val_loss: float, metrics: dict, num_val: int) -> None:
+    def validation(self, step: int, epoch: int, val_loss: float, metrics: dict, num_val: int, seconds: float) -> None:
         """val_loss: MSE per pixel; metrics: overall means of convlstm.evaluation.metrics (mse, mae: per-frame sums
-        over pixels)."""
+        over pixels); `seconds` it took, also as a share of the wall time since the previous validation."""
+        now = time.perf_counter()
+        share = seconds / max(now - self.since_validation, 1e-9)
+        since = "the start" if self.since_validation == self.start_time else "the previous one"
+        self.since_validation = now
         if self.is_main:
             table = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences; {table})")
+            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences in "
+                          f"{seconds:.1f} s, {share:.0%} of the wall time since {since}; {table})")
             self.writer.add_scalar("val/loss", val_loss, step)
+            self.writer.add_scalar("val/seconds", seconds, step)
             for name, value in metrics.items():
                 self.writer.add_scalar(f"val/{name}", value, step)
 
