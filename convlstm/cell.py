@@ -96,15 +96,17 @@ def _per_layer(value, num_layers, name):
 
 
 class ConvLSTM(nn.Module):
-    """A stack of ConvLSTMCells run over a sequence.
+    """A stack of ConvLSTMCells run over a sequence, with the widely used implementation's defaults
+    (ndrplz/ConvLSTM_pytorch): batch_first=False, return_all_layers=False.
 
-    input_tensor (B, T, C, H, W) with batch_first=True, else (T, B, C, H, W); hidden_dim and kernel_size may be
-    one value or a list with one entry per layer. forward returns (layer_output_list, last_state_list): every
-    layer's outputs (B, T, hidden, H, W) and last (h, c); return_all_layers=False keeps only the last layer.
+    input_tensor (T, B, C, H, W), or (B, T, C, H, W) with batch_first=True; hidden_dim and kernel_size may be one
+    value or a list with one entry per layer. forward returns (layer_output_list, last_state_list): the last layer's
+    outputs (B, T, hidden, H, W), batch first whatever the input, and its last (h, c); return_all_layers=True gives
+    every layer's.
     """
 
-    def __init__(self, input_dim, hidden_dim, kernel_size, num_layers, batch_first=True, bias=True,
-                 return_all_layers=True, backend="auto", peephole=False):
+    def __init__(self, input_dim, hidden_dim, kernel_size, num_layers, batch_first=False, bias=True,
+                 return_all_layers=False, backend="auto", peephole=False):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
@@ -124,7 +126,8 @@ class ConvLSTM(nn.Module):
 
     def forward(self, input_tensor, hidden_state=None):
         if input_tensor.dim() != 5:
-            raise ValueError(f"ConvLSTM expects a 5-D input (B, T, C, H, W), got shape {tuple(input_tensor.shape)}")
+            raise ValueError(f"ConvLSTM expects a 5-D input ({'B, T' if self.batch_first else 'T, B'}, C, H, W), got "
+                             f"shape {tuple(input_tensor.shape)}")
         if not self.batch_first:
             input_tensor = input_tensor.permute(1, 0, 2, 3, 4)
         b, seq_len, _, h, w = input_tensor.shape

@@ -68,7 +68,7 @@ def test_gates_ref_gradcheck():
 
 def test_convlstm_sequence_matches_cell_loop():
     torch.manual_seed(0)
-    model = ConvLSTM(2, [4, 3], [3, (3, 5)], num_layers=2, backend="torch")
+    model = ConvLSTM(2, [4, 3], [3, (3, 5)], num_layers=2, batch_first=True, return_all_layers=True, backend="torch")
     assert list(model.state_dict())[0] == "cell_list.0.conv.weight"
     x = torch.rand(2, 5, 2, 8, 6)
     outputs, states = model(x)
@@ -83,10 +83,26 @@ def test_convlstm_sequence_matches_cell_loop():
         layer_input = torch.stack(steps, 1)
         torch.testing.assert_close(out, layer_input)
         torch.testing.assert_close((h_last, c_last), (h, c))
-    last_only, last_state = ConvLSTM(2, [4, 3], 3, 2, return_all_layers=False)(x)
+    last_only, last_state = ConvLSTM(2, [4, 3], 3, 2, batch_first=True)(x)
     assert len(last_only) == len(last_state) == 1 and last_only[0].shape == (2, 5, 3, 8, 6)
-    time_first, _ = ConvLSTM(2, 4, 3, 1, batch_first=False)(x.transpose(0, 1))
+    time_first, _ = ConvLSTM(2, 4, 3, 1)(x.transpose(0, 1))
     assert time_first[0].shape == (2, 5, 4, 8, 6)
+
+
+def test_convlstm_defaults_are_ndrplz_time_first_and_last_layer_only():
+    """ndrplz/ConvLSTM_pytorch's defaults, batch_first=False and return_all_layers=False: a (T, B, C, H, W) input,
+    and only the last layer's outputs (B, T, hidden, H, W) and state."""
+    torch.manual_seed(0)
+    model = ConvLSTM(2, [4, 3], 3, 2, backend="torch")
+    assert model.batch_first is False and model.return_all_layers is False
+    x = torch.rand(5, 2, 2, 8, 6)  # (T=5, B=2, C, H, W)
+    outputs, states = model(x)
+    assert len(outputs) == len(states) == 1 and outputs[0].shape == (2, 5, 3, 8, 6)
+    batch_first = ConvLSTM(2, [4, 3], 3, 2, batch_first=True, return_all_layers=True, backend="torch")
+    batch_first.load_state_dict(model.state_dict())
+    all_outputs, all_states = batch_first(x.transpose(0, 1))
+    torch.testing.assert_close(outputs[0], all_outputs[-1])
+    torch.testing.assert_close(states[0], all_states[-1])
 
 
 @pytest.mark.parametrize("make, match", [
