@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field. Boolean flags accept `--flag` alone or `--flag True/False` (the tutorial's style)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train EncoderDecoderConvLSTM on Moving MNIST or your own sequences (torchrun for several processes).",
+        description="Train EncoderDecoderConvLSTM on Moving MNIST or your own sequences (torchrun for several "
+                    "processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     for f in dataclasses.fields(Config):
         kwargs = {k: v for k, v in f.metadata.items()}
