@@ -8,6 +8,10 @@ Every process takes --batch_size sequences per step from one shared shuffled ord
 the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (convlstm.training.checkpoint);
 --resume, or a worker group restarted by torchrun --max-restarts, continues from the newest one. Several machines
 need --run_dir on a filesystem they share. `python train.py --help` lists every flag.
+
+Every fault ends in one line on stderr (and in train.log once it exists): exit status 1 for an error, 2 for a bad flag,
+and 128 + signum (143, 130) when SIGTERM or SIGINT stopped the run after a step with a checkpoint. Rank 0 holds
+<run_dir>/train.lock for the run's life, so a second run into the same run_dir is refused.
 """
 from __future__ import annotations
 
