@@ -30,11 +30,11 @@ def test_lstm_gates_dtype_rule_matches_cpp(gate, state):
     from convlstm.ops.lstm_gates.cpu_twin import extension
     gates, c_prev = torch.randn(1, 8, 3, 3, dtype=DTYPES[gate]), torch.randn(1, 2, 3, 3, dtype=DTYPES[state])
     if (DTYPES[gate], DTYPES[state]) in KERNEL_DTYPES:
-        h_next, _ = extension().forward(gates, c_prev, None, None, None, False)
+        h_next, _ = extension().forward(gates, c_prev, None, None, None, False, 2)
         assert h_next.dtype == DTYPES[state]
     else:
         with pytest.raises(RuntimeError, match="unsupported dtype pair"):
-            extension().forward(gates, c_prev, None, None, None, False)
+            extension().forward(gates, c_prev, None, None, None, False, 2)
 
 
 @pytest.fixture

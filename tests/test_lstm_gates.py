@@ -6,6 +6,11 @@ thread bodies compiled by g++). On a GPU machine the same test bodies also run o
 helpers.py: an expected backend that fails to load fails its cases; only pairs not expected here (CUDA tensors
 without a GPU) are skipped, with the reason.
 
+Gate order: the tests run the default order of gates' channel blocks, i, f, o, g ("ifog"); the fused backends also
+run "ifgo" (OpenSTL's i, f, g, o) against the reference on a subset (float64, float32, bfloat16; NCHW and
+channels_last; plain and peephole), in a float64 gradcheck, under torch.compile and with one output unused, and
+every backend checks that "ifgo" is "ifog" on gates with blocks 2 and 3 swapped, its gradient swapped back.
+
 Tolerances, against the reference computed in float64 from the same stored inputs:
   float64  atol 1e-12, rtol 1e-10  (all backends)
   float32  atol 1e-5,  rtol 1e-5   (all backends)
@@ -13,12 +18,14 @@ Tolerances, against the reference computed in float64 from the same stored input
            atol 0.1,   rtol 0.1 for eager torch, which rounds every intermediate to bfloat16
   float16  atol 1e-4,  rtol 2e-3 (2 ulp) fused; atol 2e-2, rtol 2e-2 eager torch
 """
+import functools
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
-from convlstm.ops.lstm_gates.backends import fused_run, unavailable_reason
+from convlstm.ops.lstm_gates.backends import fused_run, resolve, unavailable_reason
 from convlstm.ops.lstm_gates.op import prepare
 from helpers import (CUDA, DEVICE_BACKENDS, EXPECTED_BACKENDS, FUSED, TRITON_INTERPRET, device_backend_cases,
                      needs_cuda)
@@ -61,11 +68,12 @@ def run_with_grads(fn, gates, c_prev, weights, grad_h, grad_c):
     return (h_next, c_next), input_grads
 
 
-def reference_in_float64(gates, c_prev, weights, grad_h, grad_c):
+def reference_in_float64(gates, c_prev, weights, grad_h, grad_c, gate_order="ifog"):
     """lstm_gates_ref in float64 on the same stored values: the ground truth for every dtype."""
     leaf = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
-    return run_with_grads(lstm_gates_ref, leaf(gates), leaf(c_prev), [leaf(w) for w in weights],
-                          None if grad_h is None else grad_h.double(), None if grad_c is None else grad_c.double())
+    return run_with_grads(functools.partial(lstm_gates_ref, gate_order=gate_order), leaf(gates), leaf(c_prev),
+                          [leaf(w) for w in weights], None if grad_h is None else grad_h.double(),
+                          None if grad_c is None else grad_c.double())
 
 
 def assert_close(actual, expected, dtype, backend, what):
@@ -78,11 +86,27 @@ def assert_close(actual, expected, dtype, backend, what):
 @pytest.mark.parametrize("dtype", list(SHORT), ids=list(SHORT.values()))
 @pytest.mark.parametrize("device, backend", device_backend_cases())
 def test_lstm_gates_matches_reference(device, backend, dtype, layout, peephole):
+    """The default gate order (no gate_order given: "ifog")."""
+    check_matches_reference(device, backend, dtype, layout, peephole, lambda *a: lstm_gates(*a, backend=backend))
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_ifgo_matches_reference(device, backend, dtype, layout, peephole):
+    """gates in OpenSTL's order i, f, g, o, read by the kernels as they are: outputs and every gradient (grad_gates
+    in the same order) against the reference told the same order."""
+    check_matches_reference(device, backend, dtype, layout, peephole,
+                            lambda *a: lstm_gates(*a, backend=backend, gate_order="ifgo"), gate_order="ifgo")
+
+
+def check_matches_reference(device, backend, dtype, layout, peephole, fn, gate_order="ifog"):
+    """fn(gates, c_prev, w_ci, w_cf, w_co) against the float64 reference in `gate_order`, within TOLERANCE."""
     gates, c_prev, weights = make_inputs((2, 3, 7, 5), dtype, device, layout, peephole)
     grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
-    (h_next, c_next), grads = run_with_grads(lambda *a: lstm_gates(*a, backend=backend), gates, c_prev, weights,
-                                             grad_h, grad_c)
-    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    (h_next, c_next), grads = run_with_grads(fn, gates, c_prev, weights, grad_h, grad_c)
+    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c, gate_order)
 
     assert h_next.dtype == c_next.dtype == dtype
     if layout == "channels_last":  # the kernels ran on the NHWC layout and kept it
@@ -98,6 +122,37 @@ def test_lstm_gates_matches_reference(device, backend, dtype, layout, peephole):
             torch.testing.assert_close(grad.double(), grad_ref, atol=2e-2 * scale, rtol=0, msg=name)
         else:
             assert_close(grad, grad_ref, dtype, backend, name)
+
+
+# Channel indices that put the blocks of an "ifgo" gates tensor (i, f, g, o) in the order "ifog" (i, f, o, g) for
+# C = 3: blocks 2 and 3 swapped, a permutation that is its own inverse.
+IFGO_TO_IFOG = [0, 1, 2, 3, 4, 5, 9, 10, 11, 6, 7, 8]
+
+
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device, backend", device_backend_cases())
+def test_lstm_gates_ifgo_is_ifog_with_gate_blocks_swapped(device, backend, layout, peephole):
+    """gate_order="ifgo" reads gates as i, f, g, o: its outputs are those of the default order on gates[:, perm]
+    (blocks 2 and 3 swapped), and grad_gates comes back in the input's order, i.e. the default order's gradient with
+    its blocks swapped back. w_co acts on gate o wherever it sits. Bit for bit on the fused backends (the same math
+    on the same values); eager torch within float32 rounding (its kernels may take other vectorised paths on the
+    strided blocks)."""
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, layout, peephole)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gates_ifog = gates.detach()[:, IFGO_TO_IFOG].contiguous(memory_format=fmt)
+    grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
+    outputs, grads = run_with_grads(lambda *a: lstm_gates(*a, backend=backend, gate_order="ifgo"), gates, c_prev,
+                                    weights, grad_h, grad_c)
+    outputs_ifog, grads_ifog = run_with_grads(lambda *a: lstm_gates(*a, backend=backend),
+                                              gates_ifog.requires_grad_(), c_prev, weights, grad_h, grad_c)
+    tolerance = dict(atol=0, rtol=0) if backend in FUSED else {}
+    for name, actual, expected in zip(["h_next", "c_next", "grad_gates", "grad_c_prev", "grad_w_ci", "grad_w_cf",
+                                       "grad_w_co"], [*outputs, *grads],
+                                      [*outputs_ifog, grads_ifog[0][:, IFGO_TO_IFOG], *grads_ifog[1:]]):
+        torch.testing.assert_close(actual, expected, **tolerance, msg=lambda m: f"{name}: {m}")
+    # The orders differ for these inputs, so the test would see a kernel that ignored gate_order.
+    assert not torch.allclose(outputs[0], lstm_gates(gates, c_prev, *weights, backend=backend)[0])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (0, 3, 7, 5), (1, 4, 3, 3), (2, 5, 11, 13)],
@@ -153,34 +208,37 @@ class RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("gate_order", ["ifog", "ifgo"])
 @pytest.mark.parametrize("path", ["eager", "custom_op"])
 @pytest.mark.parametrize("used", ["h_only", "c_only"])
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
-def test_lstm_gates_one_output_unused(device, backend, used, path, monkeypatch):
+def test_lstm_gates_one_output_unused(device, backend, used, path, gate_order, monkeypatch):
     """c_next unused at the last step (or h_next unused): the gradient is right, and the backward kernel is told
     the gradient is absent (None) rather than handed a tensor of zeros to read, on both paths of fused_op: the
-    autograd.Function of eager calls and the custom ops torch.compile traces."""
+    autograd.Function of eager calls and the custom ops torch.compile traces (whose autograd, register_autograd,
+    also carries the gate order to the backward op and the w_co gradient)."""
     gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
     grad = torch.randn_like(c_prev)
     grad_h, grad_c = (grad, None) if used == "h_only" else (None, grad)
     run = fused_run(backend)
     if path == "eager":
-        h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend)
+        h_next, c_next = lstm_gates(gates, c_prev, *weights, backend=backend, gate_order=gate_order)
         handed = []
         backward_impl = run.backward_impl
         monkeypatch.setattr(run, "backward_impl", lambda *args: handed.append(args) or backward_impl(*args))
         grads = torch.autograd.grad(h_next if used == "h_only" else c_next, [gates, c_prev, *weights], grad)
     else:
-        h_next, c_next = run.custom_op(*prepare(gates, c_prev, *weights))
+        h_next, c_next = run.custom_op(*prepare(gates, c_prev, *weights, gate_order))
         with RecordOps() as recorder:
             grads = torch.autograd.grad(h_next if used == "h_only" else c_next, [gates, c_prev, *weights], grad)
         handed = [args for name, args in recorder.calls if name.startswith(f"convlstm.lstm_gates_{backend}_backward")]
-    _, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    _, grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c, gate_order)
     for actual, expected in zip(grads, grads_ref):
         torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
     (args,) = handed
     op_grad_h, op_grad_c = args[5], args[6]
     assert (op_grad_h is None, op_grad_c is None) == (grad_h is None, grad_c is None)
+    assert args[8] == {"ifog": 2, "ifgo": 3}[gate_order]  # o_slot
 
 
 def make_cell(backend, peephole, dtype=torch.float32, device="cpu", input_dim=2, hidden_dim=3, seed=0):
@@ -220,15 +278,17 @@ def test_cell_gradcheck_float64(device, backend, peephole, layout):
         assert step(*inputs)[0].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout, gate_order", [("contiguous", "ifog"), ("channels_last", "ifog"),
+                                                ("channels_last", "ifgo")],
+                         ids=["contiguous", "channels_last", "channels_last-ifgo"])
 @pytest.mark.parametrize("device, backend", device_backend_cases())
-def test_lstm_gates_gradcheck_full(device, backend, layout):
+def test_lstm_gates_gradcheck_full(device, backend, layout, gate_order):
     """Full-Jacobian float64 gradcheck of the op itself (gates, c_prev and the peephole weights), odd sizes 3x5."""
     gates, c_prev, weights = make_inputs((1, 2, 3, 5), torch.float64, device, peephole=True)
     if layout == "channels_last":
         gates, c_prev = (t.contiguous(memory_format=torch.channels_last) for t in (gates, c_prev))
     inputs = [t.detach().requires_grad_() for t in (gates, c_prev, *weights)]
-    assert torch.autograd.gradcheck(lambda *args: lstm_gates(*args, backend=backend), inputs)
+    assert torch.autograd.gradcheck(lambda *args: lstm_gates(*args, backend=backend, gate_order=gate_order), inputs)
 
 
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
@@ -306,6 +366,24 @@ def test_cell_torch_compile_fullgraph(device, backend, peephole):
         torch.testing.assert_close(grad_compiled, grad_eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
+def test_lstm_gates_ifgo_torch_compile_fullgraph(device, backend):
+    """A backend's gate function (what a cell binds) called with gate_order="ifgo" under torch.compile with
+    fullgraph=True: the custom ops take the order as an argument, without a graph break, and give the eager
+    results, outputs and gradients."""
+    if device == "cpu" and backend == "triton":
+        pytest.skip("torch.compile of a triton_op needs a GPU (see test_cell_torch_compile_fullgraph)")
+    torch._dynamo.reset()
+    _, gates_fn = resolve(backend, device)
+    step = functools.partial(gates_fn, gate_order="ifgo")
+    gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
+    grad_h, grad_c = torch.randn_like(c_prev), torch.randn_like(c_prev)
+    eager = run_with_grads(step, gates, c_prev, weights, grad_h, grad_c)
+    compiled = run_with_grads(torch.compile(step, fullgraph=True), gates, c_prev, weights, grad_h, grad_c)
+    for actual, expected in zip([*compiled[0], *compiled[1]], [*eager[0], *eager[1]]):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
 def unavailable_reasons(device):
     """Why each backend the suite runs on `device` does not run there (None: it does), for failure messages."""
     return {name: unavailable_reason(name, torch.device(device)) for name in DEVICE_BACKENDS[device]}
@@ -373,7 +451,7 @@ def test_unavailable_backend_is_an_error_not_a_fallback():
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED + ("torch",)))
 def test_bad_inputs_are_clear_errors(device, backend):
     gates, c_prev, weights = make_inputs((2, 3, 7, 5), torch.float32, device, peephole=True)
-    call = lambda *args: lstm_gates(*args, backend=backend)  # noqa: E731
+    call = lambda *args, **kwargs: lstm_gates(*args, backend=backend, **kwargs)  # noqa: E731
     with pytest.raises(ValueError, match=r"expected gates \(B, 4C, H, W\) and c_prev \(B, C, H, W\), got "
                                          r"\(2, 12, 7, 5\) and \(2, 4, 7, 5\)"):
         call(gates, torch.zeros(2, 4, 7, 5, device=device))
@@ -387,6 +465,14 @@ def test_bad_inputs_are_clear_errors(device, backend):
         call(gates, torch.zeros(2, 3, 7, 5, dtype=torch.int64, device=device))
     with pytest.raises(ValueError, match="c_prev is on meta but gates is on"):
         call(gates, torch.zeros(2, 3, 7, 5, device="meta"))
+    for gate_order in ("iofg", "IFOG", ""):
+        message = f"unknown gate_order '{gate_order}': expected one of 'ifog', 'ifgo'"
+        with pytest.raises(ValueError, match=message):
+            call(gates, c_prev, *weights, gate_order=gate_order)
+        with pytest.raises(ValueError, match=message):  # what a cell binds, called directly
+            resolve(backend, device)[1](gates, c_prev, gate_order=gate_order)
+        with pytest.raises(ValueError, match=message):
+            lstm_gates_ref(gates, c_prev, gate_order=gate_order)
 
 
 def cpu_twin_extension():
@@ -401,21 +487,26 @@ def test_cpu_twin_binding_checks_its_arguments():
     ext = cpu_twin_extension()
     gates, c_prev = torch.randn(2, 12, 7, 5), torch.randn(2, 3, 7, 5)
     with pytest.raises(RuntimeError, match="must be channels_last-contiguous"):
-        ext.forward(gates, c_prev, None, None, None, True)
+        ext.forward(gates, c_prev, None, None, None, True, 2)
     with pytest.raises(RuntimeError, match="unsupported dtype pair gates Float, c_prev Half"):
-        ext.forward(gates, c_prev.half(), None, None, None, False)
+        ext.forward(gates, c_prev.half(), None, None, None, False, 2)
     with pytest.raises(RuntimeError, match="peephole weights must be contiguous \\(C,\\) Float"):
-        ext.forward(gates, c_prev, *[torch.zeros(3, 1, 1)] * 3, False)
+        ext.forward(gates, c_prev, *[torch.zeros(3, 1, 1)] * 3, False, 2)
+    for o_slot in (0, 4):
+        with pytest.raises(RuntimeError, match=f"o_slot must be 2 \\(gates i, f, o, g\\) or 3 \\(i, f, g, o\\), "
+                                               f"got {o_slot}"):
+            ext.backward(gates, c_prev, None, None, None, c_prev, None, False, o_slot)
     # An absent output gradient (None) means the same as a zero one.
     grad = torch.randn_like(c_prev)
-    with_none = ext.backward(gates, c_prev, None, None, None, grad, None, False)
-    with_zeros = ext.backward(gates, c_prev, None, None, None, grad, torch.zeros_like(c_prev), False)
+    with_none = ext.backward(gates, c_prev, None, None, None, grad, None, False, 2)
+    with_zeros = ext.backward(gates, c_prev, None, None, None, grad, torch.zeros_like(c_prev), False, 2)
     for a, b in zip(with_none, with_zeros):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("gate_order", ["ifog", "ifgo"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_cpu_twin_covers_every_element_on_any_grid(layout):
+def test_cpu_twin_covers_every_element_on_any_grid(layout, gate_order):
     """The CUDA kernels' thread bodies, walked by the twin over the launcher's grid (9 blocks of 256 threads x 4
     elements for these 8820 elements, the last block partly idle), over smaller grids, where each thread strides
     over the elements as on the GPU for inputs of more than 2^28 elements, over a larger one (idle blocks), and
@@ -423,17 +514,17 @@ def test_cpu_twin_covers_every_element_on_any_grid(layout):
     bit, and the reference's."""
     ext = cpu_twin_extension()
     gates, c_prev, weights = make_inputs((3, 7, 20, 21), torch.float32, "cpu", layout, peephole=True)
-    args = prepare(gates.detach(), c_prev.detach(), *(w.detach() for w in weights))
+    args = prepare(gates.detach(), c_prev.detach(), *(w.detach() for w in weights), gate_order)
     grad_h, grad_c = torch.randn_like(args[1]), torch.randn_like(args[1])
     forward = ext.forward(*args)
-    backward = ext.backward(*args[:5], grad_h, grad_c, args[5])
-    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c)
+    backward = ext.backward(*args[:5], grad_h, grad_c, *args[5:])  # ..., channels_last, o_slot
+    (h_ref, c_ref), grads_ref = reference_in_float64(gates, c_prev, weights, grad_h, grad_c, gate_order)
     for actual, expected, name in zip([*forward, *backward], [h_ref, c_ref, *grads_ref[:2]],
                                       ["h_next", "c_next", "grad_gates", "grad_c_prev"]):
         assert_close(actual, expected, torch.float32, "cpu_twin", name)
     for grid, int64_index in ((1, False), (2, False), (3, True), (8, False), (10, False), (0, True)):
         knobs = dict(grid=grid, int64_index=int64_index)
-        on_grid = [*ext.forward(*args, **knobs), *ext.backward(*args[:5], grad_h, grad_c, args[5], **knobs)]
+        on_grid = [*ext.forward(*args, **knobs), *ext.backward(*args[:5], grad_h, grad_c, *args[5:], **knobs)]
         for actual, expected in zip(on_grid, [*forward, *backward]):
             torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=lambda m: f"{knobs}: {m}")
     with pytest.raises(RuntimeError, match="grid must be 0 \\(the CUDA launcher's\\) or 1..262144 blocks, got -1"):

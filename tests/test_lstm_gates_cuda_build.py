@@ -22,6 +22,7 @@ CUDA_DIR = ROOT / "convlstm" / "ops" / "lstm_gates" / "csrc"
 # The files nvcc sees: they must compile without PyTorch's headers (absent from the CPU wheel).
 TORCH_FREE = ["lstm_gates.cu", "lstm_gates.cuh", "lstm_gates.h"]
 # Mangled template arguments: (gate_t, state_t, acc_t) for each dtype pair, then index_t, int32_t (i) or int64_t (l).
+# The gate order is a runtime argument (Shape::o_slot), so it adds no instantiation.
 INSTANTIATIONS = [types + index for types in ("fff", "ddd", "6__halfS2_f", "13__nv_bfloat16S2_f", "6__halfff",
                                               "13__nv_bfloat16ff") for index in "il"]
 
@@ -66,14 +67,15 @@ def compile_kernel(fn, pointers, constexprs, arch):
     return len(kernel.asm["cubin"])
 
 for arch in (80, 90):
-    for gate, state, channels_last, peephole in (("fp32", "fp32", False, False), ("bf16", "fp32", True, True),
-                                                  ("fp64", "fp64", False, True)):
+    for gate, state, channels_last, peephole, o_slot in (("fp32", "fp32", False, False, 2),
+                                                          ("bf16", "fp32", True, True, 3),
+                                                          ("fp64", "fp64", False, True, 2)):
         acc = "fp64" if state == "fp64" else "fp32"
         pointers = dict(gates_ptr="*" + gate, grad_gates_ptr="*" + gate, w_ci_ptr="*" + acc, w_cf_ptr="*" + acc,
                         w_co_ptr="*" + acc)
         pointers.update({name: "*" + state for name in ("c_prev_ptr", "h_next_ptr", "c_next_ptr", "grad_h_ptr",
                                                          "grad_c_ptr", "grad_c_prev_ptr")})
-        constexprs = dict(CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=acc == "fp64",
+        constexprs = dict(CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=acc == "fp64", O_SLOT=o_slot,
                           ROWS=16 if channels_last else 1, COLS=64 if channels_last else 1024)
         forward = compile_kernel(lstm_gates_fwd_kernel, pointers, constexprs, arch)
         backward = compile_kernel(lstm_gates_bwd_kernel, pointers,

@@ -33,18 +33,20 @@ EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("gate_order", ["ifog", "ifgo"])
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
 @pytest.mark.parametrize("dtypes", list(EXPECTED), ids=["f32", "bf16-gates-f32-state", "bf16"])
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED))
-def test_lstm_gates_saved_bytes_per_call(device, backend, dtypes, peephole):
+def test_lstm_gates_saved_bytes_per_call(device, backend, dtypes, peephole, gate_order):
+    """The bytes kept do not depend on the gate order."""
     gate_dtype, state_dtype = dtypes
     gates = torch.randn(B, 4 * C, H, W, dtype=gate_dtype, device=device, requires_grad=True)
     c_prev = torch.randn(B, C, H, W, dtype=state_dtype, device=device, requires_grad=True)
     weights = [torch.randn(C, 1, 1, device=device, requires_grad=True) for _ in range(3)] if peephole else [None] * 3
     weight_bytes = 3 * C * 4 if peephole else 0
 
-    eager = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend="torch"))
-    fused = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend=backend))
+    eager = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend="torch", gate_order=gate_order))
+    fused = saved_bytes(lambda: lstm_gates(gates, c_prev, *weights, backend=backend, gate_order=gate_order))
 
     assert eager == EXPECTED[dtypes]["torch"][peephole] * N + weight_bytes
     assert fused == EXPECTED[dtypes]["fused"][peephole] * N + weight_bytes

@@ -70,7 +70,8 @@ def check_backend_name(backend: str) -> str:
 
 def resolve(backend: str, device) -> tuple[str, callable]:
     """(name, gate function) of `backend` on `device`: "auto" made concrete, a named one checked to run there.
-    The function is (gates, c_prev, w_ci, w_cf, w_co) -> (h_next, c_next), with the arguments of `lstm_gates`."""
+    The function is (gates, c_prev, w_ci=None, w_cf=None, w_co=None, gate_order="ifog") -> (h_next, c_next), with
+    the arguments of `lstm_gates`."""
     check_backend_name(backend)
     device = torch.device(device)
     name = available_backends(device)[0] if backend == "auto" else backend

@@ -1,8 +1,9 @@
 """lstm_gates_ref: the per-element math of one ConvLSTM step after the convolution, the spec of every backend.
 
-Shapes: gates (B, 4C, H, W) is the conv output over concat([x, h]), split in the order i, f, o, g as in the
-widely used ConvLSTMCell; c_prev (B, C, H, W); the optional peephole weights w_ci, w_cf, w_co are (C, 1, 1)
-(one weight per hidden channel, so a cell works at any image size).
+Shapes: gates (B, 4C, H, W) is the conv output over concat([x, h]), its four channel blocks in the order i, f, o, g
+as in the widely used ConvLSTMCell (gate_order="ifog"), or i, f, g, o as in OpenSTL's ConvLSTM ("ifgo");
+c_prev (B, C, H, W); the optional peephole weights w_ci, w_cf, w_co are (C, 1, 1) (one weight per hidden channel,
+so a cell works at any image size).
 Returns (h_next, c_next), each (B, C, H, W), in the promoted dtype of gates and c_prev (as eager PyTorch).
 This file imports nothing else of the package: it is what the tests compare the kernels to.
 """
@@ -11,10 +12,27 @@ from __future__ import annotations
 import torch
 
 
-def lstm_gates_ref(gates, c_prev, w_ci=None, w_cf=None, w_co=None):
+# gate_order -> the channel block of gates that holds gate o (g holds the other of blocks 2 and 3): what the
+# kernels are handed.
+O_SLOT = {"ifog": 2, "ifgo": 3}
+
+
+def o_slot_of(gate_order: str) -> int:
+    """The kernels' o_slot for `gate_order`; ValueError naming it if it is not one of O_SLOT."""
+    slot = O_SLOT.get(gate_order)
+    if slot is None:
+        raise ValueError(f"lstm_gates: unknown gate_order {gate_order!r}: expected one of "
+                         f"{', '.join(map(repr, O_SLOT))}")
+    return slot
+
+
+def lstm_gates_ref(gates, c_prev, w_ci=None, w_cf=None, w_co=None, gate_order="ifog"):
     """Reference gate math. Peephole terms follow Shi et al. 2015, eq. (3):
-    i and f look at c_prev, o looks at c_next."""
-    cc_i, cc_f, cc_o, cc_g = torch.chunk(gates, 4, dim=1)
+    i and f look at c_prev, o looks at c_next (w_co acts on gate o wherever gate_order puts it)."""
+    if o_slot_of(gate_order) == 2:
+        cc_i, cc_f, cc_o, cc_g = torch.chunk(gates, 4, dim=1)
+    else:
+        cc_i, cc_f, cc_g, cc_o = torch.chunk(gates, 4, dim=1)
     if w_ci is not None:
         cc_i = cc_i + w_ci * c_prev
         cc_f = cc_f + w_cf * c_prev

@@ -1,12 +1,14 @@
-"""lstm_gates: Triton kernels for one ConvLSTM step (the launcher and the op are in convlstm/lstm_gates_triton.py).
+"""lstm_gates: Triton kernels for one ConvLSTM step (the launcher and the op are in triton_launcher.py).
 
 c_prev (B, C, H, W) is seen as rows of contiguous elements: NCHW, a row is one (b, c) plane of H*W; channels_last
 (NHWC), a row is one (b, h, w) position's C channels. Each program handles a tile of ROWS rows by COLS columns, so
-the position of an element's four gates in gates (B, 4C, H, W), `gate_base + k * gate_stride` for k = 0..3 (i, f,
-o, g), comes from per-row arithmetic (one division per row, none per element), and in channels_last the gate loads
+the position of an element's four gates in gates (B, 4C, H, W), `gate_base + k * gate_stride` for channel block
+k = 0..3, comes from per-row arithmetic (one division per row, none per element), and in channels_last the gate loads
 are contiguous along the row, so they vectorise. Offsets are int64 (B*4C*H*W can pass 2^31); per row that costs
 little. Why tiles: convlstm/ops/README.md, "Index arithmetic" (instruction counts of this and the earlier indexing).
 The math runs in float32, or in float64 when ACC_FP64 (float64 inputs: gradcheck needs the full precision).
+Gate order: blocks 0 and 1 are i and f; O_SLOT (2 or 3, a constexpr, so each order is its own compiled kernel with
+constant offsets) is the block of gate o, and g is in the other; grad_gates is written in the same order.
 The per-element formulas are those of csrc/lstm_gates.cuh; the spec is lstm_gates_ref.
 """
 import triton
@@ -59,12 +61,13 @@ def _tile(rows, row_len, channels, CHANNELS_LAST: tl.constexpr, ROWS: tl.constex
 
 
 @triton.jit
-def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64: tl.constexpr):
+def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64: tl.constexpr,
+               O_SLOT: tl.constexpr):
     """Elements n's pre-activation gates i, f, o, tanh of gate g, and c_prev, in the math dtype."""
     a_i = _load(gates_ptr + gate_base, mask, ACC_FP64)
     a_f = _load(gates_ptr + gate_base + gate_stride, mask, ACC_FP64)
-    a_o = _load(gates_ptr + gate_base + 2 * gate_stride, mask, ACC_FP64)
-    g = _tanh(_load(gates_ptr + gate_base + 3 * gate_stride, mask, ACC_FP64))
+    a_o = _load(gates_ptr + gate_base + O_SLOT * gate_stride, mask, ACC_FP64)
+    g = _tanh(_load(gates_ptr + gate_base + (5 - O_SLOT) * gate_stride, mask, ACC_FP64))
     c_prev = _load(c_prev_ptr + n, mask, ACC_FP64)
     return a_i, a_f, a_o, g, c_prev
 
@@ -73,9 +76,9 @@ def _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64:
 def lstm_gates_fwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, h_next_ptr, c_next_ptr,
                           rows, row_len, channels,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, ACC_FP64: tl.constexpr,
-                          ROWS: tl.constexpr, COLS: tl.constexpr):
+                          O_SLOT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
     n, mask, channel, gate_base, gate_stride = _tile(rows, row_len, channels, CHANNELS_LAST, ROWS, COLS)
-    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
+    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64, O_SLOT)
     if HAS_PEEPHOLE:
         a_i += _load(w_ci_ptr + channel, mask, ACC_FP64) * c_prev
         a_f += _load(w_cf_ptr + channel, mask, ACC_FP64) * c_prev
@@ -92,11 +95,12 @@ def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, g
                           grad_gates_ptr, grad_c_prev_ptr,
                           rows, row_len, channels,
                           CHANNELS_LAST: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, HAS_GRAD_H: tl.constexpr,
-                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """Gradient of the pre-activation gates and of c_prev. The activations are recomputed from gates and c_prev
-    (a few flops per element on a memory-bound kernel) instead of being kept from the forward."""
+                          HAS_GRAD_C: tl.constexpr, ACC_FP64: tl.constexpr, O_SLOT: tl.constexpr,
+                          ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Gradient of the pre-activation gates (in the order of gates) and of c_prev. The activations are recomputed
+    from gates and c_prev (a few flops per element on a memory-bound kernel) instead of being kept from the forward."""
     n, mask, channel, gate_base, gate_stride = _tile(rows, row_len, channels, CHANNELS_LAST, ROWS, COLS)
-    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64)
+    a_i, a_f, a_o, g, c_prev = _load_step(gates_ptr, c_prev_ptr, n, mask, gate_base, gate_stride, ACC_FP64, O_SLOT)
     w_ci = 0.0
     w_cf = 0.0
     w_co = 0.0
@@ -131,8 +135,8 @@ def lstm_gates_bwd_kernel(gates_ptr, c_prev_ptr, w_ci_ptr, w_cf_ptr, w_co_ptr, g
     out_ty = grad_gates_ptr.dtype.element_ty
     tl.store(grad_gates_ptr + gate_base, d_i.to(out_ty), mask=mask)
     tl.store(grad_gates_ptr + gate_base + gate_stride, d_f.to(out_ty), mask=mask)
-    tl.store(grad_gates_ptr + gate_base + 2 * gate_stride, d_o.to(out_ty), mask=mask)
-    tl.store(grad_gates_ptr + gate_base + 3 * gate_stride, d_g.to(out_ty), mask=mask)
+    tl.store(grad_gates_ptr + gate_base + O_SLOT * gate_stride, d_o.to(out_ty), mask=mask)
+    tl.store(grad_gates_ptr + gate_base + (5 - O_SLOT) * gate_stride, d_g.to(out_ty), mask=mask)
     tl.store(grad_c_prev_ptr + n, d_c_prev.to(grad_c_prev_ptr.dtype.element_ty), mask=mask)
 
 

@@ -45,7 +45,7 @@ def _tiling(c_prev: Tensor, channels_last: bool) -> tuple[tuple[int, int], dict]
     return grid, dict(rows=rows, row_len=row_len, channels=channels, ROWS=tile_rows, COLS=cols)
 
 
-def _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, launch):
+def _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot, launch):
     """Launch the forward kernel through `launch` (wrap_triton inside the triton_op, the kernel itself eagerly)."""
     fmt = memory_format(channels_last)
     h_next, c_next = torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
@@ -56,12 +56,12 @@ def _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, launch):
     w_ci, w_cf, w_co = (w_ci, w_cf, w_co) if peephole else (c_prev, c_prev, c_prev)  # unread placeholders
     launch(lstm_gates_fwd_kernel)[grid](
         gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, **sizes,
-        CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64,
+        CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, ACC_FP64=c_prev.dtype == torch.float64, O_SLOT=o_slot,
         num_warps=NUM_WARPS)
     return h_next, c_next
 
 
-def _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, launch):
+def _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, o_slot, launch):
     fmt = memory_format(channels_last)
     grad_gates = torch.empty_like(gates, memory_format=fmt)
     grad_c_prev = torch.empty_like(c_prev, memory_format=fmt)
@@ -74,24 +74,26 @@ def _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, la
         gates, c_prev, w_ci, w_cf, w_co, c_prev if grad_h is None else grad_h, c_prev if grad_c is None else grad_c,
         grad_gates, grad_c_prev, **sizes,
         CHANNELS_LAST=channels_last, HAS_PEEPHOLE=peephole, HAS_GRAD_H=grad_h is not None,
-        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, num_warps=NUM_WARPS)
+        HAS_GRAD_C=grad_c is not None, ACC_FP64=c_prev.dtype == torch.float64, O_SLOT=o_slot, num_warps=NUM_WARPS)
     return grad_gates, grad_c_prev
 
 
 @triton_op("convlstm::lstm_gates_triton", mutates_args=())
 def lstm_gates_triton_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
-                         w_co: Tensor | None, channels_last: bool) -> tuple[Tensor, Tensor]:
+                         w_co: Tensor | None, channels_last: bool, o_slot: int) -> tuple[Tensor, Tensor]:
     """Forward: gates (B, 4C, H, W), c_prev (B, C, H, W) in the layout `channels_last` says, peephole weights
-    (C,) in the math dtype or None -> (h_next, c_next), each like c_prev. Call through `lstm_gates_triton`."""
-    return _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, _launcher)
+    (C,) in the math dtype or None, o_slot the block of gates holding gate o (2: i, f, o, g; 3: i, f, g, o)
+    -> (h_next, c_next), each like c_prev. Call through `lstm_gates_triton`."""
+    return _forward(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot, _launcher)
 
 
 @triton_op("convlstm::lstm_gates_triton_backward", mutates_args=())
 def lstm_gates_triton_backward_op(gates: Tensor, c_prev: Tensor, w_ci: Tensor | None, w_cf: Tensor | None,
                                   w_co: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None,
-                                  channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Backward: -> (grad_gates (B, 4C, H, W) like gates, grad_c_prev like c_prev); grad_h / grad_c may be None."""
-    return _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, _launcher)
+                                  channels_last: bool, o_slot: int) -> tuple[Tensor, Tensor]:
+    """Backward: -> (grad_gates (B, 4C, H, W) like gates and in its gate order, grad_c_prev like c_prev); grad_h /
+    grad_c may be None."""
+    return _backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, channels_last, o_slot, _launcher)
 
 
 def _direct(kernel):
@@ -114,5 +116,5 @@ def runs_on(device: torch.device) -> str | None:
 
 
 # `lstm_gates_ref` on the Triton kernels: gates (B, 4C, H, W), c_prev (B, C, H, W), peephole weights (C, 1, 1) or
-# None -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype).
+# None, gate_order "ifog" or "ifgo" -> (h_next, c_next) in torch.promote_types(gates.dtype, c_prev.dtype).
 lstm_gates_triton = gate_function(lstm_gates_triton_run)

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads)
     forward_kernel(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
                    const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf, const acc_t* __restrict__ w_co,
                    state_t* __restrict__ h_next, state_t* __restrict__ c_next, Shape shape) {
-  const Index<index_t> index(shape.numel, shape.channels, shape.spatial, shape.channels_last);
+  const Index<index_t> index(shape.numel, shape.channels, shape.spatial, shape.channels_last, shape.o_slot);
   forward_thread<Io>(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, index, index_t(blockIdx.x),
                      index_t(threadIdx.x), index_t(gridDim.x));
 }
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
                     const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf, const acc_t* __restrict__ w_co,
                     const state_t* __restrict__ grad_h, const state_t* __restrict__ grad_c,
                     gate_t* __restrict__ grad_gates, state_t* __restrict__ grad_c_prev, Shape shape) {
-  const Index<index_t> index(shape.numel, shape.channels, shape.spatial, shape.channels_last);
+  const Index<index_t> index(shape.numel, shape.channels, shape.spatial, shape.channels_last, shape.o_slot);
   backward_thread<Io>(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, index,
                       index_t(blockIdx.x), index_t(threadIdx.x), index_t(gridDim.x));
 }
@@ -125,6 +125,7 @@ struct BackwardLaunch {
 
 template <typename Launch>
 cudaError_t dispatch(Dtype gate_dtype, Dtype state_dtype, const Launch& launch) {
+  if (launch.shape.o_slot != 2 && launch.shape.o_slot != 3) return cudaErrorInvalidValue;
   if (gate_dtype == state_dtype) {
     switch (gate_dtype) {
       case Dtype::kFloat32: return launch.template run<float, float>();

@@ -2,10 +2,12 @@
 // CPU twin (lstm_gates_cpu.cpp, compiled by g++), so the CPU test suite runs the exact code the GPU runs.
 //
 // No PyTorch and no CUDA header: `acc_t` is float or double (the math type), storage conversion is the caller's.
-// The spec is lstm_gates_ref in convlstm/lstm_gates.py:
+// The spec is lstm_gates_ref in convlstm/ops/lstm_gates/ref.py:
 //   a_i = g_i + w_ci*c_prev   a_f = g_f + w_cf*c_prev   (peephole weights are 0 without peephole)
 //   c_next = sigmoid(a_f)*c_prev + sigmoid(a_i)*tanh(g_g)
 //   a_o = g_o + w_co*c_next   h_next = sigmoid(a_o)*tanh(c_next)
+// gates' four channel blocks are i, f, o, g (o_slot 2, the widely used ConvLSTMCell) or i, f, g, o (o_slot 3,
+// OpenSTL's ConvLSTM); the thread bodies route blocks 2 and 3 to o and g, and the gradients back, in that order.
 #pragma once
 
 #include <math.h>
@@ -51,7 +53,7 @@ LSTM_GATES_HD StepOut<acc_t> forward(acc_t g_i, acc_t g_f, acc_t g_o, acc_t g_g,
 
 template <typename acc_t>
 struct StepGrad {
-  acc_t d_i, d_f, d_o, d_g;  // gradient of the pre-activation gates (the conv output), order i, f, o, g
+  acc_t d_i, d_f, d_o, d_g;  // gradient of the pre-activation gates (the conv output)
   acc_t d_c_prev;
 };
 
@@ -107,18 +109,19 @@ LSTM_GATES_HD bool int32_index(int64_t numel) { return 4 * numel + kMaxStride <=
 
 // The shape in the kernel's index type. Element n indexes c_prev / h_next / c_next (B, C, H, W), all contiguous
 // in one memory format: NCHW (channels_last = false) or NHWC (channels_last = true). `spatial` = H*W.
+// `o_last`: gates' blocks are i, f, g, o (o_slot 3) rather than i, f, o, g (o_slot 2).
 template <typename index_t>
 struct Index {
   index_t numel, channels, spatial;
-  bool channels_last;
+  bool channels_last, o_last;
 
-  LSTM_GATES_HD Index(int64_t numel_, int64_t channels_, int64_t spatial_, bool channels_last_)
+  LSTM_GATES_HD Index(int64_t numel_, int64_t channels_, int64_t spatial_, bool channels_last_, int o_slot)
       : numel(static_cast<index_t>(numel_)), channels(static_cast<index_t>(channels_)),
-        spatial(static_cast<index_t>(spatial_)), channels_last(channels_last_) {}
+        spatial(static_cast<index_t>(spatial_)), channels_last(channels_last_), o_last(o_slot == 3) {}
 
   LSTM_GATES_HD index_t channel(index_t n) const { return channels_last ? n % channels : (n / spatial) % channels; }
 
-  // Offset in gates (B, 4C, H, W), same memory format, of gate i at element n; gate k (0..3 = i, f, o, g) lies
+  // Offset in gates (B, 4C, H, W), same memory format, of gate i at element n; block k (0..3) lies
   // k * gate_stride() further.
   LSTM_GATES_HD index_t gate(index_t n) const {
     const index_t plane = channels * spatial;  // C*H*W
@@ -150,6 +153,10 @@ LSTM_GATES_HD Peephole<acc_t> peephole_at(const acc_t* w_ci, const acc_t* w_cf, 
 // The work of CUDA thread `thread` of block `block` in a grid of `grid` blocks: the whole body of the forward
 // kernel. `Io<storage_t>::load` widens a stored value to the math type, `Io<storage_t>::store` rounds it back
 // (CUDA's and the CPU twin's half types differ; both round to nearest even).
+// Gate order: loads and stores stay in memory order, block k at k * gate_stride(), and a select per gate picks o and
+// g from blocks 2 and 3 (index.o_last, one runtime flag, so no extra kernels). Measured with ptxas, sm_90: the same
+// registers as the fixed order for the fp32, fp16 and bf16 kernels (46-54 forward, 64-80 backward), +5 to +35
+// instructions per kernel (convlstm/ops/README.md, "Gate order").
 template <template <typename> class Io, typename gate_t, typename state_t, typename acc_t, typename index_t>
 LSTM_GATES_HD void forward_thread(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
                                   const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
@@ -172,7 +179,8 @@ LSTM_GATES_HD void forward_thread(const gate_t* __restrict__ gates, const state_
     for (int j = 0; j < kElemsPerThread; ++j) {
       const index_t n = first + j * kThreads;
       if (n >= index.numel) break;
-      const StepOut<acc_t> out = forward<acc_t>(g[j][0], g[j][1], g[j][2], g[j][3], c[j],
+      const acc_t g_o = index.o_last ? g[j][3] : g[j][2], g_g = index.o_last ? g[j][2] : g[j][3];
+      const StepOut<acc_t> out = forward<acc_t>(g[j][0], g[j][1], g_o, g_g, c[j],
                                                 peephole_at(w_ci, w_cf, w_co, n, index));
       h_next[n] = Io<state_t>::store(out.h_next);
       c_next[n] = Io<state_t>::store(out.c_next);
@@ -180,7 +188,8 @@ LSTM_GATES_HD void forward_thread(const gate_t* __restrict__ gates, const state_
   }
 }
 
-// The whole body of the backward kernel, same grid as forward_thread. grad_h / grad_c may be null.
+// The whole body of the backward kernel, same grid as forward_thread. grad_h / grad_c may be null; grad_gates is
+// written in the order of gates.
 template <template <typename> class Io, typename gate_t, typename state_t, typename acc_t, typename index_t>
 LSTM_GATES_HD void backward_thread(const gate_t* __restrict__ gates, const state_t* __restrict__ c_prev,
                                    const acc_t* __restrict__ w_ci, const acc_t* __restrict__ w_cf,
@@ -207,13 +216,14 @@ LSTM_GATES_HD void backward_thread(const gate_t* __restrict__ gates, const state
     for (int j = 0; j < kElemsPerThread; ++j) {
       const index_t n = first + j * kThreads;
       if (n >= index.numel) break;
-      const StepGrad<acc_t> d = backward<acc_t>(g[j][0], g[j][1], g[j][2], g[j][3], c[j],
+      const acc_t g_o = index.o_last ? g[j][3] : g[j][2], g_g = index.o_last ? g[j][2] : g[j][3];
+      const StepGrad<acc_t> d = backward<acc_t>(g[j][0], g[j][1], g_o, g_g, c[j],
                                                 peephole_at(w_ci, w_cf, w_co, n, index), dh[j], dc[j]);
       const index_t step = index.gate_stride();
       grad_gates[offset[j]] = Io<gate_t>::store(d.d_i);
       grad_gates[offset[j] + step] = Io<gate_t>::store(d.d_f);
-      grad_gates[offset[j] + 2 * step] = Io<gate_t>::store(d.d_o);
-      grad_gates[offset[j] + 3 * step] = Io<gate_t>::store(d.d_g);
+      grad_gates[offset[j] + 2 * step] = Io<gate_t>::store(index.o_last ? d.d_g : d.d_o);
+      grad_gates[offset[j] + 3 * step] = Io<gate_t>::store(index.o_last ? d.d_o : d.d_g);
       grad_c_prev[n] = Io<state_t>::store(d.d_c_prev);
     }
   }

@@ -40,21 +40,22 @@ const acc_t* ptr_or_null(const std::optional<at::Tensor>& t) {
 }
 
 template <typename index_t>
-Index<index_t> index_of(const at::Tensor& c_prev, bool channels_last) {
-  return Index<index_t>(c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last);
+Index<index_t> index_of(const at::Tensor& c_prev, bool channels_last, int64_t o_slot) {
+  return Index<index_t>(c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last,
+                        static_cast<int>(o_slot));
 }
 
 template <typename gate_t, typename state_t, typename index_t>
 void forward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
-                  at::Tensor& c_next, bool channels_last, int64_t grid) {
+                  at::Tensor& c_next, bool channels_last, int64_t o_slot, int64_t grid) {
   using acc_t = typename CastIo<state_t>::math_t;
   const gate_t* g = gates.data_ptr<gate_t>();
   const state_t* cp = c_prev.data_ptr<state_t>();
   const acc_t *wi = ptr_or_null<acc_t>(w_ci), *wf = ptr_or_null<acc_t>(w_cf), *wo = ptr_or_null<acc_t>(w_co);
   state_t* h = h_next.data_ptr<state_t>();
   state_t* c = c_next.data_ptr<state_t>();
-  const Index<index_t> index = index_of<index_t>(c_prev, channels_last);
+  const Index<index_t> index = index_of<index_t>(c_prev, channels_last, o_slot);
   for_each_cuda_thread<index_t>(c_prev.numel(), grid, [&](index_t block, index_t thread, index_t grid) {
     forward_thread<CastIo>(g, cp, wi, wf, wo, h, c, index, block, thread, grid);
   });
@@ -64,7 +65,8 @@ template <typename gate_t, typename state_t, typename index_t>
 void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                    const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                    const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
-                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid) {
+                   at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t o_slot,
+                   int64_t grid) {
   using acc_t = typename CastIo<state_t>::math_t;
   const gate_t* g = gates.data_ptr<gate_t>();
   const state_t* cp = c_prev.data_ptr<state_t>();
@@ -73,7 +75,7 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& c_prev, const std:
   const state_t* dc = grad_c.has_value() ? grad_c->data_ptr<state_t>() : nullptr;
   gate_t* dg = grad_gates.data_ptr<gate_t>();
   state_t* dcp = grad_c_prev.data_ptr<state_t>();
-  const Index<index_t> index = index_of<index_t>(c_prev, channels_last);
+  const Index<index_t> index = index_of<index_t>(c_prev, channels_last, o_slot);
   for_each_cuda_thread<index_t>(c_prev.numel(), grid, [&](index_t block, index_t thread, index_t grid) {
     backward_thread<CastIo>(g, cp, wi, wf, wo, dh, dc, dg, dcp, index, block, thread, grid);
   });
@@ -112,24 +114,24 @@ void with_index_type(int64_t numel, bool int64_index, F&& f) {
 
 void run_forward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                  const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co, at::Tensor& h_next,
-                 at::Tensor& c_next, bool channels_last, int64_t grid, bool int64_index) {
+                 at::Tensor& c_next, bool channels_last, int64_t o_slot, int64_t grid, bool int64_index) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
                           with_index_type(c_prev.numel(), int64_index, [&](auto index) {
                             forward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, h_next,
-                                                                           c_next, channels_last, grid);
+                                                                           c_next, channels_last, o_slot, grid);
                           }));
 }
 
 void run_backward(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                   const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
                   const std::optional<at::Tensor>& grad_h, const std::optional<at::Tensor>& grad_c,
-                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t grid,
-                  bool int64_index) {
+                  at::Tensor& grad_gates, at::Tensor& grad_c_prev, bool channels_last, int64_t o_slot,
+                  int64_t grid, bool int64_index) {
   LSTM_GATES_CPU_DISPATCH(gates.scalar_type(), c_prev.scalar_type(),
                           with_index_type(c_prev.numel(), int64_index, [&](auto index) {
                             backward_loop<gate_t, state_t, decltype(index)>(gates, c_prev, w_ci, w_cf, w_co, grad_h,
                                                                             grad_c, grad_gates, grad_c_prev,
-                                                                            channels_last, grid);
+                                                                            channels_last, o_slot, grid);
                           }));
 }
 
@@ -143,31 +145,31 @@ void check_grid(int64_t grid) {
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                    const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
-                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t grid,
-                                   bool int64_index) {
-  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t o_slot,
+                                   int64_t grid, bool int64_index) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot);
   check_grid(grid);
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto h_next = at::empty_like(c_prev, memory_format(channels_last));
   auto c_next = at::empty_like(c_prev, memory_format(channels_last));
-  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last, grid, int64_index);
+  run_forward(gates, c_prev, w_ci, w_cf, w_co, h_next, c_next, channels_last, o_slot, grid, int64_index);
   return {h_next, c_next};
 }
 
 std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                     const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
                                     const std::optional<at::Tensor>& w_co, const std::optional<at::Tensor>& grad_h,
-                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t grid,
-                                    bool int64_index) {
-  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t o_slot,
+                                    int64_t grid, bool int64_index) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot);
   check_grid(grid);
   check_grad(grad_h, c_prev, channels_last, "grad_h");
   check_grad(grad_c, c_prev, channels_last, "grad_c");
   TORCH_CHECK(gates.is_cpu(), "lstm_gates (cpu_twin): tensors must be on the CPU, got ", gates.device());
   auto grad_gates = at::empty_like(gates, memory_format(channels_last));
   auto grad_c_prev = at::empty_like(c_prev, memory_format(channels_last));
-  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last, grid,
-               int64_index);
+  run_backward(gates, c_prev, w_ci, w_cf, w_co, grad_h, grad_c, grad_gates, grad_c_prev, channels_last, o_slot,
+               grid, int64_index);
   return {grad_gates, grad_c_prev};
 }
 
@@ -177,10 +179,10 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using pybind11::arg;
   m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CPU twin of the CUDA kernel) -> [h_next, c_next]",
-        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("grid") = 0,
-        arg("int64_index") = false);
+        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("o_slot"),
+        arg("grid") = 0, arg("int64_index") = false);
   m.def("backward", &lstm_gates::backward_op,
         "lstm_gates backward (CPU twin of the CUDA kernel) -> [grad_gates, grad_c_prev]", arg("gates"),
         arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("grad_h"), arg("grad_c"), arg("channels_last"),
-        arg("grid") = 0, arg("int64_index") = false);
+        arg("o_slot"), arg("grid") = 0, arg("int64_index") = false);
 }

@@ -9,8 +9,8 @@
 namespace lstm_gates {
 namespace {
 
-Shape shape_of(const at::Tensor& c_prev, bool channels_last) {
-  return {c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last};
+Shape shape_of(const at::Tensor& c_prev, bool channels_last, int64_t o_slot) {
+  return {c_prev.numel(), c_prev.size(1), c_prev.size(2) * c_prev.size(3), channels_last, static_cast<int>(o_slot)};
 }
 
 void check_launch(cudaError_t err) {
@@ -19,8 +19,8 @@ void check_launch(cudaError_t err) {
 
 std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                    const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
-                                   const std::optional<at::Tensor>& w_co, bool channels_last) {
-  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+                                   const std::optional<at::Tensor>& w_co, bool channels_last, int64_t o_slot) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot);
   TORCH_CHECK(gates.is_cuda(), "lstm_gates (cuda): tensors must be on a CUDA device, got ", gates.device());
   const c10::cuda::CUDAGuard guard(gates.device());
   auto h_next = at::empty_like(c_prev, memory_format(channels_last));
@@ -28,7 +28,7 @@ std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_
   check_launch(forward_cuda(static_cast<Dtype>(dtype_code(gates.scalar_type())),
                             static_cast<Dtype>(dtype_code(c_prev.scalar_type())), gates.data_ptr(),
                             c_prev.data_ptr(), data_or_null(w_ci), data_or_null(w_cf), data_or_null(w_co),
-                            h_next.data_ptr(), c_next.data_ptr(), shape_of(c_prev, channels_last),
+                            h_next.data_ptr(), c_next.data_ptr(), shape_of(c_prev, channels_last, o_slot),
                             c10::cuda::getCurrentCUDAStream().stream()));
   return {h_next, c_next};
 }
@@ -36,8 +36,8 @@ std::vector<at::Tensor> forward_op(const at::Tensor& gates, const at::Tensor& c_
 std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c_prev,
                                     const std::optional<at::Tensor>& w_ci, const std::optional<at::Tensor>& w_cf,
                                     const std::optional<at::Tensor>& w_co, const std::optional<at::Tensor>& grad_h,
-                                    const std::optional<at::Tensor>& grad_c, bool channels_last) {
-  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last);
+                                    const std::optional<at::Tensor>& grad_c, bool channels_last, int64_t o_slot) {
+  check_inputs(gates, c_prev, w_ci, w_cf, w_co, channels_last, o_slot);
   check_grad(grad_h, c_prev, channels_last, "grad_h");
   check_grad(grad_c, c_prev, channels_last, "grad_c");
   TORCH_CHECK(gates.is_cuda(), "lstm_gates (cuda): tensors must be on a CUDA device, got ", gates.device());
@@ -48,7 +48,7 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
                              static_cast<Dtype>(dtype_code(c_prev.scalar_type())), gates.data_ptr(),
                              c_prev.data_ptr(), data_or_null(w_ci), data_or_null(w_cf), data_or_null(w_co),
                              data_or_null(grad_h), data_or_null(grad_c), grad_gates.data_ptr(),
-                             grad_c_prev.data_ptr(), shape_of(c_prev, channels_last),
+                             grad_c_prev.data_ptr(), shape_of(c_prev, channels_last, o_slot),
                              c10::cuda::getCurrentCUDAStream().stream()));
   return {grad_gates, grad_c_prev};
 }
@@ -57,6 +57,10 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
 }  // namespace lstm_gates
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CUDA) -> [h_next, c_next]");
-  m.def("backward", &lstm_gates::backward_op, "lstm_gates backward (CUDA) -> [grad_gates, grad_c_prev]");
+  using pybind11::arg;
+  m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CUDA) -> [h_next, c_next]", arg("gates"),
+        arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("o_slot"));
+  m.def("backward", &lstm_gates::backward_op, "lstm_gates backward (CUDA) -> [grad_gates, grad_c_prev]",
+        arg("gates"), arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("grad_h"), arg("grad_c"),
+        arg("channels_last"), arg("o_slot"));
 }

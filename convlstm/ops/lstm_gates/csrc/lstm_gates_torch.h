@@ -30,9 +30,12 @@ inline at::MemoryFormat memory_format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// o_slot: gates' channel block holding gate o, 2 (blocks i, f, o, g) or 3 (i, f, g, o).
 inline void check_inputs(const at::Tensor& gates, const at::Tensor& c_prev, const std::optional<at::Tensor>& w_ci,
                          const std::optional<at::Tensor>& w_cf, const std::optional<at::Tensor>& w_co,
-                         bool channels_last) {
+                         bool channels_last, int64_t o_slot) {
+  TORCH_CHECK(o_slot == 2 || o_slot == 3, "lstm_gates: o_slot must be 2 (gates i, f, o, g) or 3 (i, f, g, o), got ",
+              o_slot);
   TORCH_CHECK(gates.dim() == 4 && c_prev.dim() == 4 && gates.size(0) == c_prev.size(0) &&
                   gates.size(1) == 4 * c_prev.size(1) && gates.size(2) == c_prev.size(2) &&
                   gates.size(3) == c_prev.size(3),
