@@ -23,7 +23,7 @@ from convlstm.training.distributed import ResumableSampler, SetupError, start_ep
 from test_train import TINY, assert_same_weights, run, train_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT_S = 30
+TIMEOUT_S = 60  # far beyond any run here, even on a loaded machine: reaching it means a hang
 
 
 @contextlib.contextmanager
