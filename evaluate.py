@@ -1,10 +1,15 @@
-"""Evaluate a train.py checkpoint on Moving MNIST or your own sequences in the published tables' conventions.
+"""Evaluate a checkpoint on Moving MNIST or your own sequences in the published tables' conventions.
 
     python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x        # generated test split
     python evaluate.py --checkpoint runs/x/checkpoints/best.pt --out_dir eval/x --data mnist_test_seq.npy
     torchrun --nproc_per_node 8 evaluate.py --checkpoint ... --out_dir ...             # one shard per rank
 
-The model's configuration comes from the checkpoint (read with weights_only=True: no code in it ever runs). Each rank
+    python evaluate.py --checkpoint mmnist_convlstm_one_ep200.pth --cell_output g --out_dir eval/openstl_s
+
+The model, the tutorial's or OpenSTL's ConvLSTM, and its configuration come from the checkpoint (read with
+weights_only=True: no code in it ever runs): a train.py checkpoint, or the weights alone (convlstm.load_model: a bare
+state_dict, the tutorial's Lightning checkpoint, OpenSTL's own .pth), scored as their authors ran them on Moving MNIST
+(10 in, 10 out, 64x64); --openstl_channels and --cell_output say what OpenSTL's weights cannot. Each rank
 evaluates a contiguous shard of the sequences; per-frame metric sums and sequence counts are all-reduced, so each
 sequence counts once whatever the number of ranks. Two baselines are scored on the same sequences: repeating the
 last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
@@ -35,8 +40,9 @@ from convlstm.data import MovingMNIST, split_sequence
 from convlstm.data.sources import LAYOUTS, DataError, open_source
 from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.load import load_model
-from convlstm.model import model_from_config, to_btchw
+from convlstm.load import load_model, override_config
+from convlstm.model import CONFIG_KEYS, forecast, model_config, model_from_config, model_name
+from convlstm.openstl import CELL_OUTPUTS
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.training.checkpoint import CheckpointError, read_checkpoint
 from convlstm.training.config import DEVICES, Config
@@ -44,7 +50,7 @@ from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import SetupError, distributed
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
-REQUIRED_CONFIG = ("n_hidden_dim", "n_steps_past", "n_steps_ahead", "kernel_size", "peephole", "in_chan")
+REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's CONFIG_KEYS
 BASELINES = ("last_frame", "zeros")
 DEFAULT_NUM_TEST = 10000  # the size of the standard test file, so generated results compare with it
 # The generated test split is the same for every checkpoint. train.py validates on the test split's sequences of
@@ -58,7 +64,8 @@ class EvalError(Exception):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    p.add_argument("--checkpoint", required=True,
+                   help="a train.py checkpoint, a state_dict, the tutorial's Lightning or OpenSTL's own checkpoint")
     p.add_argument("--out_dir", required=True, help="where the results go")
     p.add_argument("--data", default=None,
                    help="sequences to evaluate, as train.py's --data: an .npy/.npz array (mnist_test_seq.npy too), a "
@@ -78,6 +85,11 @@ def parse_args(argv=None):
     p.add_argument("--digits", default=None,
                    help="MNIST IDX directory for the generated split (default: the checkpoint's --data, or the "
                         "embedded digits if it had none)")
+    p.add_argument("--openstl_channels", type=int, default=None,
+                   help="frame channels of OpenSTL's own weights, which give only patch_size^2 x channels (default 1)")
+    p.add_argument("--cell_output", default=None, choices=CELL_OUTPUTS,
+                   help="OpenSTL's cell: tanh_c (default, OpenSTL today) or g (v0.2.0's h = o * g, the cell of its "
+                        "published Moving MNIST rows and released weights)")
     p.add_argument("--num_samples", type=int, default=4, help="sequences shown in samples.png and samples.gif")
     p.add_argument("--save_predictions", action="store_true", help="also write predictions.npz")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out_dir")
@@ -93,39 +105,50 @@ def check_out_dir(out_dir, overwrite):
                         f"replace them or choose another directory")
 
 
-def load_checkpoint(path):
-    """(config dict, model state_dict, checkpoint dict), read with weights_only=True. A bare state_dict or the
-    tutorial's Lightning checkpoint (convlstm.load_model) gets the tutorial's configuration: 10 in, 10 out, 64x64."""
+def load_checkpoint(path, channels=None, cell_output=None):
+    """(config dict, model state_dict, checkpoint dict), read with weights_only=True. Weights alone (a bare
+    state_dict, the tutorial's Lightning checkpoint, OpenSTL's own; convlstm.load_model) get their authors' Moving
+    MNIST configuration: 10 in, 10 out, 64x64 (OpenSTL's layer norm: its frame size)."""
     try:
         ckpt = read_checkpoint(path)
         if isinstance(ckpt, dict) and "config" not in ckpt and "model" not in ckpt:
-            model = load_model(path)
-            cell = model.encoder_1_convlstm
-            config = dict(n_hidden_dim=cell.hidden_dim, in_chan=model.info.in_chan, kernel_size=cell.kernel_size[0],
-                          peephole=cell.peephole, n_steps_past=model.info.n_in, n_steps_ahead=model.info.n_out,
-                          image_size=64, backend="auto")
-            return config, model.state_dict(), {"kind": model.info.kind}
+            model = load_model(path, backend="torch", channels=channels, cell_output=cell_output)
+            config = {"image_size": 64, **model_config(model), "n_steps_past": model.info.n_in,
+                      "n_steps_ahead": model.info.n_out, "backend": "auto"}
+            size = model.info.frame_size
+            return config, model.state_dict(), {"kind": model.info.kind,
+                                                "frame_shape": [model.info.in_chan, *size] if size else None}
     except CheckpointError as e:
         raise EvalError(str(e)) from None
+    except ValueError as e:  # model_config: OpenSTL layers of different widths
+        raise EvalError(f"checkpoint {path}: {e}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or \
             not isinstance(ckpt.get("config"), dict):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise EvalError(f"{path} is not a train.py checkpoint: expected a dict with a 'model' state_dict and a "
                         f"'config' dict, found {found}")
-    missing = [key for key in REQUIRED_CONFIG if key not in ckpt["config"]]
+    try:
+        required = (*CONFIG_KEYS[model_name(ckpt["config"])], *REQUIRED_CONFIG)
+    except ValueError as e:
+        raise EvalError(f"checkpoint {path}: {e}") from None
+    missing = [key for key in required if key not in ckpt["config"]]
     if missing:
         raise EvalError(f"checkpoint {path}: its config lacks {', '.join(missing)}")
     not_tensors = [key for key, value in ckpt["model"].items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise EvalError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a tensor)")
-    return ckpt["config"], ckpt["model"], ckpt
+    try:
+        config = override_config(ckpt["config"], path, channels, cell_output)
+    except CheckpointError as e:
+        raise EvalError(str(e)) from None
+    return config, ckpt["model"], ckpt
 
 
-def build_model(config, state_dict, backend, path):
+def build_model(config, state_dict, backend, path, frame_shape=None):
     """The model the config describes (convlstm.model.model_from_config), with the checkpoint's weights,
     checked key by key first so that a mismatch is one line naming the keys."""
     try:
-        model = model_from_config(config, backend=backend)
+        model = model_from_config(config, backend=backend, frame_shape=frame_shape)
     except (TypeError, ValueError, RuntimeError) as e:
         raise EvalError(f"checkpoint {path}: cannot build the model from its config ({e})") from None
     expected = model.state_dict()
@@ -135,7 +158,7 @@ def build_model(config, state_dict, backend, path):
                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        shown = {k: config[k] for k in ("n_hidden_dim", "in_chan", "kernel_size", "peephole")}
+        shown = {k: config[k] for k in CONFIG_KEYS[model_name(config)]}
         raise EvalError(f"checkpoint {path}: weights do not match its config {shown}: "
                         f"{'; '.join(problems[:3])}{more}")
     model.load_state_dict(state_dict)
@@ -203,7 +226,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
     with torch.inference_mode():
         for batch in loader:
             x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
-            pred = to_btchw(model(x, future_seq=n_ahead))  # (B, T_out, C, H, W)
+            pred = forecast(model, x, n_ahead)  # (B, T_out, C, H, W)
             totals["model"].add(frame_metrics(pred, y))
             totals["last_frame"].add(frame_metrics(x[:, -1:].expand_as(y), y))
             totals["zeros"].add(frame_metrics(torch.zeros_like(y), y))
@@ -254,7 +277,7 @@ def run(args):
     if args.num_samples < 1:
         raise EvalError(f"--num_samples must be at least 1, got {args.num_samples}")
     check_out_dir(args.out_dir, args.overwrite)
-    config, state_dict, ckpt = load_checkpoint(args.checkpoint)
+    config, state_dict, ckpt = load_checkpoint(args.checkpoint, args.openstl_channels, args.cell_output)
     dataset, data_info = build_dataset(args, config, ckpt)
 
     try:
@@ -269,7 +292,10 @@ def evaluate_and_write(args, info, config, state_dict, ckpt, dataset, data_info)
         backend, _ = resolve(args.backend, info.device)
     except (ValueError, RuntimeError) as e:
         raise EvalError(f"--backend: {e}") from None
-    model = build_model(config, state_dict, backend, args.checkpoint).to(info.device).eval()
+    # The model gets the backend as asked: "auto" runs OpenSTL's v0.2.0 cell (cell_output "g") in plain PyTorch.
+    model = build_model(config, state_dict, args.backend, args.checkpoint, ckpt.get("frame_shape"))
+    model = model.to(info.device).eval()
+    backend = backend if any(getattr(module, "fused", False) for module in model.modules()) else "torch"
     n, world_size = len(dataset), info.world_size
     start, stop = -(-info.rank * n // world_size), -(-(info.rank + 1) * n // world_size)  # rank 0's never empty
     started = time.time()

@@ -1,15 +1,17 @@
-"""Predict the next frames of your own sequences with a trained EncoderDecoderConvLSTM; no ground truth needed.
+"""Predict the next frames of your own sequences with a trained model (the tutorial's or OpenSTL's ConvLSTM); no ground
+truth needed.
 
     python predict.py --checkpoint runs/x/checkpoints/best.pt --input clips/ --out predictions/x
     python predict.py --checkpoint tutorial.ckpt --input walk.mp4 --channels 1 --resize 64 --out predictions/walk
 
---checkpoint: a train.py checkpoint, a bare state_dict or the tutorial's Lightning checkpoint (convlstm.load_model).
+--checkpoint: a train.py checkpoint, a bare state_dict, the tutorial's Lightning checkpoint or OpenSTL's own .pth
+(convlstm.load_model; --openstl_channels and --cell_output say what OpenSTL's weights cannot).
 --input: an .npy / .npz array, a video, a folder of videos or a folder of frame folders (convlstm.data.sources).
 The model reads the LAST n_in frames of each sequence and predicts n_out more (both from the checkpoint's training
 config; without one the tutorial's 10 and 10), at the frame size a train.py model was trained on unless --resize.
 Into --out:
 
-    predictions.npy        float32 (N, n_out, C, H, W) in [0, 1]
+    predictions.npy        float32 (N, n_out, C, H, W) in [0, 1] (OpenSTL's model is unbounded: clipped)
     inputs.npy             float32 (N, n_in, C, H, W) in [0, 1]: the frames the model read (after --resize)
     strips/<i>_<name>.png  one row per sequence: its inputs, a wider gap, the predictions
     gifs/<i>_<name>.gif    the inputs then the predictions; the bar below grows grey over inputs, red over predictions
@@ -33,7 +35,8 @@ from convlstm.data.sources import LAYOUTS, DataError, open_source
 from convlstm.data.windows import parse_size, to_frames
 from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
-from convlstm.model import to_btchw
+from convlstm.model import check_frame_size, forecast
+from convlstm.openstl import CELL_OUTPUTS
 from convlstm.training.checkpoint import CheckpointError
 
 
@@ -48,6 +51,10 @@ def parse_args(argv=None):
                    help="read images and videos as grey (1) or RGB (3) (default: as in training, else as stored)")
     p.add_argument("--resize", default=None,
                    help="resize frames to HxW, e.g. 64 or 48x64 (default: a train.py model's frame size, else none)")
+    p.add_argument("--openstl_channels", type=int, default=None,
+                   help="frame channels of OpenSTL's own weights, which give only patch_size^2 x channels (default 1)")
+    p.add_argument("--cell_output", default=None, choices=CELL_OUTPUTS,
+                   help="OpenSTL's cell: tanh_c (default) or g (v0.2.0's, of its released weights)")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (same names replaced)")
@@ -99,7 +106,7 @@ def prepare(args):
         raise PredictError(f"--out {args.out} exists and is not a directory")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         raise PredictError(f"--out {args.out} is not empty; pass --overwrite to write into it or choose another")
-    model = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device, channels=args.openstl_channels, cell_output=args.cell_output)
     info, config = model.info, model.info.config or {}
     source = open_source(args.input, layout=args.layout, channels=args.channels or config.get("channels"),
                          min_length=info.n_in)
@@ -109,6 +116,10 @@ def prepare(args):
         raise PredictError(f"{args.input} has frames of {source.frame_shape[0]} channel(s), the checkpoint's model "
                            f"reads {info.in_chan}{hint}")
     inputs = read_inputs(source, info.n_in, parse_size(args.resize) or info.frame_size)
+    try:
+        check_frame_size(model, *inputs.shape[-2:])
+    except ValueError as error:
+        raise PredictError(f"{args.input}: {error} (--resize sets the frame size)") from None
     return model, device, source, inputs, args.n_out or info.n_out
 
 
@@ -124,7 +135,7 @@ def main(argv=None):
     with torch.no_grad():
         for start in range(0, len(inputs), args.batch_size):
             x = inputs[start:start + args.batch_size].to(device)  # (B, n_in, C, H, W)
-            batches.append(to_btchw(model(x, future_seq=n_out)).float().cpu())  # (B, n_out, C, H, W)
+            batches.append(forecast(model, x, n_out).clamp(0, 1).float().cpu())  # (B, n_out, C, H, W)
     predictions, inputs = torch.cat(batches).numpy(), inputs.numpy()
 
     for folder in ("strips", "gifs"):
@@ -138,8 +149,9 @@ def main(argv=None):
         save_prediction_strip(inputs[i], predictions[i], os.path.join(args.out, files["strip"]))
         save_prediction_gif(inputs[i], predictions[i], os.path.join(args.out, files["gif"]))
         sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
-    summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "input": args.input,
-               "n_in": model.info.n_in, "n_out": n_out, "device": str(device), "layout": "(N, T, C, H, W) in [0, 1]",
+    summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "model": model.info.model,
+               "input": args.input, "n_in": model.info.n_in, "n_out": n_out, "device": str(device),
+               "layout": "(N, T, C, H, W) in [0, 1]",
                "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
     with open(os.path.join(args.out, "predict.json"), "w") as handle:
         json.dump(summary, handle, indent=2)

@@ -1,4 +1,6 @@
-"""EncoderDecoderConvLSTM: the tutorial's sequence-to-sequence model, drop-in compatible.
+"""EncoderDecoderConvLSTM: the tutorial's sequence-to-sequence model, drop-in compatible; and what builds and runs
+either model of the toolkit (it or convlstm.openstl's OpenSTLConvLSTM) from a train.py config: model_from_config,
+forecast.
 
 Same state_dict keys (encoder_1_convlstm, encoder_2_convlstm, decoder_1_convlstm, decoder_2_convlstm,
 decoder_CNN), same forward(x, future_seq) and the same outputs for the same weights, so a checkpoint of the
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from .cell import ConvLSTMCell
+from .openstl import PRESETS, OpenSTLConvLSTM
 from .ops.conv_frame import conv_frame, conv_frame_applies
 
 
@@ -79,15 +82,115 @@ class EncoderDecoderConvLSTM(nn.Module):
         return self.autoencoder(x, seq_len, future_seq, h_t, c_t, h_t2, c_t2, h_t3, c_t3, h_t4, c_t4)
 
 
-def model_from_config(config: dict, backend: str | None = None) -> EncoderDecoderConvLSTM:
-    """The EncoderDecoderConvLSTM a train.py config dict describes, with fresh weights (load a state_dict next).
+# The config keys each model reads (train.py's Config field names); "model" picks one, "tutorial" when absent.
+MODELS = ("tutorial", "openstl_convlstm")
+CONFIG_KEYS = {"tutorial": ("n_hidden_dim", "in_chan", "kernel_size", "peephole"),
+               "openstl_convlstm": ("n_hidden_dim", "in_chan", "kernel_size", "n_steps_past", "n_steps_ahead")}
 
-    `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU a model trained with "triton".
-    The model predicts frames of its input's channels (out_chan = in_chan: grey in, grey out; RGB in, RGB out).
+
+def model_name(config: dict) -> str:
+    """config["model"] ("tutorial" when absent: configs from before OpenSTL's model), checked against MODELS."""
+    name = config.get("model", "tutorial")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    return name
+
+
+def model_from_config(config: dict, backend: str | None = None, frame_shape=None) -> nn.Module:
+    """The model a train.py config dict describes, with fresh weights (load a state_dict next).
+
+    config["model"]: "tutorial" (default) builds EncoderDecoderConvLSTM; "openstl_convlstm" OpenSTLConvLSTM with
+    num_hidden = [n_hidden_dim] * num_layers (default 4), filter_size = kernel_size, patch_size (default 4),
+    layer_norm, reverse_scheduled_sampling (default False), cell_output (default "tanh_c"), pre / aft =
+    n_steps_past / n_steps_ahead and in_shape (n_steps_past, in_chan, H, W), (H, W) from frame_shape (C, H, W) when
+    given, else (image_size, image_size). `backend` overrides config["backend"], e.g. "torch" to evaluate on the CPU
+    a model trained with "triton". Both models predict frames of their input's channels.
     """
-    return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"], out_chan=config["in_chan"],
-                                  kernel_size=config["kernel_size"], peephole=config["peephole"],
-                                  backend=backend or config["backend"])
+    backend = backend or config.get("backend", "auto")
+    if model_name(config) == "tutorial":
+        return EncoderDecoderConvLSTM(nf=config["n_hidden_dim"], in_chan=config["in_chan"],
+                                      out_chan=config["in_chan"], kernel_size=config["kernel_size"],
+                                      peephole=config["peephole"], backend=backend)
+    height, width = (frame_shape[1:] if frame_shape is not None else [config["image_size"]] * 2)
+    return OpenSTLConvLSTM(
+        num_hidden=[config["n_hidden_dim"]] * config.get("num_layers", 4),
+        in_shape=(config["n_steps_past"], config["in_chan"], int(height), int(width)),
+        pre_seq_length=config["n_steps_past"], aft_seq_length=config["n_steps_ahead"],
+        filter_size=config["kernel_size"], patch_size=config.get("patch_size", 4),
+        layer_norm=config.get("layer_norm", False),
+        reverse_scheduled_sampling=config.get("reverse_scheduled_sampling", False),
+        cell_output=config.get("cell_output", "tanh_c"), backend=backend)
+
+
+def preset_config(name: str) -> dict:
+    """The config keys of OpenSTL's preset `name` ("convlstm_s", "convlstm_l": convlstm.openstl.PRESETS) for
+    model_from_config: model, n_hidden_dim, num_layers, kernel_size, patch_size, layer_norm,
+    reverse_scheduled_sampling, n_steps_past, n_steps_ahead, image_size (Moving MNIST's 64). Every preset's layers
+    have one width."""
+    preset = PRESETS[name]
+    return dict(model="openstl_convlstm", n_hidden_dim=preset["num_hidden"][0], num_layers=len(preset["num_hidden"]),
+                kernel_size=preset["filter_size"], patch_size=preset["patch_size"],
+                layer_norm=bool(preset["layer_norm"]),
+                reverse_scheduled_sampling=bool(preset["reverse_scheduled_sampling"]),
+                n_steps_past=preset["pre_seq_length"], n_steps_ahead=preset["aft_seq_length"],
+                image_size=preset["in_shape"][2])
+
+
+def model_config(model: nn.Module) -> dict:
+    """The config keys model_from_config reads that rebuild `model` (the inverse, for checkpoints that hold
+    weights alone). Raises ValueError for an OpenSTLConvLSTM whose layers differ in width, which no config names."""
+    if isinstance(model, OpenSTLConvLSTM):
+        if len(set(model.num_hidden)) != 1:
+            raise ValueError(f"its layers have different widths {model.num_hidden}; a config has one n_hidden_dim")
+        cell = model.cell_list[0]
+        _, channels, height, width = model.in_shape
+        return dict(model="openstl_convlstm", n_hidden_dim=model.num_hidden[0], num_layers=model.num_layers,
+                    kernel_size=cell.conv_x[0].kernel_size[0], patch_size=model.patch_size,
+                    layer_norm=len(cell.conv_x) > 1, reverse_scheduled_sampling=model.reverse_scheduled_sampling,
+                    cell_output=cell.cell_output, in_chan=channels, n_steps_past=model.pre_seq_length,
+                    n_steps_ahead=model.aft_seq_length, image_size=height)
+    cell = model.encoder_1_convlstm
+    return dict(model="tutorial", n_hidden_dim=cell.hidden_dim, in_chan=cell.input_dim,
+                kernel_size=cell.kernel_size[0], peephole=cell.peephole)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel / DataParallel (.module) and torch.compile (._orig_mod) wrappers."""
+    while True:
+        inner = next((getattr(model, name) for name in ("module", "_orig_mod")
+                      if isinstance(getattr(model, name, None), nn.Module)), None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def forecast(model: nn.Module, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """One inference call for both models: x (B, T_in, C, H, W) -> the next n_out frames (B, n_out, C, H, W).
+
+    EncoderDecoderConvLSTM: to_btchw(model(x, future_seq=n_out)), values in (0, 1) (a sigmoid), called through
+    any wrapper (torch.compile, DDP). OpenSTLConvLSTM: its predict(x, n_out) (OpenSTL's test-time path: inputs, then
+    its own outputs fed back), unclipped, on the unwrapped module (predict is not forward). The dtype is the
+    model's (autocast's under autocast). Gradients are tracked as usual: wrap in torch.no_grad() to infer.
+    """
+    inner = unwrap(model)
+    if isinstance(inner, OpenSTLConvLSTM):
+        return inner.predict(x, n_out)
+    return to_btchw(model(x, future_seq=n_out))
+
+
+def check_frame_size(model: nn.Module, height: int, width: int) -> None:
+    """ValueError (one line) when `model` cannot predict frames of height x width: OpenSTLConvLSTM needs them to
+    divide into its patches, and with layer_norm to be those it was built for. The tutorial's takes any size."""
+    model = unwrap(model)
+    if not isinstance(model, OpenSTLConvLSTM):
+        return
+    p = model.patch_size
+    if height % p or width % p:
+        raise ValueError(f"frames of {height}x{width} do not divide into the model's {p}x{p} patches")
+    built = tuple(model.in_shape[2:])
+    if len(model.cell_list[0].conv_x) > 1 and (height, width) != built:
+        raise ValueError(f"the model has layer norm over {built[0]}x{built[1]} frames and cannot take "
+                         f"{height}x{width}")
 
 
 def to_btchw(output: torch.Tensor) -> torch.Tensor:
