@@ -4,10 +4,13 @@
     torchrun --standalone --nproc_per_node=8 train.py --run_dir runs/a    # one machine, 8 processes
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
 
-Every process takes --batch_size sequences per step from one shared shuffled order, so N processes with batch b train
-the same model as one process with batch N*b. Checkpoints go to <run_dir>/checkpoints (convlstm.training.checkpoint);
---resume, or a worker group restarted by torchrun --max-restarts, continues from the newest one. Several machines
-need --run_dir on a filesystem they share. `python train.py --help` lists every flag.
+Every process takes --batch_size sequences per micro-batch from one shared shuffled order, and --grad_accum
+micro-batches make one optimizer step, so N processes with batch b accumulating A micro-batches train the same model
+as one process with batch N*A*b. The learning rate follows --lr_schedule over the run's optimizer steps
+(convlstm.training.schedule). Checkpoints go to <run_dir>/checkpoints (convlstm.training.checkpoint); --resume, or a
+worker group restarted by torchrun --max-restarts, continues from the newest one, `--run_dir R --resume` alone with
+the config saved in it. Several machines need --run_dir on a filesystem they share. `python train.py --help` lists
+every flag by group; --config FILE.json gives them from a file.
 
 Every fault ends in one line on stderr (and in train.log once it exists): exit status 1 for an error, 2 for a bad flag,
 and 128 + signum (143, 130) when SIGTERM or SIGINT stopped the run after a step with a checkpoint. Rank 0 holds
@@ -36,15 +39,16 @@ from convlstm.model import model_from_config, to_btchw
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
-                                          save_checkpoint, set_rng_state, sweep_temp_files, write_config,
-                                          write_elastic_run_id)
-from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config
+                                          save_checkpoint, saved_config, set_rng_state, sweep_temp_files,
+                                          write_config, write_elastic_run_id)
+from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
 from convlstm.training.preemption import StopSignals, Stopped, exit_code, ignore_stop_signals
+from convlstm.training.schedule import advance, build_scheduler
 
 
 class TrainingError(RuntimeError):
@@ -102,9 +106,33 @@ def start_state(cfg, info, warnings: list):
     return (state if info.is_main else load_checkpoint(detail)), lock
 
 
+def train_step(model, ddp, batches, cfg, precision, optimizer, parameters, device):
+    """One optimizer step on the next cfg.grad_accum micro-batches of the iterator `batches` ((b, T, C, H, W) each).
+
+    Each micro-batch's mean loss is divided by their number N before its backward, so the gradients add up to those of
+    the mean over all N*b sequences: N micro-batches of b step as one batch of N*b does. Under DDP (`ddp`, else None)
+    the N-1 first run in no_sync() and only the last backward all-reduces. Returns the step's loss (their mean, 0-dim),
+    the gradient norm before clipping and the last micro-batch's (x, y, y_hat) for the picture.
+    """
+    losses = []
+    for k in range(cfg.grad_accum):
+        sync = ddp is None or k == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            x, y, y_hat = predict(model, next(batches).to(device, non_blocking=True), cfg, precision)
+            loss = F.mse_loss(y_hat, y)
+            precision.backward(loss / cfg.grad_accum)
+        losses.append(loss.detach())
+    grad_norm = precision.step(optimizer, parameters, cfg.grad_clip)
+    return torch.stack(losses).mean(), grad_norm, (x, y, y_hat)
+
+
 def restore(state, cfg, model, optimizer, precision, log) -> None:
-    """Load a checkpoint into the fresh model, optimizer and scaler and restore the RNG; the model must match."""
-    saved = state["config"]
+    """Load a checkpoint into the fresh model, optimizer and scaler and restore the RNG; the model must match.
+
+    Adam's moments come from the checkpoint, its hyperparameters (lr, betas and the keys the schedule keeps in the
+    param groups) stay those this run's config gave the fresh optimizer: the same values when nothing changed, and a
+    --lr or --beta_2 typed on resume takes effect. The caller then places the schedule at the checkpoint's step."""
+    saved = with_defaults(state["config"])  # a checkpoint older than a field has its default
     mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
                   for name in MODEL_FIELDS if saved.get(name) != getattr(cfg, name)]
     if mismatched:
@@ -115,7 +143,10 @@ def restore(state, cfg, model, optimizer, precision, log) -> None:
     if changed:
         log.warning("flags changed since the checkpoint: " + ", ".join(changed))
     model.load_state_dict(state["model"])
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, values in zip(optimizer.param_groups, hyperparameters):
+        group.update(values)
     precision.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
 
@@ -143,10 +174,11 @@ def make_loaders(cfg, info, datasets):
                           pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
                           worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_options)
-    if len(train_loader) == 0:
+    if len(train_loader) < cfg.grad_accum:
+        accumulated = f" x {cfg.grad_accum} accumulated" if cfg.grad_accum > 1 else ""
         raise TrainingError(f"{len(train_set)} training sequences are fewer than one global batch (--batch_size "
-                            f"{cfg.batch_size} x {info.world_size} processes): no training step per epoch"
-                            + ("" if cfg.data else f"; raise --num_train {cfg.num_train}"))
+                            f"{cfg.batch_size} x {info.world_size} processes{accumulated}): no training step per "
+                            "epoch" + ("" if cfg.data else f"; raise --num_train {cfg.num_train}"))
     val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return sampler, train_loader, DataLoader(val_share, **loader_options)
 
@@ -180,38 +212,43 @@ def train(cfg, info, train_set=None, val_set=None) -> None:
 
 
 def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop) -> None:
-    device, global_batch = info.device, cfg.batch_size * info.world_size
+    device = info.device
+    global_batch = cfg.batch_size * info.world_size * cfg.grad_accum  # sequences per optimizer step
+    sampler, train_loader, val_loader = loaders
+    total_steps = cfg.epochs * (len(train_loader) // cfg.grad_accum)  # optimizer steps; the schedule spans them
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    raw_model = model_from_config(dataclasses.asdict(cfg)).to(device)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    precision = Precision(cfg.amp, device)
+    step, epoch, samples_seen, best_val_loss = 0, 0, 0, None
+    if state is not None:  # before anything is written: a refused resume leaves config.json as it was
+        restore(state, cfg, raw_model, optimizer, precision, log)
+        step, epoch, samples_seen = state["step"], state["sampler"]["epoch"], state["sampler"]["samples_seen"]
+        best_val_loss = state["best_val_loss"]
+        scheduler = build_scheduler(optimizer, cfg, total_steps, done_steps=step)
     if info.is_main:
         write_elastic_run_id(cfg.run_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
         write_config(cfg.run_dir, dataclasses.asdict(cfg))
         log.info(f"config: {dataclasses.asdict(cfg)}")
-        log.info(f"{info.world_size} process(es) on {device.type}, global batch {global_batch}, amp {cfg.amp}, "
-                 f"gate backend {backend}")
+        accumulated = f" ({cfg.batch_size} per process x {cfg.grad_accum} accumulated)" if cfg.grad_accum > 1 else ""
+        log.info(f"{info.world_size} process(es) on {device.type}, global batch {global_batch}{accumulated}, amp "
+                 f"{cfg.amp}, gate backend {backend}, lr schedule {cfg.lr_schedule} over {total_steps} steps")
         log.info(f"data: {described}; frames {frame_shape} (C, H, W)")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    sampler, train_loader, val_loader = loaders
-
-    raw_model = model_from_config(dataclasses.asdict(cfg)).to(device)
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
-    precision = Precision(cfg.amp, device)
-    step, epoch, samples_seen, best_val_loss = 0, 0, 0, None
-    if state is not None:
-        restore(state, cfg, raw_model, optimizer, precision, log)
-        step, epoch, samples_seen = state["step"], state["sampler"]["epoch"], state["sampler"]["samples_seen"]
-        best_val_loss = state["best_val_loss"]
-        log.info(f"resumed from step {step} (epoch {epoch}, {samples_seen} sequences into it)")
-    elif cfg.resume and info.is_main:
-        log.info(f"--resume: no checkpoint in {checkpoint_dir(cfg.run_dir)} yet, starting fresh")
-    model = raw_model
+        if state is not None:
+            log.info(f"resumed from step {step} (epoch {epoch}, {samples_seen} sequences into it)")
+        elif cfg.resume:
+            log.info(f"--resume: no checkpoint in {checkpoint_dir(cfg.run_dir)} yet, starting fresh")
+    model, ddp = raw_model, None
     if info.is_distributed:
-        model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = ddp = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
     parameters = list(raw_model.parameters())
 
-    total_steps = cfg.epochs * len(train_loader)
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
     reporter = Reporter(cfg.run_dir, info.is_main, info.world_size, global_batch, total_steps, step, device, log)
     if cfg.tensorboard and info.is_main:
         log.info(f"TensorBoard serving {cfg.run_dir} at {start_tensorboard_server(cfg.run_dir)}")
@@ -242,7 +279,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             try:
                 save_checkpoint(checkpoint_dir(cfg.run_dir), {
                     "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": precision.state_dict(), "step": step, "epoch": epoch,
+                    "scaler": precision.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
                     "sampler": {"epoch": epoch, "samples_seen": samples_seen}, "config": dataclasses.asdict(cfg),
                     "frame_shape": list(frame_shape), "rng": rng_state(), "val_loss": val_loss,
                     "val_metrics": val_metrics, "best_val_loss": best_val_loss},
@@ -255,25 +292,26 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             raise TrainingError(failure)
 
     while step < total_steps:
-        epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning)
-        batches_left = len(train_loader)
-        for batch in train_loader:
+        epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning, cfg.grad_accum)
+        batches, steps_left = iter(train_loader), len(train_loader) // cfg.grad_accum  # a last partial step: dropped
+        while steps_left:
             if step == fault_step:
                 kill_self(fault_signal)
-            x, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
-            loss = F.mse_loss(y_hat, y)
-            grad_norm = precision.step(loss, optimizer, parameters, cfg.grad_clip)
-            step, samples_seen, batches_left = step + 1, samples_seen + global_batch, batches_left - 1
+            lr = optimizer.param_groups[0]["lr"]
+            loss, grad_norm, (x, y, y_hat) = train_step(model, ddp, batches, cfg, precision, optimizer, parameters,
+                                                        device)
+            advance(scheduler)
+            step, samples_seen, steps_left = step + 1, samples_seen + global_batch, steps_left - 1
             reporter.record(loss, grad_norm)
             watch.observe(loss, step)
             skips.observe(grad_norm)
-            epoch_done, last_step = batches_left == 0, step == total_steps
+            epoch_done, last_step = steps_left == 0, step == total_steps
             if epoch_done:
                 epoch, samples_seen = epoch + 1, 0
 
             if step % cfg.log_every == 0 or last_step:
                 stop_if_not_finite()
-                reporter.report(step, epoch, optimizer.param_groups[0]["lr"], all_reduce)
+                reporter.report(step, epoch, lr, all_reduce)
             if step % cfg.image_every == 0 or last_step:
                 reporter.picture(step, x[0], y[0], y_hat[0])
             val_loss, val_metrics = None, None
@@ -304,8 +342,8 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
     """Train with the flags `argv` (default sys.argv[1:]). From Python, train_dataset and val_dataset may be any
     torch Datasets whose items are float32 (T, C, H, W) tensors in [0, 1], T >= n_steps_past + n_steps_ahead; they
     replace --data."""
-    cfg = parse_config(argv)
     try:
+        cfg = parse_config(argv, saved_config=saved_config)  # --resume: the checkpoint's config under the flags
         with distributed(cfg.device) as info:
             train(cfg, info, train_dataset, val_dataset)
     except (TrainingError, SetupError, CheckpointError) as error:

@@ -1,9 +1,11 @@
 """Mixed precision as one object, so fp32, bf16 and fp16 run the same training lines.
 
 `Precision.autocast()` is torch.autocast for bf16/fp16 (a no-op context for "none"); the GradScaler is enabled only for
-fp16, where it scales the loss so small gradients survive in half precision. `Precision.step` keeps the order that
-makes clipping correct: scale -> backward -> unscale_ -> clip -> step -> update. Unscaling before the clip matters:
-clipping scaled gradients would compare a norm 2^16 times too large against --grad_clip.
+fp16, where it scales the loss so small gradients survive in half precision. `Precision.backward` (once per
+micro-batch) and `Precision.step` (once per optimizer step) keep the order that makes clipping correct: scale ->
+backward (x N micro-batches) -> unscale_ -> clip -> step -> update. Unscaling before the clip matters: clipping scaled
+gradients would compare a norm 2^16 times too large against --grad_clip. The scale stays the same over the N backward
+passes of one step (only `update` changes it), so their scaled gradients add up as the unscaled ones do.
 """
 from __future__ import annotations
 
@@ -28,11 +30,16 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=DTYPES[self.amp])
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float) -> torch.Tensor:
-        """Backward `loss`, clip, and step `optimizer`. Returns the gradient norm before clipping (a 0-dim tensor,
-        unscaled; inf or nan on an fp16 step the scaler skips). grad_clip 0 measures the norm without clipping."""
-        parameters = list(parameters)
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward the (scaled) `loss`, adding to the gradients since the last `step`: with gradient accumulation,
+        each micro-batch's share of the step's loss."""
         self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters, grad_clip: float) -> torch.Tensor:
+        """Unscale the gradients accumulated by `backward`, clip them, step `optimizer` and zero them. Returns the
+        gradient norm before clipping (a 0-dim tensor, unscaled; inf or nan on an fp16 step the scaler skips).
+        grad_clip 0 measures the norm without clipping."""
+        parameters = list(parameters)
         self.scaler.unscale_(optimizer)
         # max_norm=inf leaves every gradient unchanged (clip coefficient clamped to exactly 1.0).
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf)

@@ -5,8 +5,10 @@ step_<N>.pt (the last few). A checkpoint is a dict:
 
     model      state_dict of the plain EncoderDecoderConvLSTM (no DDP "module." or torch.compile "_orig_mod." prefix)
     optimizer  Adam's state_dict            scaler   GradScaler's state_dict (empty when not fp16)
+    scheduler  the learning-rate scheduler's state_dict (convlstm.training.schedule); its last_epoch is `step`
     step       optimizer steps taken        epoch    epoch the next step belongs to
-    sampler    {"epoch", "samples_seen"}: where in that epoch's global permutation the next batch starts
+    sampler    {"epoch", "samples_seen"}: where in that epoch's global permutation the next optimizer step's
+               sequences start (samples_seen counts sequences: batch_size * processes * grad_accum per step)
     config     the resolved Config as a plain dict (see convlstm.training.config)
     rng        torch / numpy / python / cuda RNG states as tensors and plain values
     val_loss   validation MSE per pixel at this point, or None if none was measured since the last epoch
@@ -176,6 +178,13 @@ def load_checkpoint(path: str) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (missing {missing})")
     return state
+
+
+def saved_config(run_dir: str) -> dict | None:
+    """The config saved in the checkpoint that a --resume of `run_dir` continues from (find_resume_checkpoint, read
+    before the run_dir's lock is taken: train.py's start names any unreadable file), or None when there is none yet."""
+    found = find_resume_checkpoint(checkpoint_dir(run_dir), warn=lambda message: None)
+    return found[1]["config"] if found else None
 
 
 def find_resume_checkpoint(directory: str, warn) -> tuple[str, dict] | None:

@@ -1,11 +1,17 @@
-"""The training configuration: one dataclass whose fields (default and help text each) are train.py's flags of the
-same names, and the checks that stop a bad value before anything is built (exit status 2, naming flag and value).
+"""The training configuration: one dataclass whose fields (default, help text and --help group each) are train.py's
+flags of the same names, the --config file that may give them, and the checks that stop a bad value before anything
+is built (exit status 2, naming flag and value).
 The tutorial's flags (--lr, --beta_1, --beta_2, --batch_size, --epochs, --n_hidden_dim, --use_amp) keep their meaning.
+
+Where a value comes from, lowest first: the field's default; with --resume, the config saved in the checkpoint the run
+continues from; the --config file; the flags typed on the command line. Only typed flags count as typed: argparse's
+defaults never replace a saved or file value.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,75 +24,118 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Adam's step moves each weight by about lr at most, so a larger lr only diverges (1e38 overflowed inside Adam).
 MAX_LR = 1.0
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+# The --help groups, in the order --help lists them, each with the line it shows under its title.
+GROUPS = {
+    "data": "Moving MNIST generated on the fly, or your own sequences with --data",
+    "model": "the EncoderDecoderConvLSTM and its gate kernels; a resumed run must keep n_hidden_dim, kernel_size, "
+             "peephole and in_chan",
+    "optimisation": "Adam, the learning-rate schedule over the run's optimizer steps, batches, precision",
+    "run": "the run directory, its length, checkpoints and the --config file",
+    "distributed": "torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; every process takes --batch_size sequences per "
+                   "micro-batch from one shared shuffled order (NCCL on GPUs, gloo on the CPU)",
+    "logging": "what rank 0 writes to train.log and TensorBoard",
+}
 
 
-def _arg(default, help_text, **argparse_kwargs):
-    return field(default=default, metadata={"help": help_text, **argparse_kwargs})
+def _arg(group, default, help_text, **argparse_kwargs):
+    assert group in GROUPS, group
+    return field(default=default, metadata={"group": group, "help": help_text, **argparse_kwargs})
 
 
 @dataclass
 class Config:
-    # The tutorial's flags, same defaults and meaning.
-    lr: float = _arg(1e-4, f"Adam learning rate, at most {MAX_LR}")
-    beta_1: float = _arg(0.9, "Adam beta_1 (decay rate of the first moment)")
-    beta_2: float = _arg(0.98, "Adam beta_2 (decay rate of the second moment)")
-    batch_size: int = _arg(12, "sequences per process and step; the global batch is batch_size * world size")
-    epochs: int = _arg(300, "passes over the --num_train training sequences")
-    n_hidden_dim: int = _arg(64, "hidden channels of every ConvLSTM cell")
-    use_amp: Optional[bool] = _arg(None, "the tutorial's flag: True means --amp fp16 on CUDA, bf16 on the CPU; "
-                                         "False means --amp none. Prefer --amp")
-    # Run directory, length and checkpoints.
-    run_dir: str = _arg("runs/convlstm", "directory for checkpoints/, TensorBoard events, train.log, config.json")
-    max_steps: int = _arg(0, "stop after this many optimizer steps in all (0: run all --epochs)")
-    resume: bool = _arg(False, "continue from <run_dir>/checkpoints/latest.pt when there is one")
-    checkpoint_every: int = _arg(500, "steps between checkpoints (also written after every epoch and at the end)")
-    keep_checkpoints: int = _arg(3, "how many step_<N>.pt checkpoints to keep besides latest.pt and best.pt")
     # Data.
-    data: Optional[str] = _arg(None, "your sequences: an .npy/.npz array, a video file, a folder of videos, or a "
-                                     "folder of frame folders (PNG/JPEG); default: Moving MNIST generated on the fly")
-    val_data: Optional[str] = _arg(None, "validation sequences from another path, as --data; default: "
-                                         "--val_fraction of --data's sequences")
-    val_fraction: float = _arg(0.1, "share of --data's sequences held out for validation (by --seed) without "
-                                    "--val_data")
-    layout: Optional[str] = _arg(None, "axis order of an array in --data (default: detected where unambiguous)",
-                                 choices=LAYOUTS)
-    stride: int = _arg(0, "frames between the starts of windows cut from longer sequences (0: n_in + n_out)")
-    channels: Optional[int] = _arg(None, "read images and videos as grey (1) or RGB (3); default: grey images "
-                                         "grey, videos RGB", choices=(1, 3))
-    resize: Optional[str] = _arg(None, "resize the frames of --data to HxW, e.g. 64 or 48x64")
-    n_steps_past: int = _arg(10, "input frames the model reads", aliases=("--n_in",))
-    n_steps_ahead: int = _arg(10, "frames the model predicts", aliases=("--n_out",))
+    data: Optional[str] = _arg("data", None, "your sequences: an .npy/.npz array, a video file, a folder of videos, "
+                                             "or a folder of frame folders (PNG/JPEG); default: Moving MNIST "
+                                             "generated on the fly")
+    val_data: Optional[str] = _arg("data", None, "validation sequences from another path, as --data; default: "
+                                                 "--val_fraction of --data's sequences")
+    val_fraction: float = _arg("data", 0.1, "share of --data's sequences held out for validation (by --seed) "
+                                            "without --val_data")
+    layout: Optional[str] = _arg("data", None, "axis order of an array in --data (default: detected where "
+                                               "unambiguous)", choices=LAYOUTS)
+    stride: int = _arg("data", 0, "frames between the starts of windows cut from longer sequences (0: n_in + n_out)")
+    channels: Optional[int] = _arg("data", None, "read images and videos as grey (1) or RGB (3); default: grey "
+                                                 "images grey, videos RGB", choices=(1, 3))
+    resize: Optional[str] = _arg("data", None, "resize the frames of --data to HxW, e.g. 64 or 48x64")
+    n_steps_past: int = _arg("data", 10, "input frames the model reads", aliases=("--n_in",))
+    n_steps_ahead: int = _arg("data", 10, "frames the model predicts", aliases=("--n_out",))
     # Moving MNIST, when there is no --data.
-    digits: Optional[str] = _arg(None, "directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
-                                       "default: the embedded digits")
-    num_train: int = _arg(10000, "training sequences per epoch (Moving MNIST train split)")
-    num_val: Optional[int] = _arg(None, "held-out validation sequences (Moving MNIST test split), evaluated every "
-                                        "epoch; default: a tenth of --num_train, at most 1000, so that validation "
-                                        "costs a few percent of an epoch")
-    image_size: int = _arg(64, "frame height and width in pixels")
-    num_digits: int = _arg(2, "moving digits per sequence")
-    generator: str = _arg("standard", "how digits move: the benchmark's (standard) or the tutorial's",
+    digits: Optional[str] = _arg("data", None, "directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
+                                               "default: the embedded digits")
+    num_train: int = _arg("data", 10000, "training sequences per epoch (Moving MNIST train split)")
+    num_val: Optional[int] = _arg("data", None, "held-out validation sequences (Moving MNIST test split), evaluated "
+                                                "every epoch; default: a tenth of --num_train, at most 1000, so that "
+                                                "validation costs a few percent of an epoch")
+    image_size: int = _arg("data", 64, "frame height and width in pixels")
+    num_digits: int = _arg("data", 2, "moving digits per sequence")
+    generator: str = _arg("data", "standard", "how digits move: the benchmark's (standard) or the tutorial's",
                           choices=GENERATORS)
-    num_workers: int = _arg(2, "DataLoader worker processes per rank (0: load in the training process)")
-    seed: int = _arg(0, "seed of the weights, the data and the shuffling")
+    num_workers: int = _arg("data", 2, "DataLoader worker processes per rank (0: load in the training process)")
     # Model.
-    kernel_size: int = _arg(3, "ConvLSTM kernel size (odd)")
-    peephole: bool = _arg(False, "add the peephole terms of Shi et al. (2015) to every cell")
-    in_chan: Optional[int] = _arg(None, "channels of the frames, in and out (default: the data's; Moving MNIST: 1)")
-    backend: str = _arg("auto", "gate kernel backend", choices=BACKENDS)
-    compile: bool = _arg(False, "wrap the model in torch.compile")
-    # Numerics and device.
-    amp: str = _arg("auto", "mixed precision: auto is bf16 on GPUs that support it, none on the CPU",
+    n_hidden_dim: int = _arg("model", 64, "hidden channels of every ConvLSTM cell")
+    kernel_size: int = _arg("model", 3, "ConvLSTM kernel size (odd)")
+    peephole: bool = _arg("model", False, "add the peephole terms of Shi et al. (2015) to every cell")
+    in_chan: Optional[int] = _arg("model", None, "channels of the frames, in and out (default: the data's; Moving "
+                                                 "MNIST: 1)")
+    backend: str = _arg("model", "auto", "gate kernel backend", choices=BACKENDS)
+    compile: bool = _arg("model", False, "wrap the model in torch.compile")
+    # Optimisation.
+    lr: float = _arg("optimisation", 1e-4, f"Adam learning rate, at most {MAX_LR}: the schedule's peak")
+    beta_1: float = _arg("optimisation", 0.9, "Adam beta_1 (decay rate of the first moment); onecycle cycles it "
+                                              "between 0.95 and 0.85 instead")
+    beta_2: float = _arg("optimisation", 0.98, "Adam beta_2 (decay rate of the second moment)")
+    lr_schedule: str = _arg("optimisation", "constant", "learning rate over the run's optimizer steps: constant "
+                                                        "--lr; cosine: linear warmup over --warmup_steps, then a "
+                                                        "cosine down to --min_lr at the last step (nanoGPT's); "
+                                                        "onecycle: torch's OneCycleLR peaking at --lr (OpenSTL's)",
+                            choices=LR_SCHEDULES)
+    warmup_steps: int = _arg("optimisation", 0, "constant and cosine: optimizer steps of linear warmup, step s at "
+                                                "lr * (s + 1) / (warmup_steps + 1)")
+    min_lr: float = _arg("optimisation", 0.0, "cosine: the learning rate at the last step (nanoGPT uses lr / 10)")
+    onecycle_final_div: float = _arg("optimisation", 1e4, "onecycle: OneCycleLR's final_div_factor, the last step's "
+                                                          "lr is lr / 25 / this (OpenSTL's 1e4)")
+    batch_size: int = _arg("optimisation", 12, "sequences per process and micro-batch; the global batch of an "
+                                               "optimizer step is batch_size * world size * grad_accum")
+    grad_accum: int = _arg("optimisation", 1, "micro-batches whose gradients add up to one optimizer step: N "
+                                              "micro-batches of b train as one batch of N*b")
+    epochs: int = _arg("optimisation", 300, "passes over the --num_train training sequences")
+    max_steps: int = _arg("optimisation", 0, "stop after this many optimizer steps in all (0: run all --epochs); "
+                                             "the schedule spans the run's optimizer steps")
+    grad_clip: float = _arg("optimisation", 0.0, "clip the global gradient norm to this value (0: no clipping, as "
+                                                 "the tutorial)")
+    amp: str = _arg("optimisation", "auto", "mixed precision: auto is bf16 on GPUs that support it, none on the CPU",
                     choices=AMP_MODES)
-    grad_clip: float = _arg(0.0, "clip the global gradient norm to this value (0: no clipping, as the tutorial)")
-    max_skipped_steps: int = _arg(50, "fp16: stop when the GradScaler has skipped more than this many steps in a "
-                                      "row (inf or nan gradients each time; a healthy run skips a few while its "
-                                      "scale settles); 0: never stop")
-    device: str = _arg("auto", "auto: the GPU of LOCAL_RANK when CUDA is available, else the CPU", choices=DEVICES)
+    use_amp: Optional[bool] = _arg("optimisation", None, "the tutorial's flag: True means --amp fp16 on CUDA, bf16 "
+                                                         "on the CPU; False means --amp none. Prefer --amp")
+    max_skipped_steps: int = _arg("optimisation", 50, "fp16: stop when the GradScaler has skipped more than this "
+                                                      "many steps in a row (inf or nan gradients each time; a "
+                                                      "healthy run skips a few while its scale settles); 0: never "
+                                                      "stop")
+    # Run directory, checkpoints, seed.
+    run_dir: str = _arg("run", "runs/convlstm", "directory for checkpoints/, TensorBoard events, train.log, "
+                                                "config.json")
+    resume: bool = _arg("run", False, "continue from <run_dir>/checkpoints/latest.pt when there is one, with the "
+                                      "config saved in it; --config and typed flags override its values (the "
+                                      "model's must stay)")
+    checkpoint_every: int = _arg("run", 500, "optimizer steps between checkpoints (also written after every epoch "
+                                             "and at the end)")
+    keep_checkpoints: int = _arg("run", 3, "how many step_<N>.pt checkpoints to keep besides latest.pt and best.pt")
+    seed: int = _arg("run", 0, "seed of the weights, the data and the shuffling")
+    # Processes and device.
+    device: str = _arg("distributed", "auto", "auto: the GPU of LOCAL_RANK when CUDA is available, else the CPU",
+                       choices=DEVICES)
     # Logging.
-    log_every: int = _arg(50, "steps between logged training loss, throughput and gradient norm")
-    image_every: int = _arg(250, "steps between TensorBoard image grids (inputs+predictions, +truth, +error)")
-    tensorboard: bool = _arg(False, "also start a TensorBoard server on --run_dir and print its address")
+    log_every: int = _arg("logging", 50, "optimizer steps between logged training loss, learning rate, throughput "
+                                         "and gradient norm")
+    image_every: int = _arg("logging", 250, "optimizer steps between TensorBoard image grids (inputs+predictions, "
+                                            "+truth, +error)")
+    tensorboard: bool = _arg("logging", False, "also start a TensorBoard server on --run_dir and print its address")
+
+
+DEFAULTS = dataclasses.asdict(Config())
 
 
 def _to_bool(text: str) -> bool:
@@ -98,27 +147,94 @@ def _to_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False, 1/0, yes/no), got {text!r}")
 
 
+# A field's type (the annotation's text) -> argparse's type and the JSON values a --config file may give it.
+_PARSE = {"float": float, "int": int, "str": str, "bool": _to_bool}
+_JSON = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+
+
+def _base_type(f: dataclasses.Field) -> tuple[str, bool]:
+    """("int", True) for Optional[int]: the type and whether None is allowed."""
+    optional = f.type.startswith("Optional[")
+    return (f.type[len("Optional["):-1] if optional else f.type), optional
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per Config field. Boolean flags accept `--flag` alone or `--flag True/False` (the tutorial's style)."""
+    """One flag per Config field, in GROUPS' argument groups, and --config. Boolean flags accept `--flag` alone or
+    `--flag True/False` (the tutorial's style)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train EncoderDecoderConvLSTM on Moving MNIST or your own sequences (torchrun for several "
                     "processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    groups = {title: parser.add_argument_group(title, description) for title, description in GROUPS.items()}
     for f in dataclasses.fields(Config):
-        kwargs = {k: v for k, v in f.metadata.items()}
-        kwargs.setdefault("help", "")
+        kwargs = {k: v for k, v in f.metadata.items() if k != "group"}
         names = (f"--{f.name}", *kwargs.pop("aliases", ()))
-        if f.type in ("bool", "Optional[bool]"):
-            parser.add_argument(*names, type=_to_bool, nargs="?", const=True, default=f.default, **kwargs)
-        else:
-            kind = {"float": float, "int": int, "Optional[int]": int, "str": str, "Optional[str]": str}[f.type]
-            parser.add_argument(*names, type=kind, default=f.default, **kwargs)
+        kind, _ = _base_type(f)
+        if kind == "bool":
+            kwargs.update(nargs="?", const=True)
+        groups[f.metadata["group"]].add_argument(*names, type=_PARSE[kind], default=f.default, **kwargs)
+    groups["run"].add_argument("--config", metavar="FILE.json",
+                               help="a JSON object of these flags' values without the dashes, e.g. {\"lr\": 3e-4, "
+                                    "\"lr_schedule\": \"cosine\"}; flags typed on the command line override it")
     return parser
 
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message names the flag and the value."""
+
+
+def read_config_file(path: str) -> dict:
+    """The {field: value} of a --config JSON file, each checked against its field's type and choices. Raises
+    ConfigError naming the file and the key: an unknown key, a value of the wrong type."""
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read it ({error.strerror})") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--config {path}: not JSON ({error})") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected one JSON object of train.py's flags, e.g. {{\"lr\": 3e-4}}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"--config {path}: unknown key {key!r} (the keys are train.py's flag names without "
+                              "the dashes)")
+        kind, optional = _base_type(fields[key])
+        wrong_type = not isinstance(value, _JSON[kind]) or (isinstance(value, bool) and kind != "bool")
+        if wrong_type and not (value is None and optional):
+            raise ConfigError(f"--config {path}: {key} must be {kind}{' or null' if optional else ''}, got "
+                              f"{json.dumps(value)}")
+        choices = fields[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"--config {path}: {key} {value!r} is not one of {', '.join(map(str, choices))}")
+    return {key: float(value) if _base_type(fields[key])[0] == "float" and value is not None else value
+            for key, value in values.items()}
+
+
+_NOT_GIVEN = object()
+
+
+def given_values(argv, parser: argparse.ArgumentParser) -> dict:
+    """{field: value} the user gave: the --config file's values, then the flags typed in `argv` over them. Flags left
+    out are absent (argparse's defaults are not values given). Bad flags and files exit with status 2."""
+    fields = [f.name for f in dataclasses.fields(Config)]
+    # argparse sets a flag's default only on a namespace that lacks the attribute: a typed flag replaces the marker.
+    namespace = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(fields + ["config"], _NOT_GIVEN)))
+    typed = {name: value for name, value in vars(namespace).items() if value is not _NOT_GIVEN}
+    path = typed.pop("config", None)
+    try:
+        from_file = read_config_file(path) if path is not None else {}
+    except ConfigError as error:
+        parser.error(str(error))
+    return {**from_file, **typed}
+
+
+def with_defaults(saved: dict) -> dict:
+    """A saved config (a checkpoint's) as a full set of fields: the defaults for fields it predates; keys no longer
+    fields dropped."""
+    return {**DEFAULTS, **{name: value for name, value in saved.items() if name in DEFAULTS}}
 
 
 def check_config(cfg: Config) -> None:
@@ -127,18 +243,24 @@ def check_config(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"--{flag} {getattr(cfg, flag)!r}: {rule}")
 
-    for flag in ("lr", "beta_1", "beta_2", "grad_clip"):
+    for flag in ("lr", "beta_1", "beta_2", "grad_clip", "min_lr", "onecycle_final_div"):
         need(math.isfinite(getattr(cfg, flag)), flag, "must be a finite number")
     need(cfg.lr > 0, "lr", "must be positive")
     need(cfg.lr <= MAX_LR, "lr", f"must be at most {MAX_LR}: Adam moves every weight by up to lr per step")
     need(0 <= cfg.beta_1 < 1, "beta_1", "must be in [0, 1)")
     need(0 <= cfg.beta_2 < 1, "beta_2", "must be in [0, 1)")
     need(cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+    need(0 <= cfg.min_lr <= cfg.lr or cfg.lr_schedule != "cosine", "min_lr", "must be in [0, --lr]")
+    need(cfg.onecycle_final_div > 0, "onecycle_final_div", "must be positive")
+    need(cfg.warmup_steps == 0 or cfg.lr_schedule != "onecycle", "warmup_steps",
+         "onecycle warms up over its first 30% of steps (OneCycleLR's pct_start): use --warmup_steps with "
+         "--lr_schedule constant or cosine")
     need(cfg.num_val is None or cfg.num_val >= 1, "num_val", "must be at least 1")
-    for flag in ("batch_size", "epochs", "n_hidden_dim", "num_train", "image_size", "n_steps_past",
+    for flag in ("batch_size", "grad_accum", "epochs", "n_hidden_dim", "num_train", "image_size", "n_steps_past",
                  "n_steps_ahead", "num_digits", "checkpoint_every", "log_every", "image_every"):
         need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
-    for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed", "max_skipped_steps"):
+    for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed", "max_skipped_steps", "warmup_steps"):
         need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
     need(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, "kernel_size", "must be odd and positive")
     need(cfg.in_chan is None or cfg.in_chan >= 1, "in_chan", "must be at least 1")
@@ -154,11 +276,24 @@ def check_config(cfg: Config) -> None:
             raise ConfigError(f"--use_amp {cfg.use_amp} contradicts --amp {cfg.amp}: give only --amp")
 
 
-def parse_config(argv=None) -> Config:
-    """Parse `argv` (default sys.argv[1:]) into a checked Config; unknown flags and bad values exit with status 2."""
+def parse_config(argv=None, saved_config=None) -> Config:
+    """Parse `argv` (default sys.argv[1:]) into a checked Config; unknown flags, unknown --config keys and bad values
+    exit with status 2.
+
+    saved_config(run_dir), when given, is called for a --resume: it returns the config dict saved in the checkpoint
+    the run will continue from (None if there is none), whose values then replace the defaults, so that
+    `train.py --run_dir R --resume` alone continues with the saved values. The --config file and typed flags override
+    them; train.py warns about the values that changed and refuses a changed model.
+    """
     parser = build_parser()
-    namespace = parser.parse_args(argv)
-    cfg = Config(**vars(namespace))
+    given = given_values(argv, parser)
+    saved = None
+    if saved_config is not None and given.get("resume"):
+        saved = saved_config(given.get("run_dir", DEFAULTS["run_dir"]))
+    base = with_defaults(saved) if saved is not None else DEFAULTS
+    if saved is not None and "use_amp" in given and "amp" not in given:
+        base = {**base, "amp": "auto"}  # the saved amp is the one --use_amp resolved to: the typed --use_amp decides
+    cfg = Config(**{**base, **given})
     try:
         check_config(cfg)
     except ConfigError as error:

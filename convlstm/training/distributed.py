@@ -178,8 +178,9 @@ class ResumableSampler(DistributedSampler):
     """DistributedSampler (shuffled, drop_last) that can start an epoch part-way through.
 
     Every rank draws from the same global permutation of epoch `e` (seeded by seed + e) and takes every
-    world_size-th index; the global batch of step s is therefore permutation[s*W*b : (s+1)*W*b] for W ranks of batch
-    b, the same sequences a single process with batch W*b takes. `set_epoch(e, samples_seen)` skips the first
+    world_size-th index; the global batch k is therefore permutation[k*W*b : (k+1)*W*b] for W ranks of batch b, the
+    same sequences a single process with batch W*b takes, and an optimizer step of N accumulated batches takes
+    N*W*b consecutive entries, as one process with batch N*W*b does. `set_epoch(e, samples_seen)` skips the first
     `samples_seen` entries of that permutation (samples_seen / W on each rank), which is how a resumed run continues
     mid-epoch with the batches the uninterrupted run would have taken.
     """
@@ -202,11 +203,13 @@ class ResumableSampler(DistributedSampler):
         return max(0, self.num_samples - self.skip)
 
 
-def start_epoch(sampler: ResumableSampler, loader, epoch: int, samples_seen: int, warn) -> tuple[int, int]:
+def start_epoch(sampler: ResumableSampler, loader, epoch: int, samples_seen: int, warn,
+                batches_per_step: int = 1) -> tuple[int, int]:
     """Set `sampler` `samples_seen` sequences into `epoch` and return the (epoch, samples_seen) the loop starts at.
+    An optimizer step takes `batches_per_step` batches of `loader` (gradient accumulation).
 
     A resume on fewer sequences per epoch than the checkpoint's run (a smaller --num_train), or on a position at the
-    epoch's very end, leaves `loader` no full batch: that epoch is over, so the next one starts (said through `warn`)
+    epoch's very end, leaves `loader` no full step: that epoch is over, so the next one starts (said through `warn`)
     and the training loop always makes progress. A position the processes cannot share evenly is a SetupError.
     """
     try:
@@ -215,9 +218,10 @@ def start_epoch(sampler: ResumableSampler, loader, epoch: int, samples_seen: int
         raise SetupError(f"the checkpoint is {samples_seen} sequences into epoch {epoch}, which "
                          f"{sampler.num_replicas} processes cannot share evenly: resume with a process count that "
                          f"divides {samples_seen}") from error
-    if len(loader) > 0:
+    if len(loader) >= batches_per_step:
         return epoch, samples_seen
-    warn(f"epoch {epoch} holds no further batch of {loader.batch_size * sampler.num_replicas} after the "
-         f"checkpoint's {samples_seen} sequences ({len(sampler.dataset)} per epoch now): starting epoch {epoch + 1}")
+    step_batch = loader.batch_size * sampler.num_replicas * batches_per_step
+    warn(f"epoch {epoch} holds no further batch of {step_batch} after the checkpoint's {samples_seen} sequences "
+         f"({len(sampler.dataset)} per epoch now): starting epoch {epoch + 1}")
     sampler.set_epoch(epoch + 1, 0)
     return epoch + 1, 0

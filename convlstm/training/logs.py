@@ -158,6 +158,7 @@ class Reporter:
         self.bar.update(1)
 
     def report(self, step: int, epoch: int, lr: float, all_reduce) -> None:
+        """`lr`: the learning rate of the step just taken (optimizer step `step`, counted from 1)."""
         train_loss, grad_norm = (all_reduce(self.sums.clone()) / (self.world_size * self.steps)).tolist()
         seconds = time.perf_counter() - self.start
         throughput = self.global_batch * self.steps / seconds
@@ -168,7 +169,7 @@ class Reporter:
             return
         self.bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
         self.log.info(f"step {step}/{self.total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm {grad_norm:.4f} "
-                      f"{throughput:.1f} sequences/s ETA {eta}")
+                      f"lr {lr:.3g} {throughput:.1f} sequences/s ETA {eta}")
         self.writer.add_scalar("train/loss", train_loss, step)
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
