@@ -174,7 +174,8 @@ def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resum
     def save_on_a_full_disk(image, path, *args, **kwargs):
         if not isinstance(path, (str, os.PathLike)):
             return save_to_memory(image, path, *args, **kwargs)
-        open(path, "wb").write(b"partial")
+        with open(path, "wb") as partial:
+            partial.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Image.Image, "save", save_on_a_full_disk)
