@@ -82,12 +82,19 @@ def _paired(r):
         f"{r['speedup_vs_reference']:.3f}x" + (f" (torch {'+'.join(options)})" if options else "")
 
 
-def train_table(run):  # older files have paired ratios and MFU
+def _figure(key):  # 114 and 84.8, 0.00725 (a quick run's): three significant digits below 100
+    return lambda r: "-" if r["status"] != "ok" or key not in r else \
+        f"{r[key]:.0f}" if r[key] >= 100 else f"{r[key]:.3g}"
+
+
+def train_table(run):  # older files have no model (the tutorial's) and no FLOPs, but paired ratios and MFU
     return table(run["results"], [
-        ("backend (ran)", "backend", _ran), ("amp", "amp", None), ("compile", "compile", None),
-        ("channels_last", "channels_last", None), ("ms/step", "ms", ".1f"), ("seq/s", "seq_per_s", ".2f"),
-        ("x reference (paired)", "speedup_vs_reference", _paired), ("MFU", "mfu", ".1%"),
-        ("peak MiB", "peak_mem_mb", ".0f"), ("status", "status", None)])
+        ("model", "model", None), ("backend (ran)", "backend", _ran), ("amp", "amp", None),
+        ("compile", "compile", None), ("channels_last", "channels_last", None), ("ms/step", "ms", ".1f"),
+        ("seq/s", "seq_per_s", ".2f"), ("x reference (paired)", "speedup_vs_reference", _paired),
+        ("MFU", "mfu", ".1%"), ("fwd GFLOP/seq", "gflop_fwd_per_seq", _figure("gflop_fwd_per_seq")),
+        ("TFLOP/s", "tflop_per_s", _figure("tflop_per_s")), ("peak MiB", "peak_mem_mb", ".0f"),
+        ("status", "status", None)])
 
 
 def dispatch_table(run):
@@ -160,7 +167,8 @@ def targets(runs):
 
     verdicts = []  # (met, speedup, the case)
     for run in (run for run in gpu if run["header"]["kind"] == "train" and run["header"]["config_name"] == "tutorial"):
-        ok = [r for r in run["results"] if r["status"] == "ok" and r["amp"] == "bf16"]
+        ok = [r for r in run["results"] if r["status"] == "ok" and r["amp"] == "bf16"
+              and r.get("model", "tutorial") == "tutorial"]  # the target is the tutorial model's
         ref = next((r for r in ok if r["backend"] == "torch" and not r["compile"] and not r["channels_last"]), None)
         for r in [r for r in ok if r["backend_resolved"] != "torch"] if ref else []:
             speed, memory = r["seq_per_s"] / ref["seq_per_s"], r["peak_mem_mb"] / ref["peak_mem_mb"]
@@ -178,8 +186,11 @@ def render(runs):
     parts = ["## Results", ""]
     for run in runs:
         title, make = TABLES[run["header"]["kind"]]
-        config = (f"Configuration {run['header']['config_name']}: {run['results'][0]['config']}\n\n"
-                  if run["header"]["kind"] in ("train", "memory", "data") and run["results"] else "")
+        by_model = {r.get("model"): r.get("config") for r in run["results"]}  # bench_train's name their model
+        config = "" if run["header"]["kind"] not in ("train", "memory", "data") or not run["results"] else \
+            f"Configuration {run['header']['config_name']}: " + (f"{run['results'][0]['config']}" if None in by_model
+                                                                  else "; ".join(f"{model} {config}" for model, config
+                                                                                 in by_model.items())) + "\n\n"
         parts += [f"### {title}, {run['header']['device']}", "", describe(run), "", config + make(run), ""]
     return "\n".join(parts + ["## Targets", "", targets(runs)])
 

@@ -75,17 +75,49 @@ def test_bench_gates_quick(tmp_path):
         assert r["gbps"] == pytest.approx(r["bytes"] / r["ms"] / 1e6)
 
 
+def conv_macs(out_channels, in_channels, kernel, positions):
+    return out_channels * in_channels * kernel * kernel * positions
+
+
 def test_bench_train_quick(tmp_path):
     head, results = quick_run("bench_train.py", tmp_path)
     assert head["kind"] == "train" and head["config_name"] == "quick"
-    # the eager reference and "auto", which on the CPU runs it: same weights, same data, same first loss
-    assert [(r["backend"], r["amp"]) for r in results] == [(b, a) for a in ("bf16", "none") for b in ("torch", "auto")]
+    # per model, the eager reference and "auto", which on the CPU runs it: same weights, same data, same first loss
+    assert [(r["model"], r["backend"], r["amp"]) for r in results] == [
+        (m, b, a) for m in ("tutorial", "openstl_convlstm") for a in ("bf16", "none") for b in ("torch", "auto")]
     for r in results:
         assert r["status"] == "ok" and r["backend_resolved"] == "torch" and not r["compile"], r
-        assert_positive(r, "ms", "seq_per_s", "peak_mem_mb", "loss_first")
+        assert_positive(r, "ms", "seq_per_s", "peak_mem_mb", "loss_first", "gflop_fwd_per_seq", "tflop_per_s")
         assert r["seq_per_s"] == pytest.approx(r["config"]["batch"] / r["ms"] * 1e3)
-    for reference, auto in (results[0:2], results[2:4]):
+        assert r["tflop_per_s"] == pytest.approx(r["flop_per_step"] / r["ms"] / 1e9)
+        # backward costs about twice the forward (less: no gradient for the input frames)
+        assert 2 < r["flop_per_step"] / (r["gflop_fwd_per_seq"] * 1e9 * r["config"]["batch"]) < 3
+    for reference, auto in (results[0:2], results[2:4], results[4:6], results[6:8]):
         assert auto["loss_first"] == pytest.approx(reference["loss_first"], rel=1e-6)
+    # The forward's convolutions at 2 FLOPs per multiply-add, counted by hand. Tutorial (nf 8, 16x16, 4 in, 4 out):
+    # encoder 1 (1 + 8 -> 32), three more cells (16 -> 32), 3x3, 4 steps each; the Conv3d head 8 -> 1 over 4 frames.
+    tutorial = 4 * conv_macs(32, 9, 3, 256) + 12 * conv_macs(32, 16, 3, 256) + 4 * conv_macs(1, 8, 3, 256)
+    # OpenSTL (2 layers of 8, 2x2 patches: 4 patch channels on an 8x8 grid, 3x3), 4 + 4 - 1 steps of conv_x and
+    # conv_h per layer and the 1x1 conv_last.
+    openstl = 7 * (conv_macs(32, 4 + 8 + 8 + 8, 3, 64) + conv_macs(4, 8, 1, 64))
+    assert results[0]["gflop_fwd_per_seq"] == pytest.approx(2 * tutorial / 1e9, rel=1e-12)
+    assert results[4]["gflop_fwd_per_seq"] == pytest.approx(2 * openstl / 1e9, rel=1e-12)
+
+
+def test_bench_train_counts_openstls_published_flops_for_convlstm_s():
+    """OpenSTL's table gives ConvLSTM-S 56.8 "GFLOPs" per Moving MNIST sequence, fvcore's count of multiply-adds:
+    count_flops (on the meta device, at no cost) finds twice that in FLOPs."""
+    code = ("import bench_train as b; c = b.OPENSTL_CONFIGS['tutorial']; print(c['n_hidden_dim'], c['num_layers'], "
+            "b.count_flops('openstl_convlstm', c)['gflop_fwd_per_seq'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=BENCH, env=env_without_interpreter(), capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    hidden, layers, gflop = proc.stdout.split()
+    assert (hidden, layers) == ("128", "4") and round(float(gflop) / 2, 1) == 56.8
+    # 16 patch channels of a 16x16 grid, 5x5, 19 steps: the first layer's conv_x 16 -> 512, conv_h and three
+    # layers' conv_x and conv_h 128 -> 512 (seven), conv_last 128 -> 16.
+    macs = 19 * (conv_macs(512, 16, 5, 256) + 7 * conv_macs(512, 128, 5, 256) + conv_macs(16, 128, 1, 256))
+    assert float(gflop) == pytest.approx(2 * macs / 1e9, rel=1e-9)
 
 
 def test_bench_memory_quick(tmp_path):
