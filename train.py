@@ -29,13 +29,12 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from convlstm.data import split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.model import model_from_config, to_btchw
+from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
 from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
@@ -47,6 +46,7 @@ from convlstm.training.distributed import (ResumableSampler, SetupError, all_red
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
+from convlstm.training.objectives import make_objective, sampling_eta
 from convlstm.training.preemption import StopSignals, Stopped, exit_code, ignore_stop_signals
 from convlstm.training.schedule import advance, build_scheduler
 
@@ -56,11 +56,12 @@ class TrainingError(RuntimeError):
 
 
 def predict(model, batch, cfg, precision):
-    """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y)."""
+    """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y): the
+    model's test-time forecast (OpenSTL's: its own outputs fed back, no true frame after the inputs)."""
     x, y = split_sequence(batch, n_in=cfg.n_steps_past, n_out=cfg.n_steps_ahead)
     with precision.autocast():
-        y_hat = model(x, future_seq=cfg.n_steps_ahead)
-    return x, y, to_btchw(y_hat).float()
+        y_hat = forecast(model, x, cfg.n_steps_ahead)
+    return x, y, y_hat.float()
 
 
 def validate(model, loader, cfg, precision, device, pixels):
@@ -106,27 +107,29 @@ def start_state(cfg, info, warnings: list):
     return (state if info.is_main else load_checkpoint(detail)), lock
 
 
-def train_step(model, ddp, batches, cfg, precision, optimizer, parameters, device):
-    """One optimizer step on the next cfg.grad_accum micro-batches of the iterator `batches` ((b, T, C, H, W) each).
+def train_step(model, ddp, batches, cfg, precision, optimizer, parameters, device, objective, step):
+    """Optimizer step `step` (0-based) on the next cfg.grad_accum micro-batches of the iterator `batches`
+    ((b, T, C, H, W) each), each micro-batch's loss the model's objective (convlstm.training.objectives).
 
     Each micro-batch's mean loss is divided by their number N before its backward, so the gradients add up to those of
     the mean over all N*b sequences: N micro-batches of b step as one batch of N*b does. Under DDP (`ddp`, else None)
     the N-1 first run in no_sync() and only the last backward all-reduces. Returns the step's loss (their mean, 0-dim),
-    the gradient norm before clipping and the last micro-batch's (x, y, y_hat) for the picture.
+    the gradient norm before clipping and the last micro-batch (for the picture).
     """
     losses = []
-    for k in range(cfg.grad_accum):
+    for k, mask in enumerate(objective.masks(step, cfg.grad_accum, device)):
         sync = ddp is None or k == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
-            x, y, y_hat = predict(model, next(batches).to(device, non_blocking=True), cfg, precision)
-            loss = F.mse_loss(y_hat, y)
+            batch = next(batches).to(device, non_blocking=True)
+            with precision.autocast():
+                loss = objective(model, batch, mask)
             precision.backward(loss / cfg.grad_accum)
         losses.append(loss.detach())
     grad_norm = precision.step(optimizer, parameters, cfg.grad_clip)
-    return torch.stack(losses).mean(), grad_norm, (x, y, y_hat)
+    return torch.stack(losses).mean(), grad_norm, batch
 
 
-def restore(state, cfg, model, optimizer, precision, log) -> None:
+def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
     """Load a checkpoint into the fresh model, optimizer and scaler and restore the RNG; the model must match.
 
     Adam's moments come from the checkpoint, its hyperparameters (lr, betas and the keys the schedule keeps in the
@@ -134,7 +137,7 @@ def restore(state, cfg, model, optimizer, precision, log) -> None:
     --lr or --beta_2 typed on resume takes effect. The caller then places the schedule at the checkpoint's step."""
     saved = with_defaults(state["config"])  # a checkpoint older than a field has its default
     mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
-                  for name in MODEL_FIELDS if saved.get(name) != getattr(cfg, name)]
+                  for name in MODEL_FIELDS[cfg.model] if saved.get(name) != getattr(cfg, name)]
     if mismatched:
         raise TrainingError("the checkpoint's model was built with " + ", ".join(mismatched)
                             + ": pass the same values to resume, or choose another --run_dir")
@@ -148,6 +151,7 @@ def restore(state, cfg, model, optimizer, precision, log) -> None:
     for group, values in zip(optimizer.param_groups, hyperparameters):
         group.update(values)
     precision.load_state_dict(state["scaler"])
+    objective.load_state_dict(state.get("objective", {}))
     set_rng_state(state["rng"])
 
 
@@ -162,6 +166,9 @@ def make_data(cfg, info, train_set=None, val_set=None):
         raise TrainingError(f"cannot read {source}: {error}") from error
     if cfg.in_chan is not None and cfg.in_chan != frame_shape[0]:
         raise TrainingError(f"the data has {frame_shape[0]} channel(s) but --in_chan is {cfg.in_chan}")
+    if cfg.model == "openstl_convlstm" and (frame_shape[1] % cfg.patch_size or frame_shape[2] % cfg.patch_size):
+        raise TrainingError(f"frames of {frame_shape[1]}x{frame_shape[2]} do not divide into --patch_size "
+                            f"{cfg.patch_size} patches: pick a patch size that divides both, or --resize")
     return dataclasses.replace(cfg, in_chan=frame_shape[0]), (train_set, val_set), frame_shape, described
 
 
@@ -220,13 +227,14 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
         total_steps = min(total_steps, cfg.max_steps)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    raw_model = model_from_config(dataclasses.asdict(cfg)).to(device)
+    raw_model = model_from_config(dataclasses.asdict(cfg), frame_shape=frame_shape).to(device)
+    objective = make_objective(cfg, frame_shape, info.rank)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     precision = Precision(cfg.amp, device)
     step, epoch, samples_seen, best_val_loss = 0, 0, 0, None
     if state is not None:  # before anything is written: a refused resume leaves config.json as it was
-        restore(state, cfg, raw_model, optimizer, precision, log)
+        restore(state, cfg, raw_model, optimizer, precision, objective, log)
         step, epoch, samples_seen = state["step"], state["sampler"]["epoch"], state["sampler"]["samples_seen"]
         best_val_loss = state["best_val_loss"]
         scheduler = build_scheduler(optimizer, cfg, total_steps, done_steps=step)
@@ -244,7 +252,9 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             log.info(f"--resume: no checkpoint in {checkpoint_dir(cfg.run_dir)} yet, starting fresh")
     model, ddp = raw_model, None
     if info.is_distributed:
-        model = ddp = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # OpenSTL's model holds convolutions its forward never uses (conv_o, the cells' conv_last), as OpenSTL's.
+        model = ddp = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=cfg.model == "openstl_convlstm")
     if cfg.compile:
         model = torch.compile(model)
     parameters = list(raw_model.parameters())
@@ -279,7 +289,8 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             try:
                 save_checkpoint(checkpoint_dir(cfg.run_dir), {
                     "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": precision.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                    "scaler": precision.state_dict(), "scheduler": scheduler.state_dict(),
+                    "objective": objective.state_dict(), "step": step, "epoch": epoch,
                     "sampler": {"epoch": epoch, "samples_seen": samples_seen}, "config": dataclasses.asdict(cfg),
                     "frame_shape": list(frame_shape), "rng": rng_state(), "val_loss": val_loss,
                     "val_metrics": val_metrics, "best_val_loss": best_val_loss},
@@ -298,8 +309,8 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             if step == fault_step:
                 kill_self(fault_signal)
             lr = optimizer.param_groups[0]["lr"]
-            loss, grad_norm, (x, y, y_hat) = train_step(model, ddp, batches, cfg, precision, optimizer, parameters,
-                                                        device)
+            loss, grad_norm, batch = train_step(model, ddp, batches, cfg, precision, optimizer, parameters,
+                                                        device, objective, step)
             advance(scheduler)
             step, samples_seen, steps_left = step + 1, samples_seen + global_batch, steps_left - 1
             reporter.record(loss, grad_norm)
@@ -311,8 +322,11 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
 
             if step % cfg.log_every == 0 or last_step:
                 stop_if_not_finite()
-                reporter.report(step, epoch, lr, all_reduce)
-            if step % cfg.image_every == 0 or last_step:
+                reporter.report(step, epoch, lr, all_reduce, sampling_eta(objective))
+            if (step % cfg.image_every == 0 or last_step) and info.is_main:
+                # The test-time forecast of a training sequence (OpenSTL's training step was fed true frames)
+                with torch.no_grad():
+                    x, y, y_hat = predict(raw_model, batch[:1], cfg, precision)
                 reporter.picture(step, x[0], y[0], y_hat[0])
             val_loss, val_metrics = None, None
             if epoch_done or last_step:

@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..ops.lstm_gates.backends import BACKENDS
 from ..data.moving_mnist import GENERATORS
 from ..data.sources import LAYOUTS
+from ..model import MODELS, preset_config
+from ..openstl import CELL_OUTPUTS, PRESETS
+from ..ops.lstm_gates.backends import BACKENDS, FUSED
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Adam's step moves each weight by about lr at most, so a larger lr only diverges (1e38 overflowed inside Adam).
@@ -29,8 +31,8 @@ LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # The --help groups, in the order --help lists them, each with the line it shows under its title.
 GROUPS = {
     "data": "Moving MNIST generated on the fly, or your own sequences with --data",
-    "model": "the EncoderDecoderConvLSTM and its gate kernels; a resumed run must keep n_hidden_dim, kernel_size, "
-             "peephole and in_chan",
+    "model": "the tutorial's EncoderDecoderConvLSTM or OpenSTL's ConvLSTM (--model openstl_convlstm, --preset "
+             "convlstm_s / convlstm_l) and the gate kernels; a resumed run must keep the fields that shape the model",
     "optimisation": "Adam, the learning-rate schedule over the run's optimizer steps, batches, precision",
     "run": "the run directory, its length, checkpoints and the --config file",
     "distributed": "torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; every process takes --batch_size sequences per "
@@ -75,9 +77,25 @@ class Config:
                           choices=GENERATORS)
     num_workers: int = _arg("data", 2, "DataLoader worker processes per rank (0: load in the training process)")
     # Model.
+    model: str = _arg("model", "tutorial", "tutorial: the tutorial's encoder-decoder (2 + 2 cells, a Conv3d head); "
+                                           "openstl_convlstm: OpenSTL's ConvLSTM (a stack of --num_layers cells on "
+                                           "--patch_size patches, teacher forcing with scheduled sampling, the loss "
+                                           "over all predicted frames, inputs included)", choices=MODELS)
+    preset: Optional[str] = _arg("model", None, "OpenSTL's Moving MNIST recipe: --model openstl_convlstm, 4 layers "
+                                                "of 128 (convlstm_s) or 192 (convlstm_l), kernel 5, patch 4, 64x64, "
+                                                "lr 5e-4 onecycle, batch 16, beta_2 0.999, 200 epochs; flags and "
+                                                "--config override its values", choices=tuple(PRESETS))
     n_hidden_dim: int = _arg("model", 64, "hidden channels of every ConvLSTM cell")
     kernel_size: int = _arg("model", 3, "ConvLSTM kernel size (odd)")
-    peephole: bool = _arg("model", False, "add the peephole terms of Shi et al. (2015) to every cell")
+    peephole: bool = _arg("model", False, "tutorial: add the peephole terms of Shi et al. (2015) to every cell")
+    num_layers: int = _arg("model", 4, "openstl_convlstm: stacked ConvLSTM cells")
+    patch_size: int = _arg("model", 4, "openstl_convlstm: frames become (H/p, W/p) grids of p*p*C channels (64x64x1 "
+                                       "-> 16x16x16 at 4); H and W must divide by it")
+    layer_norm: bool = _arg("model", False, "openstl_convlstm: LayerNorm after each convolution (its weights fix the "
+                                            "frame size)")
+    cell_output: str = _arg("model", "tanh_c", "openstl_convlstm: h = o * tanh(c) (OpenSTL today), or g: h = o * g, "
+                                               "OpenSTL v0.2.0's cell behind its published rows (backend torch only)",
+                            choices=CELL_OUTPUTS)
     in_chan: Optional[int] = _arg("model", None, "channels of the frames, in and out (default: the data's; Moving "
                                                  "MNIST: 1)")
     backend: str = _arg("model", "auto", "gate kernel backend", choices=BACKENDS)
@@ -110,6 +128,21 @@ class Config:
                     choices=AMP_MODES)
     use_amp: Optional[bool] = _arg("optimisation", None, "the tutorial's flag: True means --amp fp16 on CUDA, bf16 "
                                                          "on the CPU; False means --amp none. Prefer --amp")
+    scheduled_sampling: bool = _arg("optimisation", True, "openstl_convlstm: after the inputs, feed each step the "
+                                                          "true frame with probability eta, else the model's own "
+                                                          "output; eta starts at 1 and falls by "
+                                                          "--sampling_changing_rate per step (OpenSTL's). False: "
+                                                          "always the model's own output")
+    sampling_stop_iter: int = _arg("optimisation", 50000, "openstl_convlstm: the step from which eta is 0")
+    sampling_changing_rate: float = _arg("optimisation", 2e-5, "openstl_convlstm: eta's fall per optimizer step")
+    reverse_scheduled_sampling: bool = _arg("optimisation", False, "openstl_convlstm: OpenSTL's reverse scheduled "
+                                                                   "sampling (input frames too are replaced by "
+                                                                   "the model's output, less and less often, between "
+                                                                   "--r_sampling_step_1 and _2)")
+    r_sampling_step_1: int = _arg("optimisation", 25000, "reverse scheduled sampling: the step its ramps start")
+    r_sampling_step_2: int = _arg("optimisation", 50000, "reverse scheduled sampling: the step its ramps end")
+    r_exp_alpha: float = _arg("optimisation", 5000.0, "reverse scheduled sampling: the time constant in steps of "
+                                                      "the input frames' exponential ramp")
     max_skipped_steps: int = _arg("optimisation", 50, "fp16: stop when the GradScaler has skipped more than this "
                                                       "many steps in a row (inf or nan gradients each time; a "
                                                       "healthy run skips a few while its scale settles); 0: never "
@@ -136,6 +169,25 @@ class Config:
 
 
 DEFAULTS = dataclasses.asdict(Config())
+# Fields that only OpenSTL's model reads: another value with the tutorial's model is an error, not ignored.
+OPENSTL_FIELDS = ("num_layers", "patch_size", "layer_norm", "cell_output", "scheduled_sampling",
+                  "sampling_stop_iter", "sampling_changing_rate", "reverse_scheduled_sampling", "r_sampling_step_1",
+                  "r_sampling_step_2", "r_exp_alpha")
+
+
+def preset_values(name: str) -> dict:
+    """The flag values of --preset `name`: OpenSTL's configs/mmnist/ConvLSTM(-L).py (convlstm.openstl.PRESETS) as
+    this toolkit's fields. OpenSTL's Adam has torch's default betas, hence beta_2 0.999."""
+    preset = PRESETS[name]
+    values = {key: value for key, value in preset_config(name).items()}
+    values.update(lr=preset["lr"], batch_size=preset["batch_size"], epochs=preset["epoch"],
+                  lr_schedule=preset["sched"], onecycle_final_div=float(preset["final_div_factor"]), beta_2=0.999,
+                  scheduled_sampling=bool(preset["scheduled_sampling"]),
+                  sampling_stop_iter=preset["sampling_stop_iter"],
+                  sampling_changing_rate=preset["sampling_changing_rate"],
+                  r_sampling_step_1=preset["r_sampling_step_1"], r_sampling_step_2=preset["r_sampling_step_2"],
+                  r_exp_alpha=float(preset["r_exp_alpha"]))
+    return values
 
 
 def _to_bool(text: str) -> bool:
@@ -163,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     `--flag True/False` (the tutorial's style)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train EncoderDecoderConvLSTM on Moving MNIST or your own sequences (torchrun for several "
+        description="Train the tutorial's or OpenSTL's ConvLSTM on Moving MNIST or your own sequences (torchrun for several "
                     "processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     groups = {title: parser.add_argument_group(title, description) for title, description in GROUPS.items()}
@@ -270,6 +322,26 @@ def check_config(cfg: Config) -> None:
     need(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
     need(cfg.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
     need(bool(cfg.run_dir), "run_dir", "must name a directory")
+    need(cfg.model in MODELS, "model", f"must be one of {', '.join(MODELS)}")
+    need(cfg.preset is None or cfg.model == "openstl_convlstm", "preset",
+         "is OpenSTL's recipe for --model openstl_convlstm")
+    if cfg.model == "tutorial":
+        for flag in OPENSTL_FIELDS:
+            need(getattr(cfg, flag) == DEFAULTS[flag], flag, "applies to --model openstl_convlstm only")
+    else:
+        need(not cfg.peephole, "peephole", "applies to --model tutorial only (OpenSTL's cell has no peephole)")
+        for flag in ("num_layers", "patch_size"):
+            need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
+        need(cfg.data is not None or cfg.image_size % cfg.patch_size == 0, "patch_size",
+             f"must divide --image_size {cfg.image_size}")
+        need(cfg.cell_output != "g" or cfg.backend not in FUSED, "cell_output",
+             f"g runs on --backend torch or auto only: the {cfg.backend} kernels compute h = o * tanh(c)")
+        need(cfg.sampling_stop_iter >= 0, "sampling_stop_iter", "must be >= 0")
+        need(math.isfinite(cfg.sampling_changing_rate) and cfg.sampling_changing_rate >= 0, "sampling_changing_rate",
+             "must be a finite number >= 0")
+        need(0 <= cfg.r_sampling_step_1 <= cfg.r_sampling_step_2, "r_sampling_step_1",
+             f"must be in [0, --r_sampling_step_2 {cfg.r_sampling_step_2}]")
+        need(math.isfinite(cfg.r_exp_alpha) and cfg.r_exp_alpha > 0, "r_exp_alpha", "must be a positive number")
     if cfg.use_amp is not None and cfg.amp != "auto":
         wanted = "none" if not cfg.use_amp else ("fp16", "bf16")
         if cfg.amp not in wanted:
@@ -291,6 +363,9 @@ def parse_config(argv=None, saved_config=None) -> Config:
     if saved_config is not None and given.get("resume"):
         saved = saved_config(given.get("run_dir", DEFAULTS["run_dir"]))
     base = with_defaults(saved) if saved is not None else DEFAULTS
+    preset = given.get("preset", base["preset"])
+    if preset is not None and saved is None:
+        base = {**base, **preset_values(preset)}  # a resumed run's saved values already hold its preset's
     if saved is not None and "use_amp" in given and "amp" not in given:
         base = {**base, "amp": "auto"}  # the saved amp is the one --use_amp resolved to: the typed --use_amp decides
     cfg = Config(**{**base, **given})
@@ -323,5 +398,7 @@ def resolve_config(cfg: Config, device_type: str, bf16_supported: bool) -> Confi
     return dataclasses.replace(cfg, amp=amp, use_amp=None, num_val=num_val)
 
 
-# Fields that define the model's parameters: a resumed run must keep them.
-MODEL_FIELDS = ("n_hidden_dim", "kernel_size", "peephole", "in_chan")
+# Fields that define each model's parameters (or how they are used): a resumed run must keep them.
+MODEL_FIELDS = {"tutorial": ("model", "n_hidden_dim", "kernel_size", "peephole", "in_chan"),
+                "openstl_convlstm": ("model", "n_hidden_dim", "num_layers", "kernel_size", "patch_size", "layer_norm",
+                                     "cell_output", "in_chan")}

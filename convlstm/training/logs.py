@@ -157,8 +157,9 @@ class Reporter:
         self.steps += 1
         self.bar.update(1)
 
-    def report(self, step: int, epoch: int, lr: float, all_reduce) -> None:
-        """`lr`: the learning rate of the step just taken (optimizer step `step`, counted from 1)."""
+    def report(self, step: int, epoch: int, lr: float, all_reduce, sampling_eta: float | None = None) -> None:
+        """`lr`: the learning rate of the step just taken (optimizer step `step`, counted from 1); `sampling_eta`:
+        OpenSTL's share of true frames fed in training at that step (None: not scheduled sampling)."""
         train_loss, grad_norm = (all_reduce(self.sums.clone()) / (self.world_size * self.steps)).tolist()
         seconds = time.perf_counter() - self.start
         throughput = self.global_batch * self.steps / seconds
@@ -168,11 +169,14 @@ class Reporter:
         if not self.is_main:
             return
         self.bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
+        sampling = "" if sampling_eta is None else f" sampling eta {sampling_eta:.3f}"
         self.log.info(f"step {step}/{self.total_steps} epoch {epoch} loss {train_loss:.6f} grad_norm {grad_norm:.4f} "
-                      f"lr {lr:.3g} {throughput:.1f} sequences/s ETA {eta}")
+                      f"lr {lr:.3g}{sampling} {throughput:.1f} sequences/s ETA {eta}")
         self.writer.add_scalar("train/loss", train_loss, step)
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
+        if sampling_eta is not None:
+            self.writer.add_scalar("train/sampling_eta", sampling_eta, step)
         self.writer.add_scalar("train/sequences_per_s", throughput, step)
         if self.device.type == "cuda":
             self.writer.add_scalar("gpu/max_memory_allocated_gib",
