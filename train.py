@@ -47,7 +47,8 @@ from convlstm.training.distributed import (ResumableSampler, SetupError, all_red
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
 from convlstm.training.objectives import make_objective, sampling_eta
-from convlstm.training.preemption import StopSignals, Stopped, exit_code, ignore_stop_signals
+from convlstm.training.preemption import (StopSignals, Stopped, exit_code, ignore_stop_signals,
+                                          stop_workers_at_exit)
 from convlstm.training.schedule import advance, build_scheduler
 
 
@@ -356,6 +357,7 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
     """Train with the flags `argv` (default sys.argv[1:]). From Python, train_dataset and val_dataset may be any
     torch Datasets whose items are float32 (T, C, H, W) tensors in [0, 1], T >= n_steps_past + n_steps_ahead; they
     replace --data."""
+    stop_workers_at_exit()  # DataLoader workers ignore SIGTERM: an uncaught exception must not hang the exit
     try:
         cfg = parse_config(argv, saved_config=saved_config)  # --resume: the checkpoint's config under the flags
         with distributed(cfg.device) as info:

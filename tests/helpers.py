@@ -1,5 +1,6 @@
 """What the tests share: the backends this machine is expected to run, written out, and the (device, backend) cases
-built from them. Test files import this module, never each other.
+built from them; train.py loaded once as a module and the small tools its tests share. Test files import this module,
+never each other.
 
 The expectation does not come from the code under test (`available_backends`, `unavailable_reason`): a backend that
 stops loading fails its cases instead of dropping out of a parametrized loop unnoticed.
@@ -8,10 +9,16 @@ stops loading fails its cases instead of dropping out of a parametrized loop unn
   CUDA tensors:  on a GPU machine, cuda (the extension, prebuilt or JIT-built), triton (compiled) and torch.
 Each list is in the order "auto" prefers, the order `available_backends` gives.
 """
+import contextlib
+import importlib.util
 import os
+import pathlib
+import socket
 
 import pytest
 import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CUDA = torch.cuda.is_available()
 # The spellings Triton reads as true (triton.knobs.getenv_bool); read after conftest.py has set the variable.
@@ -49,3 +56,67 @@ def device_backend_cases(backends=("torch", "triton", "cuda", "cpu_twin"), devic
             marks = [] if expected else [pytest.mark.skip(reason=not_expected_reason(device, backend))]
             cases.append(pytest.param(device, backend, id=f"{device}-{backend}", marks=marks))
     return cases
+
+
+def load_script(name):
+    """A script at the repository's root (train.py, ...) as a module, without running its __main__ block."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_script", REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# One module for every test file: a test that monkeypatches train_script's names patches those main() uses.
+train_script = load_script("train.py")
+
+
+# 24 sequences in batches of 4: 6 steps per epoch. On the CPU on every machine: the tests compare runs bit for bit,
+# which CUDA's convolutions do not promise (test_train.py's test_tiny_run_on_the_gpu is the GPU's).
+TINY = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "24", "--num_val", "5", "--batch_size", "4",
+        "--num_workers", "0", "--log_every", "2", "--amp", "none", "--device", "cpu"]
+
+
+def run(tmp_run_dir, *flags):
+    """train.py's main() on the tiny configuration into tmp_run_dir, more flags after it; returns the exit status."""
+    return train_script.main(TINY + ["--run_dir", str(tmp_run_dir), *map(str, flags)])
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def single_process_group(monkeypatch):
+    """The environment torchrun gives a world of one process (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, a free
+    MASTER_PORT): train.py then runs under DistributedDataParallel over gloo in this process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+
+
+def nan_output_models(monkeypatch):
+    """Make train.py build models whose every output is NaN (so is every loss and gradient)."""
+    build = train_script.model_from_config
+
+    def model_with_nan_output(*args, **kwargs):
+        model = build(*args, **kwargs)
+        plain_forward = model.forward
+        model.forward = lambda *a, **k: plain_forward(*a, **k) * float("nan")
+        return model
+
+    monkeypatch.setattr(train_script, "model_from_config", model_with_nan_output)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """OpenSTL makes its zero state in the default dtype: float64 runs of its model need float64 as the default."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

@@ -1,7 +1,6 @@
 """OpenSTLConvLSTM against the transcription of OpenSTL's code (openstl_reference.py): state_dicts both ways, outputs,
 loss and every gradient with equal weights, the test-time path, the patch reshape and the sampling masks; the fused
 gate path against plain PyTorch; the presets and the published parameter counts."""
-import contextlib
 import inspect
 from types import SimpleNamespace
 
@@ -13,7 +12,7 @@ import openstl_reference as ref
 from convlstm.ops.lstm_gates import backends, lstm_gates
 from convlstm.openstl import (PRESETS, OpenSTLConvLSTM, OpenSTLConvLSTMCell, evaluation_mask, reshape_patch,
                               reshape_patch_back, reserve_schedule_sampling_exp, schedule_sampling)
-from helpers import device_backend_cases
+from helpers import default_dtype, device_backend_cases
 
 HAS_GATE_ORDER = "gate_order" in inspect.signature(lstm_gates).parameters
 needs_gate_order = pytest.mark.skipif(not HAS_GATE_ORDER, reason="lstm_gates has no gate_order option yet")
@@ -21,17 +20,6 @@ needs_gate_order = pytest.mark.skipif(not HAS_GATE_ORDER, reason="lstm_gates has
 # Tiny: 2 channels, 8x12 frames in 2x2 patches (a 4x6 grid of 8 channels), 3 + 3 frames, two layers.
 IN_SHAPE = (3, 2, 8, 12)
 PATCH, PRE, AFT, HIDDEN = 2, 3, 3, [5, 3]
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """OpenSTL makes its zero state in the default dtype: float64 runs of its model need float64 as the default."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def hparams(reverse=0, layer_norm=0, pre=PRE, aft=AFT, in_shape=IN_SHAPE, **extra):

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import re
-import socket
 import warnings
 
 import pytest
@@ -15,8 +14,8 @@ import torch
 
 from convlstm.training.amp import Precision
 from convlstm.training.config import GROUPS, Config, parse_config
-from convlstm.training.schedule import advance, build_scheduler
-from test_train import TINY, assert_same_weights, run, train_script
+from convlstm.training.schedule import build_scheduler
+from helpers import assert_same_weights, nan_output_models, run, single_process_group, train_script
 
 
 def latest(run_dir):
@@ -118,12 +117,7 @@ def test_grad_accum_2_of_batch_2_trains_as_batch_4(tmp_path, capsys):
 
 def test_ddp_all_reduces_once_per_optimizer_step(tmp_path, monkeypatch):
     """Under DDP the first grad_accum - 1 backward passes run in no_sync(): one all-reduce per optimizer step."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(name, value)
+    single_process_group(monkeypatch)
     reduced = []  # one entry per backward that all-reduced (its first bucket)
     plain_ddp = train_script.DistributedDataParallel
 
@@ -171,15 +165,7 @@ def test_fp16_accumulation_unscales_the_sum_before_clipping():
 
 
 def test_fp16_steps_the_scaler_skips_still_advance_the_schedule(tmp_path, monkeypatch):
-    build = train_script.model_from_config
-
-    def model_with_nan_output(config):
-        model = build(config)
-        plain_forward = model.forward
-        model.forward = lambda *args, **kwargs: plain_forward(*args, **kwargs) * float("nan")
-        return model
-
-    monkeypatch.setattr(train_script, "model_from_config", model_with_nan_output)
+    nan_output_models(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert run(tmp_path / "run", "--amp", "fp16", "--max_steps", 3, "--max_skipped_steps", 0, "--lr_schedule",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from convlstm.training import checkpoint
 from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
-from test_train import TINY, assert_same_weights, run, train_script
+from helpers import TINY, assert_same_weights, nan_output_models, run, train_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60  # far beyond any run here, even on a loaded machine: reaching it means a hang
@@ -76,16 +76,8 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corr
         assert run(run_dir, "--max_steps", 2, *bad) == 1
         assert not run_dir.exists()  # the data is checked before anything is written
     # A failure after the start wrote config.json and train.log, before any checkpoint: a loss that is NaN at once.
-    build = train_script.model_from_config
-
-    def model_with_nan_output(config):
-        model = build(config)
-        plain_forward = model.forward
-        model.forward = lambda *args, **kwargs: plain_forward(*args, **kwargs) * float("nan")
-        return model
-
     with monkeypatch.context() as patch:
-        patch.setattr(train_script, "model_from_config", model_with_nan_output)
+        nan_output_models(patch)
         assert run(run_dir, "--max_steps", 2) == 1
     assert (run_dir / "config.json").exists() and not (run_dir / "checkpoints").exists()
     capsys.readouterr()
@@ -261,15 +253,7 @@ def test_a_signal_stops_at_a_step_with_a_checkpoint_and_resume_ends_at_the_unint
 
 
 def test_fp16_stops_after_too_many_skipped_steps_in_a_row(tmp_path, monkeypatch, capsys):
-    build = train_script.model_from_config
-
-    def model_with_nan_output(config):
-        model = build(config)
-        plain_forward = model.forward
-        model.forward = lambda *args, **kwargs: plain_forward(*args, **kwargs) * float("nan")
-        return model
-
-    monkeypatch.setattr(train_script, "model_from_config", model_with_nan_output)
+    nan_output_models(monkeypatch)
     assert parse_config([]).max_skipped_steps == 50
     # Every step's gradients are NaN, so the GradScaler skips every step: checked at each logged step (every 2).
     assert run(tmp_path / "run", "--amp", "fp16", "--max_steps", 6, "--max_skipped_steps", 3) == 1
@@ -296,3 +280,33 @@ def test_validation_is_a_tenth_of_an_epoch_by_default_and_the_log_says_how_long_
     assert train_script.main(without_num_val + ["--run_dir", str(tmp_path / "run"), "--max_steps", "6"]) == 0
     assert re.search(r"step 6 epoch 1 validation loss [\d.]+ \(2 sequences in [\d.]+ s, \d+% of the wall time since "
                      r"the start; mse", capsys.readouterr().err)
+
+
+_FAILING_WORKER = """
+import sys
+import torch
+sys.path.insert(0, "tests")
+from helpers import TINY, train_script
+
+
+class FailsInAWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, index):
+        if index == 9 and torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("a bug in the dataset")
+        return torch.rand(20, 1, 16, 16)
+
+
+sys.exit(train_script.main(TINY + ["--num_workers", "1", "--max_steps", "12", "--run_dir", sys.argv[1]],
+                           train_dataset=FailsInAWorker(), val_dataset=FailsInAWorker()))
+"""
+
+
+def test_an_uncaught_error_with_dataloader_workers_exits_instead_of_hanging(tmp_path):
+    """The workers ignore SIGTERM, which is how multiprocessing stops them at exit: before stop_workers_at_exit
+    the process printed the traceback and then waited on them forever."""
+    result = subprocess.run([sys.executable, "-c", _FAILING_WORKER, str(tmp_path / "run")], cwd=REPO,
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 1 and "RuntimeError: a bug in the dataset" in result.stderr

@@ -3,10 +3,8 @@
 Runs call train.main(argv) in this process with a tiny model (n_hidden_dim 4, 16x16 frames, a few steps); the
 torchrun launches live in test_train_distributed.py.
 """
-import importlib.util
 import json
 import os
-import pathlib
 import urllib.request
 
 import pytest
@@ -18,26 +16,7 @@ from convlstm.training.amp import Precision
 from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
 from convlstm.training.logs import prediction_grid
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
-
-# 24 sequences in batches of 4: 6 steps per epoch. On the CPU on every machine: the tests compare runs bit for bit,
-# which CUDA's convolutions do not promise (test_tiny_run_on_the_gpu is the GPU's).
-TINY = ["--n_hidden_dim", "4", "--image_size", "16", "--num_train", "24", "--num_val", "5", "--batch_size", "4",
-        "--num_workers", "0", "--log_every", "2", "--amp", "none", "--device", "cpu"]
-
-
-def run(tmp_run_dir, *flags):
-    return train_script.main(TINY + ["--run_dir", str(tmp_run_dir), *map(str, flags)])
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+from helpers import TINY, assert_same_weights, run, single_process_group, train_script
 
 
 def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkeypatch, capsys):
@@ -142,8 +121,8 @@ def test_refuses_to_start_over_a_run_and_never_starts_fresh_from_unreadable_chec
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     build = train_script.model_from_config
 
-    def model_turning_nan_at_call_3(config):
-        model = build(config)
+    def model_turning_nan_at_call_3(*args, **kwargs):
+        model = build(*args, **kwargs)
         plain_forward, calls = model.forward, []
 
         def forward(*args, **kwargs):
@@ -316,13 +295,7 @@ def test_to_btchw_is_the_permute_of_the_model_output_and_predict_returns_the_tar
 
 
 def test_process_group_is_destroyed_when_training_raises(monkeypatch):
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(name, value)
+    single_process_group(monkeypatch)
     with pytest.raises(KeyError):
         with distributed("cpu") as info:
             assert torch.distributed.is_initialized() and info.world_size == 1

@@ -1,7 +1,6 @@
 """train.py with OpenSTL's ConvLSTM (--model openstl_convlstm, --preset): its training step against the transcription
 of OpenSTL's code, scheduled sampling, resume bit for bit, DDP with its unused parameters, presets and bad flags."""
 import json
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +10,7 @@ import openstl_reference as ref
 from convlstm.model import model_from_config
 from convlstm.training.config import parse_config
 from convlstm.training.objectives import OpenSTLObjective, make_objective
-from test_openstl import default_dtype
-from test_train import assert_same_weights, train_script
+from helpers import assert_same_weights, default_dtype, single_process_group, train_script
 
 # 16x16 frames in 4x4 patches (a 4x4 grid of 16 channels), two layers of 4; 24 sequences, 2 per micro-batch,
 # 2 micro-batches per step: 6 steps per epoch. eta falls by 0.1 per step.
@@ -98,12 +96,7 @@ def test_resume_after_sigterm_ends_at_the_uninterrupted_weights_and_eta(tmp_path
 def test_ddp_trains_openstls_model_with_its_unused_convolutions(tmp_path, monkeypatch):
     """conv_o and the cells' conv_last never get a gradient: DDP needs find_unused_parameters (without it the
     second step fails: 'Expected to have finished reduction in the prior iteration')."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(name, value)
+    single_process_group(monkeypatch)
     assert run(tmp_path / "run", "--max_steps", 3) == 0
     state = latest(tmp_path / "run")
     torch.manual_seed(0)

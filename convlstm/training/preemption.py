@@ -6,10 +6,12 @@ gloo on the CPU (no device sync), so they stop after the same step and no rank w
 writes a checkpoint and every rank exits with exit_code(signum) = 128 + signum, 143 for SIGTERM and 130 for SIGINT,
 what a shell reports for a process the signal ended. A second signal ends the process at once, without a checkpoint.
 DataLoader workers ignore both signals (a terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group),
-so the step under way still gets its batch; their parent stops them.
+so the step under way still gets its batch; their parent stops them, at the latest at exit (stop_workers_at_exit).
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import threading
 
@@ -73,3 +75,24 @@ def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: leave SIGTERM and SIGINT to the training process."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+_exit_handler_registered = False
+
+
+def stop_workers_at_exit() -> None:
+    """Kill daemonic child processes (DataLoader workers) at interpreter exit. multiprocessing's own exit handler
+    stops them with SIGTERM, which they ignore, then joins them: after an uncaught exception left a DataLoader alive
+    the process hung there forever. atexit runs handlers last-registered first, so this one (registered after
+    multiprocessing's, which it registers on import) runs before it. Idempotent."""
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        atexit.register(_kill_daemonic_children)
+        _exit_handler_registered = True
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
