@@ -1,4 +1,8 @@
-"""Train EncoderDecoderConvLSTM on Moving MNIST: plain PyTorch, DistributedDataParallel, torch.amp.
+"""Train a ConvLSTM on Moving MNIST or your own sequences: plain PyTorch, DistributedDataParallel, torch.amp.
+
+The model is the tutorial's EncoderDecoderConvLSTM (--model tutorial, the default) or OpenSTL's ConvLSTM
+(--model openstl_convlstm, --preset convlstm_s / convlstm_l), each trained with its own step
+(convlstm.training.objectives).
 
     python train.py --run_dir runs/demo ...                               # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=8 train.py --run_dir runs/a    # one machine, 8 processes

@@ -93,7 +93,10 @@ def make_objective(cfg, frame_shape, rank: int):
 
 
 def sampling_eta(objective) -> float | None:
-    """The share of true frames fed in training (OpenSTL's eta), for the log; None for the tutorial's model."""
-    return getattr(objective, "eta", None) if isinstance(objective, OpenSTLObjective) and \
-        not objective.cfg.reverse_scheduled_sampling else None
+    """The probability of feeding a true frame in training (OpenSTL's eta), for the log; None for the tutorial's
+    model and reverse scheduled sampling. OpenSTL's eta keeps falling below 0 when sampling_changing_rate *
+    sampling_stop_iter > 1 (a probability of 0 all the same): shown as 0."""
+    if not isinstance(objective, OpenSTLObjective) or objective.cfg.reverse_scheduled_sampling:
+        return None
+    return max(objective.eta, 0.0)
 
