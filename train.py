@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.data import split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.load import load_model
 from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
@@ -160,6 +161,30 @@ def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
     set_rng_state(state["rng"])
 
 
+def load_initial_weights(model, cfg) -> str:
+    """Load --init_weights into the fresh model; returns what was loaded, for the log. Any checkpoint
+    convlstm.load_model reads (OpenSTL's own files with this run's channels and cell_output); its weights must
+    have the keys and shapes of the model these flags build."""
+    openstl = cfg.model == "openstl_convlstm"
+    try:
+        source = load_model(cfg.init_weights, backend="torch", channels=cfg.in_chan if openstl else None,
+                            cell_output=cfg.cell_output if openstl else None)
+    except CheckpointError as error:
+        raise TrainingError(f"--init_weights: {error}") from None
+    theirs, ours = source.state_dict(), model.state_dict()
+    misfit = [f"{key} {tuple(theirs[key].shape) if key in theirs else 'missing'} (this model: "
+              f"{tuple(ours[key].shape) if key in ours else 'none'})"
+              for key in sorted(theirs.keys() | ours.keys())
+              if key not in theirs or key not in ours or theirs[key].shape != ours[key].shape]
+    if misfit:
+        more = f" and {len(misfit) - 3} more" if len(misfit) > 3 else ""
+        raise TrainingError(f"--init_weights {cfg.init_weights}: its weights ({source.info.kind}, "
+                            f"{source.info.model} model) do not fit the model these flags build: "
+                            f"{', '.join(misfit[:3])}{more}")
+    model.load_state_dict(theirs)
+    return f"{cfg.init_weights} ({source.info.kind} checkpoint, {len(theirs)} tensors)"
+
+
 def make_data(cfg, info, train_set=None, val_set=None):
     """The datasets (convlstm.training.datasets), checked before anything is written, and cfg with in_chan set to
     the data's channel count. Returns (cfg, frame_shape (C, H, W), description)."""
@@ -237,7 +262,9 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     precision = Precision(cfg.amp, device)
-    step, epoch, samples_seen, best_val_loss = 0, 0, 0, None
+    step, epoch, samples_seen, best_val_loss, initial = 0, 0, 0, None, None
+    if state is None and cfg.init_weights:
+        initial = load_initial_weights(raw_model, cfg)
     if state is not None:  # before anything is written: a refused resume leaves config.json as it was
         restore(state, cfg, raw_model, optimizer, precision, objective, log)
         step, epoch, samples_seen = state["step"], state["sampler"]["epoch"], state["sampler"]["samples_seen"]
@@ -251,6 +278,8 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
         log.info(f"{info.world_size} process(es) on {device.type}, global batch {global_batch}{accumulated}, amp "
                  f"{cfg.amp}, gate backend {backend}, lr schedule {cfg.lr_schedule} over {total_steps} steps")
         log.info(f"data: {described}; frames {frame_shape} (C, H, W)")
+        if initial is not None:
+            log.info(f"initial weights from {initial}")
         if state is not None:
             log.info(f"resumed from step {step} (epoch {epoch}, {samples_seen} sequences into it)")
         elif cfg.resume:

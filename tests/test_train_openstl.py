@@ -157,3 +157,24 @@ def test_frames_that_do_not_divide_into_patches_stop_before_anything_is_written(
                              val_dataset=frames)
     assert code == 1 and "frames of 18x18 do not divide into --patch_size 4 patches" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_init_weights_fine_tunes_from_openstls_own_checkpoint_and_refuses_weights_that_do_not_fit(tmp_path, capsys):
+    assert run(tmp_path / "trained", "--max_steps", 2) == 0
+    weights = latest(tmp_path / "trained")["model"]
+    released = tmp_path / "mmnist_convlstm.pth"
+    torch.save({"state_dict": weights, "optimizer": {}, "epoch": 200}, released)  # OpenSTL v0.2.0's container
+    capsys.readouterr()
+    # At lr 1e-12 one Adam step moves each weight by about 1e-12: the run starts from the file's weights, which
+    # are 2 steps at lr 1e-3 away from the seed's random ones.
+    assert run(tmp_path / "tuned", "--max_steps", 1, "--lr", "1e-12", "--init_weights", released) == 0
+    assert f"initial weights from {released} (openstl checkpoint, {len(weights)} tensors)" in capsys.readouterr().err
+    tuned = latest(tmp_path / "tuned")["model"]
+    for key in weights:
+        torch.testing.assert_close(tuned[key], weights[key], rtol=0, atol=1e-9, msg=key)
+    assert run(tmp_path / "wider", "--n_hidden_dim", 8, "--init_weights", released) == 1
+    assert f"train.py: error: --init_weights {released}: its weights (openstl, openstl_convlstm model) do not fit " \
+           "the model these flags build: cell_list.0.conv_h.0.weight (16, 4, 3, 3) (this model: (32, 8, 3, 3))" \
+           in capsys.readouterr().err
+    assert run(tmp_path / "missing", "--init_weights", tmp_path / "none.pt") == 1
+    assert "train.py: error: --init_weights: " in capsys.readouterr().err

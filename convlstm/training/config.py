@@ -157,6 +157,12 @@ class Config:
                                              "and at the end)")
     keep_checkpoints: int = _arg("run", 3, "how many step_<N>.pt checkpoints to keep besides latest.pt and best.pt")
     seed: int = _arg("run", 0, "seed of the weights, the data and the shuffling")
+    init_weights: Optional[str] = _arg("run", None, "fine-tune: start from these weights instead of random ones, "
+                                                    "any checkpoint evaluate.py reads (train.py's, a bare "
+                                                    "state_dict, the tutorial's Lightning or OpenSTL's own .pth); "
+                                                    "they must fit the model the flags build. The optimizer and "
+                                                    "schedule start fresh; a resumed run takes its checkpoint's "
+                                                    "weights instead")
     # Processes and device.
     device: str = _arg("distributed", "auto", "auto: the GPU of LOCAL_RANK when CUDA is available, else the CPU",
                        choices=DEVICES)
