@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.data import split_sequence
 from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.load import load_model
+from convlstm.load import check_weights, load_model
 from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
@@ -164,23 +164,15 @@ def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
 def load_initial_weights(model, cfg) -> str:
     """Load --init_weights into the fresh model; returns what was loaded, for the log. Any checkpoint
     convlstm.load_model reads (OpenSTL's own files with this run's channels and cell_output); its weights must
-    have the keys and shapes of the model these flags build."""
+    have the keys and shapes of the model these flags build (convlstm.load.check_weights)."""
     openstl = cfg.model == "openstl_convlstm"
     try:
         source = load_model(cfg.init_weights, backend="torch", channels=cfg.in_chan if openstl else None,
                             cell_output=cfg.cell_output if openstl else None)
+        theirs = source.state_dict()
+        check_weights(model, theirs, cfg.init_weights)
     except CheckpointError as error:
         raise TrainingError(f"--init_weights: {error}") from None
-    theirs, ours = source.state_dict(), model.state_dict()
-    misfit = [f"{key} {tuple(theirs[key].shape) if key in theirs else 'missing'} (this model: "
-              f"{tuple(ours[key].shape) if key in ours else 'none'})"
-              for key in sorted(theirs.keys() | ours.keys())
-              if key not in theirs or key not in ours or theirs[key].shape != ours[key].shape]
-    if misfit:
-        more = f" and {len(misfit) - 3} more" if len(misfit) > 3 else ""
-        raise TrainingError(f"--init_weights {cfg.init_weights}: its weights ({source.info.kind}, "
-                            f"{source.info.model} model) do not fit the model these flags build: "
-                            f"{', '.join(misfit[:3])}{more}")
     model.load_state_dict(theirs)
     return f"{cfg.init_weights} ({source.info.kind} checkpoint, {len(theirs)} tensors)"
 
@@ -344,7 +336,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
                 kill_self(fault_signal)
             lr = optimizer.param_groups[0]["lr"]
             loss, grad_norm, batch = train_step(model, ddp, batches, cfg, precision, optimizer, parameters,
-                                                        device, objective, step)
+                                                device, objective, step)
             advance(scheduler)
             step, samples_seen, steps_left = step + 1, samples_seen + global_batch, steps_left - 1
             reporter.record(loss, grad_norm)

@@ -113,7 +113,7 @@ def load_model(path, device="cpu", backend=None, channels=None, cell_output=None
             model, frame_size = _model_from_weights(stripped, backend, path), None
             override_config(model_config(model), path, channels, cell_output)
         weights = stripped
-    _check_weights(model, weights, path)
+    check_weights(model, weights, path)
     model.load_state_dict(weights)
     known = config or {}
     openstl = isinstance(model, OpenSTLConvLSTM)
@@ -207,8 +207,9 @@ def _openstl_from_weights(weights, backend, path, channels, cell_output) -> Open
         raise CheckpointError(f"checkpoint {path}: its weights describe no OpenSTL ConvLSTM ({error})") from None
 
 
-def _check_weights(model, weights, path) -> None:
-    """Key by key, so that a mismatch is one line naming the first few keys."""
+def check_weights(model, weights, path) -> None:
+    """CheckpointError unless `weights` (a state_dict read from `path`) has the keys and shapes of `model`'s: one
+    line naming the first few keys that differ."""
     expected = model.state_dict()
     problems = [f"missing {key}" for key in expected if key not in weights]
     problems += [f"unexpected {key}" for key in weights if key not in expected]

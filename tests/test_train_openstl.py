@@ -173,8 +173,7 @@ def test_init_weights_fine_tunes_from_openstls_own_checkpoint_and_refuses_weight
     for key in weights:
         torch.testing.assert_close(tuned[key], weights[key], rtol=0, atol=1e-9, msg=key)
     assert run(tmp_path / "wider", "--n_hidden_dim", 8, "--init_weights", released) == 1
-    assert f"train.py: error: --init_weights {released}: its weights (openstl, openstl_convlstm model) do not fit " \
-           "the model these flags build: cell_list.0.conv_h.0.weight (16, 4, 3, 3) (this model: (32, 8, 3, 3))" \
-           in capsys.readouterr().err
+    assert f"train.py: error: --init_weights: checkpoint {released}: weights do not fit the model: " \
+           "cell_list.0.conv_x.0.weight is (16, 16, 3, 3), the model's is (32, 16, 3, 3)" in capsys.readouterr().err
     assert run(tmp_path / "missing", "--init_weights", tmp_path / "none.pt") == 1
     assert "train.py: error: --init_weights: " in capsys.readouterr().err

@@ -21,12 +21,12 @@ from ..data.sources import LAYOUTS
 from ..model import MODELS, preset_config
 from ..openstl import CELL_OUTPUTS, PRESETS
 from ..ops.lstm_gates.backends import BACKENDS, FUSED
+from .schedule import SCHEDULES as LR_SCHEDULES
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Adam's step moves each weight by about lr at most, so a larger lr only diverges (1e38 overflowed inside Adam).
 MAX_LR = 1.0
 DEVICES = ("auto", "cpu", "cuda")
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 # The --help groups, in the order --help lists them, each with the line it shows under its title.
 GROUPS = {
@@ -185,7 +185,7 @@ def preset_values(name: str) -> dict:
     """The flag values of --preset `name`: OpenSTL's configs/mmnist/ConvLSTM(-L).py (convlstm.openstl.PRESETS) as
     this toolkit's fields. OpenSTL's Adam has torch's default betas, hence beta_2 0.999."""
     preset = PRESETS[name]
-    values = {key: value for key, value in preset_config(name).items()}
+    values = preset_config(name)
     values.update(lr=preset["lr"], batch_size=preset["batch_size"], epochs=preset["epoch"],
                   lr_schedule=preset["sched"], onecycle_final_div=float(preset["final_div_factor"]), beta_2=0.999,
                   scheduled_sampling=bool(preset["scheduled_sampling"]),
@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     `--flag True/False` (the tutorial's style)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train the tutorial's or OpenSTL's ConvLSTM on Moving MNIST or your own sequences (torchrun for several "
-                    "processes).",
+        description="Train the tutorial's or OpenSTL's ConvLSTM on Moving MNIST or your own sequences (torchrun "
+                    "for several processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     groups = {title: parser.add_argument_group(title, description) for title, description in GROUPS.items()}
     for f in dataclasses.fields(Config):

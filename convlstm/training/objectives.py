@@ -1,4 +1,4 @@
-"""What one training micro-batch computes for each model: the loss train.py minimises and the frames it predicted.
+"""What one training micro-batch computes for each model: the loss train.py minimises.
 
 - tutorial: the inputs x = frames [0, n_in), y_hat = model(x, future_seq=n_out), the MSE against the next n_out
   frames (the tutorial's loss).
@@ -99,4 +99,3 @@ def sampling_eta(objective) -> float | None:
     if not isinstance(objective, OpenSTLObjective) or objective.cfg.reverse_scheduled_sampling:
         return None
     return max(objective.eta, 0.0)
-
