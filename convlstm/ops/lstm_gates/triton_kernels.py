@@ -56,7 +56,9 @@ def _tile(rows, row_len, channels, CHANNELS_LAST: tl.constexpr, ROWS: tl.constex
         b = r // channels  # one division per row
         gate_base = (r + 3 * b * channels)[:, None] * row_len + col[None, :]  # gates plane b*4C + c
         channel = (r - b * channels)[:, None]
-        gate_stride = channels * row_len
+        # int64: C*H*W fits in 32 bits where 3*C*H*W does not (B=1, C=44, 4100x4100), and Triton passes sizes
+        # below 2^31 as i32, so the product and the O_SLOT multiple would wrap.
+        gate_stride = tl.cast(channels, tl.int64) * row_len
     return n, mask, channel, gate_base, gate_stride
 
 
