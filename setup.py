@@ -3,16 +3,20 @@
 `pip install -e .` (or `pip install -e .[dev]` for the test tools) is all the set-up there is; a plain checkout with
 the dependencies installed imports every backend too (the kernels' sources live inside the package).
 
-The CUDA extension `convlstm.ops.lstm_gates._cuda` (convlstm/ops/lstm_gates/csrc/) is built only where it can run: when this Python has
-a CUDA build of PyTorch and nvcc is found. Without it, the package works as is, and the first use of the "cuda"
-backend on a GPU JIT-builds it instead. Environment variables, as in peer projects (causal-conv1d):
+The CUDA extension `convlstm.ops.lstm_gates._cuda` (convlstm/ops/lstm_gates/csrc/) is built only where it can run:
+when this Python has a CUDA build of PyTorch and nvcc is found. Without it, the package works as is, and the first
+use of the "cuda" backend on a GPU JIT-builds it instead. Environment variables, as in peer projects (causal-conv1d):
   CONVLSTM_FORCE_BUILD=TRUE       build the extension even where the check above says no (the build then needs
                                   torch in the build environment: pip install --no-build-isolation --use-pep517 -e .)
   CONVLSTM_SKIP_CUDA_BUILD=TRUE   never build it
-  TORCH_CUDA_ARCH_LIST            GPU architectures to build for; default here "8.0;9.0" (A100, H100/H200)
+  TORCH_CUDA_ARCH_LIST            GPU architectures to build for; default here "8.0;9.0+PTX" (A100, H100/H200, and
+                                  PTX of sm_90 that the driver compiles for a newer GPU)
+The extension carries a stamp of its sources (convlstm/ops/lstm_gates/stamp.py): after an edit of csrc/ without a
+reinstall, the package JIT-builds the current sources instead of loading the stale build.
 """
 import importlib.util
 import os
+import runpy
 import shutil
 
 from setuptools import find_packages, setup
@@ -52,12 +56,15 @@ def cuda_extension_args():
     if not build_cuda_extension():
         return {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # +PTX: without it a GPU newer than sm_90 finds no kernel image and the cuda backend cannot run there.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    stamp = runpy.run_path(f"{os.path.dirname(CSRC)}/stamp.py")  # torch-free: the package cannot import yet
+    flag = stamp["stamp_flag"](stamp["CUDA_SOURCES"])
     extension = CUDAExtension(
         name="convlstm.ops.lstm_gates._cuda",
         sources=[f"{CSRC}/lstm_gates_cuda.cpp", f"{CSRC}/lstm_gates.cu"],
         # Same flags as the JIT build in convlstm/ops/lstm_gates/cuda.py; torch adds the C++ standard it needs.
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+        extra_compile_args={"cxx": ["-O3", flag], "nvcc": ["-O3", flag]},
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
 

@@ -15,7 +15,9 @@ import setuptools
 import torch
 import torch.utils.cpp_extension
 
-from helpers import needs_cuda
+from convlstm.ops.lstm_gates import backends, cuda
+from convlstm.ops.lstm_gates.stamp import CUDA_SOURCES, sources_sha
+from helpers import gpu_test
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "convlstm" / "ops" / "lstm_gates" / "csrc"
@@ -111,16 +113,17 @@ class SetupRecorder:
 
     def cuda_extension(self, name, sources, **kwargs):
         self.extensions.append((name, sources))
+        self.extension_kwargs = kwargs
         return name
 
 
 def run_setup(monkeypatch, **env):
     for name in ("CONVLSTM_FORCE_BUILD", "CONVLSTM_SKIP_CUDA_BUILD"):
         monkeypatch.delenv(name, raising=False)
+    # setup.py defaults the architecture list in os.environ; monkeypatch restores it after the test.
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    # setup.py defaults the architecture list in os.environ; keep that change inside the test.
-    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     monkeypatch.chdir(ROOT)
     recorder = SetupRecorder(monkeypatch)
     runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
@@ -144,6 +147,11 @@ def test_setup_force_build(monkeypatch):
     assert "build_ext" in recorder.kwargs["cmdclass"]
     for source in recorder.extensions[0][1]:
         assert (ROOT / source).is_file()
+    # PTX of the newest architecture, so a newer GPU JIT-compiles it instead of finding no kernel image; the
+    # binding carries the sources' stamp, so a stale build is told from a current one.
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0+PTX"
+    flag = f"-DLSTM_GATES_SOURCES_SHA={sources_sha(CUDA_SOURCES)}"
+    assert recorder.extension_kwargs["extra_compile_args"] == {"cxx": ["-O3", flag], "nvcc": ["-O3", flag]}
 
 
 def test_setup_skip_cuda_build(monkeypatch):
@@ -156,9 +164,83 @@ def test_setup_force_and_skip_together_is_an_error(monkeypatch):
         run_setup(monkeypatch, CONVLSTM_FORCE_BUILD="TRUE", CONVLSTM_SKIP_CUDA_BUILD="TRUE")
 
 
-@needs_cuda
+@gpu_test
 def test_cuda_extension_loads_prebuilt_or_jit():
     """On a GPU the extension loads (setup.py's build, else a JIT build with ninja) and has both entry points."""
     from convlstm.ops.lstm_gates.cuda import extension
     ext = extension()
     assert hasattr(ext, "forward") and hasattr(ext, "backward")
+
+
+def fake_extension(monkeypatch, sources_sha_value):
+    """A prebuilt `_cuda` module carrying `sources_sha_value` (None: built without a stamp)."""
+    module = type(sys)("convlstm.ops.lstm_gates._cuda")
+    if sources_sha_value is not None:
+        module.sources_sha = sources_sha_value
+    monkeypatch.setattr(cuda.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(cuda.importlib, "import_module", lambda name: module)
+    return module
+
+
+def test_a_prebuilt_extension_from_other_sources_is_not_loaded(monkeypatch, caplog):
+    """setup.py's build from the current sources is used; one from edited sources (or with no stamp) is passed
+    over for a JIT build, saying why."""
+    module = fake_extension(monkeypatch, sources_sha(CUDA_SOURCES))
+    assert cuda._prebuilt() is module
+    for stale in ("0123456789abcdef", None):
+        fake_extension(monkeypatch, stale)
+        with caplog.at_level("WARNING"):
+            assert cuda._prebuilt() is None
+        assert f"built from other sources (stamp {stale}" in caplog.text and "JIT-building it instead" in caplog.text
+
+
+def test_no_nvcc_makes_the_cuda_backend_unavailable_without_a_build(monkeypatch):
+    """Without a current prebuilt extension and without nvcc, extension() raises at once with the reason (no build
+    is tried, so no process pays for a failing one); runs_on reports it as the backend's reason."""
+    import torch.utils.cpp_extension as cpp_extension
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(cuda, "_prebuilt", lambda: None)
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("a build was tried"))
+    cuda.extension.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="nvcc is not found"):
+            cuda.extension()
+        pretend_gpu(monkeypatch)
+        assert "nvcc is not found (CUDA_HOME None" in cuda.runs_on(torch.device("cuda"))
+    finally:
+        cuda.extension.cache_clear()
+
+
+def pretend_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (12, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a newer GPU")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+
+def test_kernels_that_do_not_launch_make_auto_fall_back_to_triton(monkeypatch, caplog):
+    """An extension that loads but whose kernels have no image for this GPU (built for 8.0;9.0 without PTX, on a
+    newer GPU): runs_on launches a one-element forward, reports the error, and "auto" picks Triton, logging why."""
+    class NoKernelImage:
+        @staticmethod
+        def forward(*args):
+            raise RuntimeError("lstm_gates: CUDA kernel launch failed: no kernel image is available for execution "
+                               "on the device")
+    pretend_gpu(monkeypatch)
+    monkeypatch.setattr(torch, "zeros", lambda *shape, device=None: torch.empty(0))  # no CUDA tensor on a CPU
+    monkeypatch.setattr(cuda, "extension", lambda: NoKernelImage)
+    backends.unavailable_reason.cache_clear()
+    backends._log_fallback.cache_clear()
+    try:
+        reason = backends.unavailable_reason("cuda", torch.device("cuda"))
+        assert reason.startswith("the cuda extension's kernels do not run on a newer GPU (sm_120): lstm_gates: CUDA "
+                                 "kernel launch failed: no kernel image"), reason
+        if backends.unavailable_reason("triton", torch.device("cuda")) is None:  # Triton installed
+            with caplog.at_level("WARNING"):
+                assert backends.resolve("auto", "cuda")[0] == "triton"
+            assert "backend auto runs triton on cuda: cuda is unavailable: the cuda extension's kernels do not " \
+                   "run on a newer GPU" in caplog.text
+    finally:
+        backends.unavailable_reason.cache_clear()
+        backends._log_fallback.cache_clear()

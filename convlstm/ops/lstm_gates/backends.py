@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 
 import torch
 
@@ -29,6 +30,7 @@ _MODULES = {"triton": "triton_launcher", "cuda": "cuda", "cpu_twin": "cpu_twin"}
 # The order "auto" tries them in, per device type; the first that can run wins.
 _PREFERENCE = {"cuda": ("cuda", "triton", "torch")}
 _PREFERENCE_OTHER = ("torch", "triton", "cpu_twin", "cuda")
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -75,6 +77,8 @@ def resolve(backend: str, device) -> tuple[str, callable]:
     check_backend_name(backend)
     device = torch.device(device)
     name = available_backends(device)[0] if backend == "auto" else backend
+    if backend == "auto":
+        _log_fallback(device, name)
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise RuntimeError(f"backend {backend!r} is not available for device {device}: {reason} "
@@ -82,6 +86,16 @@ def resolve(backend: str, device) -> tuple[str, callable]:
     if name == "torch":
         return name, lstm_gates_ref
     return name, getattr(_module(name)[0], f"lstm_gates_{name}")
+
+
+@functools.cache
+def _log_fallback(device: torch.device, chosen: str) -> None:
+    """Say once per process why "auto" passed over the backends it prefers to `chosen` on `device` (a cuda
+    extension whose kernels do not launch on this GPU, no nvcc for its build, no Triton)."""
+    order = _PREFERENCE.get(device.type, _PREFERENCE_OTHER)
+    for name in order[:order.index(chosen)]:
+        log.warning("lstm_gates: backend auto runs %s on %s: %s is unavailable: %s", chosen, device, name,
+                    unavailable_reason(name, device))
 
 
 def fused_run(name: str):

@@ -17,9 +17,10 @@ import os
 import shutil
 import torch
 
-from .op import SOURCE_DIR, define_extension_ops, gate_function, headers_stamp
+from .op import define_extension_ops, gate_function
+from .stamp import SOURCE_DIR, stamp_flag
 
-HEADERS = ("lstm_gates.cuh", "lstm_gates_torch.h")
+SOURCES = ("lstm_gates_cpu.cpp", "lstm_gates.cuh", "lstm_gates_torch.h")
 
 
 @functools.cache
@@ -28,7 +29,7 @@ def extension():
     from torch.utils import cpp_extension  # imported on use: see cuda.extension
     sources = [str(SOURCE_DIR / "lstm_gates_cpu.cpp")]
     return cpp_extension.load(name="convlstm_lstm_gates_cpu_twin", sources=sources,
-                              extra_cflags=["-O3", headers_stamp(SOURCE_DIR, HEADERS)], verbose=False)
+                              extra_cflags=["-O3", stamp_flag(SOURCES)], verbose=False)
 
 
 def runs_on(device: torch.device) -> str | None:

@@ -20,15 +20,11 @@ The peephole weight gradients are per-channel sums done in torch from the gate g
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import torch
 
 from .ref import check_inputs, o_slot_of
+from .stamp import SOURCE_DIR  # noqa: F401  (the kernels' sources, package data: csrc/)
 
-# The CUDA sources and the header of per-element math that the CPU twin shares with them (package data).
-SOURCE_DIR = Path(__file__).parent / "csrc"
 
 # (gates dtype, state dtype) pairs the kernels take; others are converted to the output dtype. The one statement of
 # the rule: csrc/lstm_gates_torch.h's supported_pair must agree (test_lstm_gates_dtype_rule_matches_cpp).
@@ -182,13 +178,6 @@ def define_extension_ops(backend: str, device_type: str, extension):
     forward_op.register_fake(fake_forward)
     backward_op.register_fake(fake_backward)
     return fused_op(forward_op, backward_op, forward_impl, backward_impl)
-
-
-def headers_stamp(source_dir, headers) -> str:
-    """A -D flag carrying a hash of the headers: torch's cpp_extension.load() rebuilds when the sources or the flags
-    change but does not look at included headers, so an edit of the shared math would otherwise be missed."""
-    digest = hashlib.sha1(b"".join((source_dir / h).read_bytes() for h in headers)).hexdigest()[:16]
-    return f"-DLSTM_GATES_HEADERS_SHA={digest}"
 
 
 def gate_function(run):

@@ -100,9 +100,23 @@ def _direct(kernel):
     return kernel
 
 
+def _on_tensors_device(impl):
+    """impl(gates, c_prev, ...) launched on the tensors' GPU. Triton launches on the current device, not the
+    tensors': a model on cuda:1 without torch.cuda.set_device(1) would run on GPU 0 with GPU 1's pointers. (Compiled
+    graphs get their device guard from Inductor; one check per call here, a context switch only when needed.)"""
+    def launch_on_device(gates, *args, **kwargs):
+        device = gates.device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return impl(gates, *args, **kwargs)
+        return impl(gates, *args, **kwargs)
+    return launch_on_device
+
+
 lstm_gates_triton_run = fused_op(
     lstm_gates_triton_op, lstm_gates_triton_backward_op,
-    lambda *args: _forward(*args, launch=_direct), lambda *args: _backward(*args, launch=_direct))
+    _on_tensors_device(lambda *args: _forward(*args, launch=_direct)),
+    _on_tensors_device(lambda *args: _backward(*args, launch=_direct)))
 
 
 def runs_on(device: torch.device) -> str | None:

@@ -56,8 +56,15 @@ std::vector<at::Tensor> backward_op(const at::Tensor& gates, const at::Tensor& c
 }  // namespace
 }  // namespace lstm_gates
 
+#define LSTM_GATES_STR(x) #x
+#define LSTM_GATES_XSTR(x) LSTM_GATES_STR(x)
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using pybind11::arg;
+#ifdef LSTM_GATES_SOURCES_SHA
+  // The sources this was built from (stamp.py): cuda.py JIT-builds instead of loading a stale prebuilt extension.
+  m.attr("sources_sha") = LSTM_GATES_XSTR(LSTM_GATES_SOURCES_SHA);
+#endif
   m.def("forward", &lstm_gates::forward_op, "lstm_gates forward (CUDA) -> [h_next, c_next]", arg("gates"),
         arg("c_prev"), arg("w_ci"), arg("w_cf"), arg("w_co"), arg("channels_last"), arg("o_slot"));
   m.def("backward", &lstm_gates::backward_op, "lstm_gates backward (CUDA) -> [grad_gates, grad_c_prev]",
