@@ -33,7 +33,17 @@ EXPECTED_BACKENDS = {
 }
 
 NO_CUDA = "no CUDA device on this machine"
+# Every test that needs a GPU carries the `gpu` marker (pytest.ini) beside its skip: gpu_session.sh selects them with
+# `-m gpu`, whatever file they are in.
 needs_cuda = pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+ON_GPU = (pytest.mark.gpu, needs_cuda)
+
+
+def gpu_test(test):
+    """Decorator: a test that needs a GPU (marked `gpu`, skipped without one)."""
+    for mark in ON_GPU:
+        test = mark(test)
+    return test
 
 
 def not_expected_reason(device, backend):
@@ -54,6 +64,7 @@ def device_backend_cases(backends=("torch", "triton", "cuda", "cpu_twin"), devic
         for backend in (name for name in DEVICE_BACKENDS[device] if name in backends):
             expected = backend in EXPECTED_BACKENDS[device]
             marks = [] if expected else [pytest.mark.skip(reason=not_expected_reason(device, backend))]
+            marks += [pytest.mark.gpu] * (device == "cuda")
             cases.append(pytest.param(device, backend, id=f"{device}-{backend}", marks=marks))
     return cases
 

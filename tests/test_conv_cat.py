@@ -16,12 +16,12 @@ from torch import nn
 from convlstm.ops.conv_cat import conv_cat, conv_cat_ref
 from convlstm.ops.conv_frame import conv_frame, conv_frame_applies, conv_stack_ref
 from convlstm.memory import saved_bytes
-from helpers import needs_cuda
+from helpers import ON_GPU
 
 CX, CH, COUT = 5, 8, 32
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
 
 
 def make(layout, device="cpu", seed=0):

@@ -22,13 +22,16 @@ import functools
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, available_backends, lstm_gates, lstm_gates_ref
 from convlstm.ops.lstm_gates.backends import fused_run, resolve, unavailable_reason
 from convlstm.ops.lstm_gates.op import prepare
+from convlstm.ops.lstm_gates.triton_kernels import _tile
 from helpers import (CUDA, DEVICE_BACKENDS, EXPECTED_BACKENDS, FUSED, TRITON_INTERPRET, device_backend_cases,
-                     needs_cuda)
+                     gpu_test, single_process_group)
 
 SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 TOLERANCE = {  # (dtype, fused) -> (atol, rtol)
@@ -342,6 +345,37 @@ def test_encoder_decoder_sequence_matches_torch(device, backend, dtype):
         torch.testing.assert_close(grads[name], grads_ref[name], atol=atol, rtol=rtol, msg=name)
 
 
+@pytest.mark.parametrize("device, backend", device_backend_cases(FUSED, devices=["cuda"]))
+def test_ddp_step_over_nccl(device, backend, monkeypatch):
+    """A DistributedDataParallel training step over NCCL (one process, as `torchrun --nproc_per_node=1` gives) with
+    the fused op: the step's loss and gradients are those of the same model without DDP on the torch backend."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    single_process_group(monkeypatch)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 4, 1, 8, 8, generator=generator).to(device)
+    target = torch.rand(2, 1, 4, 8, 8, generator=generator).to(device)
+    results = {}
+    dist.init_process_group("nccl", device_id=torch.device(device, 0))
+    try:
+        for name in ("torch", backend):
+            torch.manual_seed(0)
+            model = EncoderDecoderConvLSTM(nf=4, in_chan=1, backend=name).to(device)
+            if name == backend:
+                model = DistributedDataParallel(model, device_ids=[0])
+            loss = torch.nn.functional.mse_loss(model(x, future_seq=4), target)
+            loss.backward()  # DDP's all-reduce of the gradients runs here
+            results[name] = loss.detach(), {n.removeprefix("module."): p.grad for n, p in model.named_parameters()}
+    finally:
+        dist.destroy_process_group()
+    (loss_ref, grads_ref), (loss, grads) = results["torch"], results[backend]
+    torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-4)
+    assert grads.keys() == grads_ref.keys()
+    for name in grads_ref:
+        torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
 @pytest.mark.parametrize("device, backend", device_backend_cases())
 def test_cell_torch_compile_fullgraph(device, backend, peephole):
@@ -400,7 +434,7 @@ def test_available_backends_on_cpu():
     torch.testing.assert_close(lstm_gates(gates, c_prev), lstm_gates_ref(gates, c_prev), atol=0, rtol=0)
 
 
-@needs_cuda
+@gpu_test
 def test_available_backends_on_cuda_prefer_cuda_extension():
     assert available_backends("cuda") == EXPECTED_BACKENDS["cuda"] == ["cuda", "triton", "torch"], \
         unavailable_reasons("cuda")
@@ -533,21 +567,25 @@ def test_cpu_twin_covers_every_element_on_any_grid(layout, gate_order):
 
 @pytest.mark.parametrize("device, backend", device_backend_cases(FUSED, devices=["cuda"]))
 def test_lstm_gates_int64_offsets(device, backend):
-    """gates with more than 2^31 elements (4.4 GB in bf16): the last sample's gates sit past int32 offsets."""
-    b, c, h, w = 2, 16, 4100, 4100  # gates: 2*64*4100*4100 = 2.15e9 elements > 2^31
+    """One sample whose gates pass 2^31 elements (B=1, C=44, 4100x4100: 5.9 GB in bf16) while C*H*W does not: gate
+    o and g of the last channels sit past int32 offsets, and 3*C*H*W wraps in 32 bits (the Triton kernels' fault,
+    test_triton_gate_offsets_do_not_wrap_at_2_31 on the CPU)."""
+    b, c, h, w = 1, 44, 4100, 4100
     generator = torch.Generator(device=device).manual_seed(5)
     gates = torch.randn(b, 4 * c, h, w, device=device, dtype=torch.bfloat16, generator=generator)
     c_prev = torch.randn(b, c, h, w, device=device, dtype=torch.bfloat16, generator=generator)
+    assert c * h * w < 2**31 <= 3 * c * h * w and gates.numel() > 2**31
     gates.requires_grad_()
     h_next, c_next = lstm_gates(gates, c_prev, backend=backend)
     grad_gates, = torch.autograd.grad(h_next, gates, torch.ones_like(h_next))
-    tail = (slice(1, 2), slice(None), slice(-2, None))  # last sample, last two rows
-    small = gates[tail].detach().float().requires_grad_()
-    h_ref, c_ref = lstm_gates_ref(small, c_prev[tail].float())
+    channels, rows = slice(c - 4, c), slice(-2, None)  # the last channels' last two rows: the largest offsets
+    small = gates.detach().view(b, 4, c, h, w)[:, :, channels, rows].reshape(b, 16, 2, w).float().requires_grad_()
+    h_ref, c_ref = lstm_gates_ref(small, c_prev[:, channels, rows].float())
     grad_ref, = torch.autograd.grad(h_ref, small, torch.ones_like(h_ref))
-    torch.testing.assert_close(h_next[tail].float(), h_ref, atol=1e-3, rtol=1.6e-2)
-    torch.testing.assert_close(c_next[tail].float(), c_ref, atol=1e-3, rtol=1.6e-2)
-    torch.testing.assert_close(grad_gates[tail].float(), grad_ref, atol=1e-3, rtol=1.6e-2)
+    torch.testing.assert_close(h_next[:, channels, rows].float(), h_ref, atol=1e-3, rtol=1.6e-2)
+    torch.testing.assert_close(c_next[:, channels, rows].float(), c_ref, atol=1e-3, rtol=1.6e-2)
+    grad_tail = grad_gates.view(b, 4, c, h, w)[:, :, channels, rows].reshape(b, 16, 2, w)
+    torch.testing.assert_close(grad_tail.float(), grad_ref, atol=1e-3, rtol=1.6e-2)
 
 
 @pytest.mark.parametrize("shape, channels_last, rows, row_len, tile", [
@@ -580,3 +618,40 @@ def test_lstm_gates_without_autograd(device, backend, mode):
     assert not h_next.requires_grad and not c_next.requires_grad and h_next.grad_fn is None
     assert_close(h_next, h_ref, torch.float32, backend, "h_next")
     assert_close(c_next, c_ref, torch.float32, backend, "c_next")
+
+
+
+@triton.jit
+def gate_offsets_kernel(out_ptr, rows, row_len, channels, CHANNELS_LAST: tl.constexpr, ROWS: tl.constexpr,
+                        COLS: tl.constexpr):
+    """The offsets of the four gates of program (0, 0)'s tile, as the Triton kernels form them, into out (4, ROWS,
+    COLS) int64."""
+    n, mask, channel, gate_base, gate_stride = _tile(rows, row_len, channels, CHANNELS_LAST, ROWS, COLS)
+    tile = tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    for k in tl.static_range(4):
+        tl.store(out_ptr + k * ROWS * COLS + tile, gate_base + k * gate_stride)
+
+
+@pytest.mark.skipif(not TRITON_INTERPRET, reason="the interpreter keeps i32 arithmetic on CPU tensors; on a GPU "
+                    "test_lstm_gates_int64_offsets runs the kernels at this size")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_triton_gate_offsets_do_not_wrap_at_2_31(channels_last):
+    """The Triton kernels' offsets of all four gates (triton_kernels._tile) at B=1, C=44, 4100x4100, where C*H*W fits
+    in 32 bits but 3*C*H*W does not: Triton passes such sizes as i32, and the interpreter wraps i32 products as a
+    GPU does, so offsets are computed here without allocating the 6 GB tensor. Before the fix, NCHW's gate o and g
+    offsets wrapped negative."""
+    c, h, w = 44, 4100, 4100
+    rows, row_len = (h * w, c) if channels_last else (c, h * w)
+    tile_rows, cols = 64, 64
+    got = torch.empty(4, tile_rows, cols, dtype=torch.int64)
+    gate_offsets_kernel[(1, 1)](got, rows, row_len, c, CHANNELS_LAST=channels_last, ROWS=tile_rows, COLS=cols)
+    r = torch.arange(tile_rows, dtype=torch.int64)[:, None]
+    col = torch.arange(cols, dtype=torch.int64)[None, :]
+    if channels_last:  # position r's 4C gates in a row
+        want = [r * 4 * c + k * c + col for k in range(4)]
+    else:  # gates plane k*C + r of sample 0
+        want = [(k * c + r) * row_len + col for k in range(4)]
+    valid = (r < rows) & (col < row_len)
+    for k in range(4):
+        torch.testing.assert_close(got[k][valid], want[k].expand_as(got[k])[valid], atol=0, rtol=0,
+                                   msg=lambda m: f"gate block {k}: {m}")
