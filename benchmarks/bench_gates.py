@@ -9,6 +9,7 @@ moves (gate_bytes) and its share of the copy rate measured in the same run, and 
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import itertools
 import math
@@ -30,6 +31,17 @@ SHAPES = {"cuda": [(256, 64, 64, 64), (12, 64, 64, 64), (64, 64, 64, 64)],
           "cpu": [(4, 32, 32, 32), (12, 64, 32, 32)], "quick": [(2, 8, 16, 16)]}
 # |output - float32 reference| allowed: outputs are O(1), so a few units in the last place of each storage dtype.
 MAX_ABS_ERR = {"fp32": 1e-4, "bf16": 6e-2, "fp16": 8e-3}
+
+
+def shape_list(text):
+    """argparse type: "256x64x64x64,12x64x64x64" -> [(256, 64, 64, 64), (12, 64, 64, 64)]."""
+    try:
+        shapes = [tuple(int(n) for n in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(shape) != 4 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes BxCxHxW separated by commas, got {text!r}")
+    return shapes
 
 
 def gate_bytes(shape, dtype, pass_name):
@@ -75,12 +87,15 @@ def main(argv=None):
     parser.add_argument("--dtypes", type=benchutil.comma_list(tuple(benchutil.DTYPES)), help="default all; quick fp32")
     parser.add_argument("--layouts", type=benchutil.comma_list(LAYOUTS), help="default both; --quick nchw")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend for 'compile'")
+    parser.add_argument("--shapes", type=shape_list, help="BxCxHxW,... (default: the device's SHAPES)")
     args, device = benchutil.parse(parser, argv, lambda device: ["torch", "compile"] + benchutil.fused_backends(device))
     copy = benchutil.copy_gbps(device, 2**24 if args.quick else 2**30 if device.type == "cuda" else 2**28)
     head = benchutil.header("gates", device, args, copy_gbps=copy, compile_backend=args.compile_backend)
     print(f"{head['device_name']}: copy {copy:.1f} GB/s (read + write)")
-    grid = itertools.product(SHAPES["quick" if args.quick else device.type], args.dtypes or (
+    grid = itertools.product(args.shapes or SHAPES["quick" if args.quick else device.type], args.dtypes or (
         ["fp32"] if args.quick else benchutil.DTYPES), args.layouts or LAYOUTS[:1 if args.quick else 2], args.backends)
+    # torch.compile's cases last (each compiles afresh, seconds apiece): a time box cuts them, not the kernels'.
+    grid = sorted(grid, key=lambda case: case[3] == "compile")
     cases = []
     for shape, dtype, layout, backend in grid:
         keys = [dict(backend=backend, dtype=dtype, layout=layout, shape=list(shape), **{"pass": p})

