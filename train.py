@@ -51,6 +51,7 @@ from convlstm.training.distributed import (ResumableSampler, SetupError, all_red
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
+from convlstm.training.memory_format import MemoryFormat
 from convlstm.training.objectives import make_objective, sampling_eta
 from convlstm.training.preemption import (StopSignals, Stopped, exit_code, ignore_stop_signals,
                                           stop_workers_at_exit)
@@ -70,7 +71,7 @@ def predict(model, batch, cfg, precision):
     return x, y, y_hat.float()
 
 
-def validate(model, loader, cfg, precision, device, pixels):
+def validate(model, loader, cfg, precision, layout, device, pixels):
     """(val_loss, {metric: overall mean}, sequences scored) on the held-out sequences: val_loss is the MSE per pixel
     (best.pt is chosen by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics evaluate.py's.
     Each rank scores a disjoint share; totals are summed over ranks, so each sequence counts once."""
@@ -78,7 +79,7 @@ def validate(model, loader, cfg, precision, device, pixels):
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            _, y, y_hat = predict(model, batch.to(device, non_blocking=True), cfg, precision)
+            _, y, y_hat = predict(model, layout.batch(batch.to(device, non_blocking=True)), cfg, precision)
             totals.add(frame_metrics(y_hat, y))
     model.train()
     totals.all_reduce()
@@ -113,7 +114,7 @@ def start_state(cfg, info, warnings: list):
     return (state if info.is_main else load_checkpoint(detail)), lock
 
 
-def train_step(model, ddp, batches, cfg, precision, optimizer, parameters, device, objective, step):
+def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameters, device, objective, step):
     """Optimizer step `step` (0-based) on the next cfg.grad_accum micro-batches of the iterator `batches`
     ((b, T, C, H, W) each), each micro-batch's loss the model's objective (convlstm.training.objectives).
 
@@ -126,7 +127,7 @@ def train_step(model, ddp, batches, cfg, precision, optimizer, parameters, devic
     for k, mask in enumerate(objective.masks(step, cfg.grad_accum, device)):
         sync = ddp is None or k == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
-            batch = next(batches).to(device, non_blocking=True)
+            batch = layout.batch(next(batches).to(device, non_blocking=True))
             with precision.autocast():
                 loss = objective(model, batch, mask)
             precision.backward(loss / cfg.grad_accum)
@@ -214,6 +215,8 @@ def make_loaders(cfg, info, datasets):
 
 def train(cfg, info, train_set=None, val_set=None) -> None:
     cfg = resolve_config(cfg, info.device.type, info.device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if info.device.type == "cuda":  # the CPU has no cuDNN; README "Training on GPUs" says what it does to --resume
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     try:
         backend, _ = resolve(cfg.backend, info.device)
     except (RuntimeError, ValueError) as error:
@@ -249,7 +252,8 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
         total_steps = min(total_steps, cfg.max_steps)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    raw_model = model_from_config(dataclasses.asdict(cfg), frame_shape=frame_shape).to(device)
+    layout = MemoryFormat(cfg.channels_last)
+    raw_model = layout.model(model_from_config(dataclasses.asdict(cfg), frame_shape=frame_shape).to(device))
     objective = make_objective(cfg, frame_shape, info.rank)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta_1, cfg.beta_2))
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -335,7 +339,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             if step == fault_step:
                 kill_self(fault_signal)
             lr = optimizer.param_groups[0]["lr"]
-            loss, grad_norm, batch = train_step(model, ddp, batches, cfg, precision, optimizer, parameters,
+            loss, grad_norm, batch = train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameters,
                                                 device, objective, step)
             advance(scheduler)
             step, samples_seen, steps_left = step + 1, samples_seen + global_batch, steps_left - 1
@@ -357,7 +361,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             val_loss, val_metrics = None, None
             if epoch_done or last_step:
                 started = time.perf_counter()
-                val_loss, val_metrics, num_val = validate(raw_model, val_loader, cfg, precision, device,
+                val_loss, val_metrics, num_val = validate(raw_model, val_loader, cfg, precision, layout, device,
                                                           math.prod(frame_shape))
                 reporter.validation(step, epoch, val_loss, val_metrics, num_val, time.perf_counter() - started)
             saved = epoch_done or last_step or step % cfg.checkpoint_every == 0

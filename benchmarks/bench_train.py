@@ -23,7 +23,6 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchutil
@@ -31,6 +30,7 @@ import convlstm
 from convlstm.memory import peak_mem_mb
 from convlstm.model import MODELS, model_from_config, preset_config
 from convlstm.openstl import OpenSTLConvLSTMCell, reshape_patch, schedule_sampling
+from convlstm.training.memory_format import MemoryFormat
 
 CONFIGS = {"tutorial": dict(batch=12, nf=64, size=64, t_in=10, t_out=10),  # 3.0 TFLOP per step (count_flops)
            "cpu": dict(batch=4, nf=16, size=32, t_in=10, t_out=10),
@@ -50,19 +50,17 @@ LOSS_RTOL = {"none": 1e-3, "bf16": 2e-2}
 
 
 def build(backend, config, device, compile_on=False, channels_last=False, compile_backend="inductor"):
-    """Model, Adam and one batch, seeded so every case starts from the same weights and data."""
+    """Model, Adam and one batch, seeded so every case starts from the same weights and data. channels_last: as
+    train.py --channels_last (convlstm.training.memory_format): Conv2d weights and each input frame."""
     torch.manual_seed(0)
-    model = convlstm.EncoderDecoderConvLSTM(nf=config["nf"], in_chan=1, backend=backend).to(device)
+    layout = MemoryFormat(channels_last)
+    model = layout.model(convlstm.EncoderDecoderConvLSTM(nf=config["nf"], in_chan=1, backend=backend).to(device))
     b, s = config["batch"], config["size"]
-    x = torch.rand(b, config["t_in"], 1, s, s, device=device)
+    x = layout.batch(torch.rand(b, config["t_in"], 1, s, s, device=device))
     target = torch.rand(b, 1, config["t_out"], s, s, device=device)
     for module in model.modules():
-        if channels_last and isinstance(module, nn.Conv2d):  # the Conv3d head has no 4-D layout
-            module.to(memory_format=torch.channels_last)
         if compile_on and isinstance(module, convlstm.ConvLSTMCell):  # the whole model would unroll 20 time steps
             module.compile(backend=compile_backend)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
     return model, torch.optim.Adam(model.parameters(), lr=1e-4), x, target
 
 
@@ -86,13 +84,11 @@ def build_openstl(backend, config, device, compile_on=False, channels_last=False
     """OpenSTL's model of `config` (OPENSTL_CONFIGS), Adam, one batch of patch frames (B, T_in + T_out, H/p, W/p,
     p*p) and the scheduled-sampling mask of its first iteration, seeded as build's."""
     torch.manual_seed(0)
-    model = model_from_config(dict(config, in_chan=1, backend=backend)).to(device)
+    model = MemoryFormat(channels_last).model(model_from_config(dict(config, in_chan=1, backend=backend)).to(device))
     b, s, p, t_in, t_out = (config[k] for k in ("batch", "image_size", "patch_size", "n_steps_past", "n_steps_ahead"))
     frames = reshape_patch(torch.rand(b, t_in + t_out, s, s, 1, device=device), p)
     _, mask = schedule_sampling(1.0, 0, b, (t_in, 1, s, s), p, t_out, rng=np.random.default_rng(0), device=device)
-    for module in model.modules():
-        if channels_last and isinstance(module, nn.Conv2d):
-            module.to(memory_format=torch.channels_last)
+    for module in model.modules():  # (channels_last: the model makes its frames and states so, from its weights)
         if compile_on and isinstance(module, OpenSTLConvLSTMCell):
             module.compile(backend=compile_backend)
     return model, torch.optim.Adam(model.parameters(), lr=1e-4), frames, mask

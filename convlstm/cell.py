@@ -29,6 +29,15 @@ def _unavailable(message, *args, **kwargs):
     raise RuntimeError(message)
 
 
+def weight_memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """torch.channels_last when a Conv2d weight (O, I, kH, kW) is stored so, else torch.contiguous_format. The models
+    make their zero states (and OpenSTL's its frames) in their weights' format, as the convolutions' outputs come out
+    in it: a model put in channels_last (convlstm.training.memory_format) stays so from the first step. A 1x1 kernel
+    reads as contiguous: both layouts have the same strides there."""
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM step: gates = conv(concat([x, h])) (B, 4*hidden_dim, H, W), split i, f, o, g.
 
@@ -82,10 +91,13 @@ class ConvLSTMCell(nn.Module):
         return self.gates_fn(gates, c_cur, *peephole)
 
     def init_hidden(self, batch_size, image_size):
+        """Zeros (h, c), each (B, hidden_dim, H, W) float32 on the weight's device and in its memory format (an NCHW
+        state would turn a channels_last model's first steps NCHW: torch.cat of mixed layouts is contiguous)."""
         height, width = image_size
         weight = self.conv.weight
-        return (torch.zeros(batch_size, self.hidden_dim, height, width, device=weight.device),
-                torch.zeros(batch_size, self.hidden_dim, height, width, device=weight.device))
+        fmt = weight_memory_format(weight)
+        return (torch.zeros(batch_size, self.hidden_dim, height, width, device=weight.device).to(memory_format=fmt),
+                torch.zeros(batch_size, self.hidden_dim, height, width, device=weight.device).to(memory_format=fmt))
 
 
 def _per_layer(value, num_layers, name):

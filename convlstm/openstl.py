@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cell import weight_memory_format
 from .ops.lstm_gates import backends
 
 CELL_OUTPUTS = ("tanh_c", "g")
@@ -213,13 +214,15 @@ class OpenSTLConvLSTM(nn.Module):
         return next_frames, loss
 
     def _rollout(self, frames_tensor, mask_true, pre_seq_length, total_length, reverse):
-        frames = frames_tensor.permute(0, 1, 4, 2, 3).contiguous()  # (B, T, p*p*C, H/p, W/p)
-        mask_true = mask_true.permute(0, 1, 4, 2, 3).contiguous()
+        # A model whose convolutions are channels_last (convlstm.training.memory_format) keeps frames and states so.
+        fmt = weight_memory_format(self.cell_list[0].conv_x[0].weight)
+        frames, mask_true = _frames(frames_tensor, fmt), _frames(mask_true, fmt)  # (B, T, p*p*C, H/p, W/p)
         batch, _, _, height, width = frames.shape
         # OpenSTL's zero state is in the default dtype; the parameters' dtype is the same for a float32 model and
         # also runs a float64 or bfloat16 one.
         dtype = self.conv_last.weight.dtype
-        h_t = [torch.zeros(batch, n, height, width, dtype=dtype, device=frames.device) for n in self.num_hidden]
+        h_t = [torch.zeros(batch, n, height, width, dtype=dtype, device=frames.device).to(memory_format=fmt)
+               for n in self.num_hidden]
         c_t = list(h_t)
         next_frames, x_gen = [], None
         for t in range(total_length - 1):
@@ -255,6 +258,14 @@ class OpenSTLConvLSTM(nn.Module):
         next_frames = self._rollout(frames, mask, t_in, t_in + n_out, reverse=False)
         images = reshape_patch_back(next_frames[:, -n_out:], self.patch_size)  # (B, n_out, H, W, C)
         return images.permute(0, 1, 4, 2, 3).contiguous()
+
+
+def _frames(patches, memory_format):
+    """(B, T, H/p, W/p, p*p*C) -> (B, T, p*p*C, H/p, W/p), each frame in memory_format: channels_last is the patch
+    tensor's own layout, so a view of it; NCHW a copy, as OpenSTL's permute().contiguous()."""
+    if memory_format == torch.channels_last:
+        return patches.contiguous().permute(0, 1, 4, 2, 3)
+    return patches.permute(0, 1, 4, 2, 3).contiguous()
 
 
 def reshape_patch(img_tensor, patch_size):

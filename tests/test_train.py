@@ -1,4 +1,5 @@
-"""train.py in one process on the CPU: outputs a user sees, resume, errors, AMP, sampling and the image grid.
+"""train.py in one process on the CPU: outputs a user sees, resume, errors, AMP, channels_last and cudnn_benchmark,
+sampling and the image grid.
 
 Runs call train.main(argv) in this process with a tiny model (n_hidden_dim 4, 16x16 frames, a few steps); the
 torchrun launches live in test_train_distributed.py.
@@ -10,13 +11,15 @@ import urllib.request
 import pytest
 import torch
 
+from convlstm.cell import ConvLSTMCell
 from convlstm.evaluation.metrics import METRIC_NAMES
 from convlstm.model import model_from_config, to_btchw
+from convlstm.openstl import OpenSTLConvLSTMCell
 from convlstm.training.amp import Precision
 from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
 from convlstm.training.logs import prediction_grid
-from helpers import TINY, assert_same_weights, run, single_process_group, train_script
+from helpers import TINY, assert_same_weights, device_backend_cases, gpu_test, run, single_process_group, train_script
 
 
 def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkeypatch, capsys):
@@ -142,7 +145,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["latest.pt", "step_2.pt"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@gpu_test
 def test_tiny_run_on_the_gpu(tmp_path):
     """train.py on the GPU: bf16 autocast and the fused gate backends train, and each fused backend's run follows
     the eager reference's (validation loss after 2 and 4 steps; float32, the same cuDNN convolutions)."""
@@ -169,10 +172,12 @@ def test_tiny_run_on_the_gpu(tmp_path):
     (["--backend", "magic"], "argument --backend: invalid choice: 'magic'"),
     (["--use_amp", "maybe"], "argument --use_amp: expected a boolean"),
     (["--use_amp", "True", "--amp", "none"], "--use_amp True contradicts --amp none"),
+    (["--cudnn_benchmark", "maybe"], "argument --cudnn_benchmark: expected a boolean (True/False, 1/0, yes/no), got "
+                                     "'maybe'"),
     (["--kernel_size", "4"], "--kernel_size 4: must be odd"),
     (["--val_fraction", "1"], "--val_fraction 1.0: must be in [0, 1)"),
     (["--bogus", "1"], "unrecognized arguments: --bogus"),
-], ids=["negative-lr", "zero-batch", "amp-fp8", "unknown-backend", "use_amp-maybe", "use_amp-vs-amp",
+], ids=["negative-lr", "zero-batch", "amp-fp8", "unknown-backend", "use_amp-maybe", "use_amp-vs-amp", "cudnn-maybe",
         "even-kernel", "val-fraction-1", "unknown-flag"])
 def test_bad_flags_exit_with_status_2_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -207,6 +212,107 @@ def test_use_amp_and_amp_resolve_per_device():
     assert amp(["--use_amp", "False"], "cuda") == "none"
     assert amp(["--amp", "fp16"], "cpu") == "fp16" and amp(["--use_amp", "1", "--amp", "fp16"], "cpu") == "fp16"
     assert parse_config(["--lr", "3e-4", "--beta_1", "0.8", "--epochs", "2"]).lr == 3e-4
+
+
+def test_cudnn_benchmark_resolves_on_for_cuda_unless_turned_off():
+    def benchmark(flags, device_type):
+        return resolve_config(parse_config(flags), device_type, True).cudnn_benchmark
+
+    assert benchmark([], "cuda") is True and benchmark([], "cpu") is False
+    assert benchmark(["--cudnn_benchmark", "false"], "cuda") is False and benchmark(["--cudnn_benchmark", "0"],
+                                                                                    "cuda") is False
+    assert benchmark(["--cudnn_benchmark"], "cpu") is True and benchmark(["--cudnn_benchmark", "yes"], "cuda") is True
+
+
+@pytest.mark.parametrize("device, backend", device_backend_cases(backends=("torch",)))
+def test_cudnn_benchmark_is_set_at_start_up_on_cuda_only(tmp_path, monkeypatch, device, backend):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test: it is process-wide
+    flags = ["--max_steps", 1, "--device", device, "--backend", backend]
+    assert run(tmp_path / "default", *flags) == 0
+    assert torch.backends.cudnn.benchmark is (device == "cuda")  # the CPU has no cuDNN: left as it was
+    assert run(tmp_path / "off", *flags, "--cudnn_benchmark", "false") == 0
+    assert torch.backends.cudnn.benchmark is False
+    saved = [json.loads((tmp_path / run_dir / "config.json").read_text())["cudnn_benchmark"]
+             for run_dir in ("default", "off")]
+    assert saved == [device == "cuda", False]
+
+
+def channels_innermost(t):
+    """Whether a (B, C, H, W) tensor is laid out as torch.channels_last lays it out, channels innermost; unlike
+    is_contiguous(memory_format=...) also for a frame sliced out of a batch, which is contiguous in neither."""
+    return t.stride(1) == 1 and t.stride(3) == t.shape[1]
+
+
+# OpenSTL's model on the tiny configuration: 16x16 frames in 4x4 patches (16 channels), two layers of 4.
+MODELS = [pytest.param([], id="tutorial"),
+          pytest.param(["--model", "openstl_convlstm", "--num_layers", 2], id="openstl")]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_channels_last_trains_as_nchw_does_to_float32_rounding_and_may_change_on_resume(tmp_path, model, capsys):
+    flags = [*model, "--checkpoint_every", 100, "--backend", "torch"]
+    assert run(tmp_path / "nchw", *flags, "--max_steps", 6) == 0
+    assert run(tmp_path / "nhwc", *flags, "--max_steps", 6, "--channels_last") == 0
+    assert run(tmp_path / "parts", *flags, "--max_steps", 3) == 0  # then 3 steps more in channels_last
+    capsys.readouterr()
+    assert run(tmp_path / "parts", *flags, "--max_steps", 6, "--channels_last", "--resume") == 0
+    assert "channels_last False -> True" in capsys.readouterr().err  # "flags changed since the checkpoint: ..."
+
+    def latest(name):
+        return torch.load(tmp_path / name / "checkpoints" / "latest.pt", weights_only=True)
+
+    nchw = latest("nchw")
+    assert not any(channels_innermost(w) for w in nchw["model"].values() if w.dim() == 4)
+    for name in ("nhwc", "parts"):
+        state = latest(name)
+        assert state["step"] == 6 and state["config"]["channels_last"]
+        # The Conv2d weights were trained in channels_last (a 1x1 kernel has the same strides in both layouts).
+        assert all(channels_innermost(w) for w in state["model"].values() if w.dim() == 4 and w.shape[-1] > 1)
+        # The same math through other convolution kernels (oneDNN's NHWC ones). On this 2-core VM (torch 2.13 CPU)
+        # the weights after 6 Adam steps differed by at most 1.5e-8 (tutorial) and 7.5e-9 (OpenSTL), one float32
+        # ulp of the largest weights (0.16, 0.5), and the validation losses by at most 1.6e-9 relative. The bounds
+        # leave 60x and 600x for other CPUs' kernels, far below what a step moves a weight (up to lr, 1e-4 here).
+        assert state["val_loss"] == pytest.approx(nchw["val_loss"], rel=1e-6), name
+        for key, weight in nchw["model"].items():
+            torch.testing.assert_close(state["model"][key], weight, rtol=0, atol=1e-6, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("device, backend", device_backend_cases(backends=("torch", "cpu_twin"), devices=("cpu",))
+                         + device_backend_cases(backends=("torch", "triton", "cuda"), devices=("cuda",)))
+@pytest.mark.parametrize("model", MODELS)
+def test_channels_last_keeps_frames_states_and_gates_channels_last(tmp_path, monkeypatch, model, device, backend):
+    """Every 4-D tensor into or out of a ConvLSTM cell or a Conv2d (frames, concatenations, h and c from the zero
+    state on, gates) is channels_last in a --channels_last run, and none is in a run without it. (The fused backends
+    call F.conv2d in training: their Conv2d modules are seen in validation, their gates only through h and c.)"""
+    build, layouts = train_script.model_from_config, []
+
+    def record(module, args, kwargs, output):
+        def tensors(tree):
+            if isinstance(tree, torch.Tensor):
+                yield tree
+            elif isinstance(tree, (list, tuple, dict)):
+                for item in tree.values() if isinstance(tree, dict) else tree:
+                    yield from tensors(item)
+
+        layouts.extend((type(module).__name__, channels_innermost(t)) for t in tensors([args, kwargs, output])
+                       if t.dim() == 4)
+
+    def model_recording_layouts(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, ConvLSTMCell, OpenSTLConvLSTMCell)):
+                module.register_forward_hook(record, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(train_script, "model_from_config", model_recording_layouts)
+    flags = [*model, "--max_steps", 1, "--device", device, "--backend", backend]
+    assert run(tmp_path / "nhwc", *flags, "--channels_last") == 0
+    modules = {name for name, _ in layouts}
+    assert {"Conv2d", "OpenSTLConvLSTMCell" if model else "ConvLSTMCell"} <= modules
+    assert all(innermost for _, innermost in layouts)
+    layouts.clear()
+    assert run(tmp_path / "nchw", *flags) == 0
+    assert layouts and not any(innermost for _, innermost in layouts)
 
 
 def test_fp16_clips_unscaled_gradients():

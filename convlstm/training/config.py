@@ -100,6 +100,14 @@ class Config:
                                                  "MNIST: 1)")
     backend: str = _arg("model", "auto", "gate kernel backend", choices=BACKENDS)
     compile: bool = _arg("model", False, "wrap the model in torch.compile")
+    channels_last: bool = _arg("model", False, "keep the Conv2d weights, input frames and hidden states in "
+                                               "torch.channels_last (NHWC), cuDNN's own layout for tensor-core "
+                                               "convolutions (bf16, fp16); the same model, so a resumed run may "
+                                               "change it")
+    cudnn_benchmark: Optional[bool] = _arg("model", None, "cuDNN's autotuner (torch.backends.cudnn.benchmark): time "
+                                                          "the convolution algorithms once per shape and keep the "
+                                                          "fastest; default: on where the device is a GPU. A resume "
+                                                          "may then pick other algorithms: not bit for bit (README)")
     # Optimisation.
     lr: float = _arg("optimisation", 1e-4, f"Adam learning rate, at most {MAX_LR}: the schedule's peak")
     beta_1: float = _arg("optimisation", 0.9, "Adam beta_1 (decay rate of the first moment); onecycle cycles it "
@@ -389,8 +397,9 @@ def default_num_val(num_train: int) -> int:
 
 
 def resolve_config(cfg: Config, device_type: str, bf16_supported: bool) -> Config:
-    """Turn the automatic choices into concrete ones for this device: `amp` becomes none, bf16 or fp16, and an unset
-    `num_val` default_num_val(num_train).
+    """Turn the automatic choices into concrete ones for this device: `amp` becomes none, bf16 or fp16, an unset
+    `num_val` default_num_val(num_train), and an unset `cudnn_benchmark` True on CUDA, False elsewhere (train.py
+    sets torch's flag on CUDA only: the CPU has no cuDNN).
 
     --use_amp True maps to fp16 on CUDA (the tutorial's native AMP) and to bf16 on the CPU, where fp16 autocast is
     slow; --use_amp False maps to none.
@@ -401,10 +410,12 @@ def resolve_config(cfg: Config, device_type: str, bf16_supported: bool) -> Confi
     if amp == "auto":
         amp = "bf16" if device_type == "cuda" and bf16_supported else "none"
     num_val = cfg.num_val if cfg.num_val is not None else default_num_val(cfg.num_train)
-    return dataclasses.replace(cfg, amp=amp, use_amp=None, num_val=num_val)
+    cudnn_benchmark = cfg.cudnn_benchmark if cfg.cudnn_benchmark is not None else device_type == "cuda"
+    return dataclasses.replace(cfg, amp=amp, use_amp=None, num_val=num_val, cudnn_benchmark=cudnn_benchmark)
 
 
-# Fields that define each model's parameters (or how they are used): a resumed run must keep them.
+# Fields that define each model's parameters (or how they are used): a resumed run must keep them. Not
+# channels_last: the same parameters in another memory layout.
 MODEL_FIELDS = {"tutorial": ("model", "n_hidden_dim", "kernel_size", "peephole", "in_chan"),
                 "openstl_convlstm": ("model", "n_hidden_dim", "num_layers", "kernel_size", "patch_size", "layer_norm",
                                      "cell_output", "in_chan")}
