@@ -64,7 +64,7 @@ wants() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 run_part() {
     local name=$1 box=$2 start=$SECONDS rc status
     shift 2
-    echo "=== part $name (time box ${box}s): $* ===" >>"$LOG"
+    echo "=== part $name (time box ${box}s): $(echo "$*" | head -n 1 | cut -c1-200) ===" >>"$LOG"
     PART_FROM=$(($(wc -l <"$LOG") + 1))  # the part's first line in session.log
     timeout --signal=INT --kill-after=10 "$box" "$@" >>"$LOG" 2>&1
     rc=$?

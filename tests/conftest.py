@@ -14,6 +14,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def cudnn_flags_restored():
+    """train.main sets torch.backends.cudnn.benchmark (process-wide) on a GPU: the next test in the same process
+    starts from the flags as they were."""
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.fixture
 def one_cpu_thread():
     """The test runs on one CPU thread (torch's count restored after): what the measurements and bugs it pins were

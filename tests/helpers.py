@@ -39,6 +39,14 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 ON_GPU = (pytest.mark.gpu, needs_cuda)
 
 
+def exact_cudnn():
+    """cuDNN as a float64 or float32 comparison needs it (on the CPU nothing changes): deterministic algorithms (a
+    float64 weight gradient with atomics differs between two runs, and gradcheck checks that backward is reentrant:
+    all 12 GPU cases failed so on an H100), no autotuner, and no TF32 (float32 convolutions rounded to 10 bits
+    differ from a per-frame split by 1e-4)."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
+
+
 def gpu_test(test):
     """Decorator: a test that needs a GPU (marked `gpu`, skipped without one)."""
     for mark in ON_GPU:
