@@ -155,7 +155,7 @@ fi
 
 if wants tests; then
     # pytest-timeout (in the GPU image) stops one hung test without losing the rest; xdist spreads the rest.
-    flags="-q -p no:cacheprovider -rfE --durations=10"
+    flags="-q -p no:cacheprovider -rfEs --durations=10"
     # (a per-test limit 10 s under the box: a hang guard, not a speed limit)
     "$PYTHON" -c "import pytest_timeout" 2>/dev/null && flags="$flags --timeout=$((GPU_SESSION_BOX_TESTS - 10))"
     [ "$DEVICE" = cuda ] && "$PYTHON" -c "import xdist" 2>/dev/null && flags="$flags -n 6"

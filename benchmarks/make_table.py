@@ -51,9 +51,10 @@ def describe(run):
     versions = ", ".join(f"{name} {h[name]}" for name in ("torch", "triton", "cuda") if h.get(name))
     extra = f"; copy {h['copy_gbps']:.0f} GB/s" if "copy_gbps" in h else "; matmul " + ", ".join(
         f"{k} {v:.1f} TFLOP/s" for k, v in h["matmul_tflops"].items()) if "matmul_tflops" in h else ""
+    # tree_commit: added where git on the measuring machine did not see the tree it ran (the device tool's copy)
     return (f"`{run['path']}`: {h['device_name']} ({h['device']}, {h.get('cpu_threads')} CPU threads), {versions}; "
-            f"commit {h.get('git_commit')}, {h.get('date')}{extra}; `{h.get('command')}`"
-            + ("; **quick run**" if h.get("quick") else ""))
+            f"commit {h.get('tree_commit') or h.get('git_commit')}, {h.get('date')}{extra}; `{h.get('command')}`"
+            + ("; **quick run**" if h.get("quick") else "") + (f" ({h['note']})" if h.get("note") else ""))
 
 
 def gates_table(run):
@@ -186,20 +187,25 @@ def targets(runs):
                       "met" if value >= threshold else "not met",
                       worst or "no full GPU gates run with a fused backend and this baseline"))
 
-    verdicts = []  # (met, speedup, the case)
+    bests = []  # per run, its best (met, speedup, the case): every run is reported, so one lucky run hides nothing
     for run in (run for run in gpu if run["header"]["kind"] == "train" and run["header"]["config_name"] == "tutorial"):
         ok = [r for r in run["results"] if r["status"] == "ok" and r["amp"] == "bf16"
               and r.get("model", "tutorial") == "tutorial" and r.get("mode", "train") == "train"]  # tutorial's step
         ref = next((r for r in ok if r["backend"] == "torch" and not r["compile"] and not r["channels_last"]), None)
+        verdicts = []
         for r in [r for r in ok if r["backend_resolved"] != "torch"] if ref else []:
             speed, memory = r["seq_per_s"] / ref["seq_per_s"], r["peak_mem_mb"] / ref["peak_mem_mb"]
             verdicts.append((speed >= 1.5 and memory <= 0.7, speed, f"{_ran(r)} compile={r['compile']} channels_last="
                              f"{r['channels_last']}: {speed:.2f}x seq/s, {memory:.0%} memory; {run['path']}"))
-    met, _, label = max(verdicts, default=(None, 0, "no full GPU bf16 run of the tutorial's configuration with "
-                                           "the eager reference and a fused backend"))
-    lines.append(("train step, tutorial config, bf16: >= 1.5x eager seq/s and <= 70% of its peak memory",
-                  {None: "not measured", True: "met", False: "not met"}[met],
-                  {None: "", True: "best passing: ", False: "fastest: "}[met] + label))
+        if verdicts:
+            bests.append(max(verdicts))
+    met = sum(best[0] for best in bests)
+    status = ("not measured" if not bests else "met" if met == len(bests) else "not met" if not met else
+              f"met in {met} of {len(bests)} runs")
+    detail = "; ".join(("best passing: " if best[0] else "fastest: ") + best[2] for best in bests) or \
+        "no full GPU bf16 run of the tutorial's configuration with the eager reference and a fused backend"
+    lines.append(("train step, tutorial config, bf16: >= 1.5x eager seq/s and <= 70% of its peak memory", status,
+                  detail))
     return "".join(f"- **{status}**: {name}. {detail}\n" for name, status, detail in lines)
 
 

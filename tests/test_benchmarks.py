@@ -174,7 +174,7 @@ def test_make_table_renders_the_committed_results():
     """benchmarks/README.md's generated part is what make_table makes of benchmarks/results/ (run
     `python benchmarks/make_table.py --write` after adding a results file)."""
     runs = make_table.load(sorted((BENCH / "results").glob("*.json")))
-    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory", "data"}
+    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory", "data", "profile"}
     readme = (BENCH / "README.md").read_text()
     assert readme.split(make_table.BEGIN + "\n", 1)[1].split(make_table.END, 1)[0] == make_table.render(runs)
 
@@ -218,6 +218,12 @@ def test_train_target_needs_speed_and_memory_in_one_case():
     assert line.startswith("- **not met**: train step") and "fastest: cuda (cuda) compile=True" in line
     line = make_table.targets([run_of("train", results, config_name="cpu")]).splitlines()[-1]
     assert line.startswith("- **not measured**: train step")
+    # two runs of the same cases: each run's best is reported, and a verdict that differs between them says so
+    passing = [train("torch", 10.0, 1000.0), train("triton", 16.0, 600.0)]
+    line = make_table.targets([run_of("train", results, config_name="tutorial"),
+                               run_of("train", passing, config_name="tutorial")]).splitlines()[-1]
+    assert line.startswith("- **met in 1 of 2 runs**: train step") and "fastest: cuda (cuda) compile=True" in line
+    assert "best passing: triton (triton) compile=False channels_last=False: 1.60x seq/s, 60% memory" in line
 
 
 SESSION = BENCH / "gpu_session.sh"
