@@ -67,6 +67,13 @@ def distributed(requested_device: str = "auto"):
     """Yield a DistInfo; under torchrun start the process group and destroy it on every way out of Python (return,
     exception, sys.exit). A signal that ends the process (torchrun's SIGTERM to the survivors when a worker fails)
     needs no teardown: the process and its sockets are gone.
+
+    On a normal way out every rank first waits at a barrier, so no rank tears the group down while another still
+    works in it: a rank whose last collective returned early (the sender of a gather_object, evaluate.py's rank 1)
+    would otherwise destroy its side while rank 0 was still receiving or writing results, and die in gloo
+    ("terminate called without an active exception", SIGABRT; torchrun then SIGTERMs rank 0 before it writes).
+    On an exception there is no barrier: the other ranks may never reach one (they fail on the broken group, or
+    torchrun stops them).
     """
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -80,10 +87,17 @@ def distributed(requested_device: str = "auto"):
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store,
                                 rank=rank if store else -1, world_size=world_size if store else -1,
                                 device_id=device if device.type == "cuda" else None)
+    info = DistInfo(rank, local_rank, world_size, device)
     try:
-        yield DistInfo(rank, local_rank, world_size, device)
-    finally:
+        yield info
+    except BaseException:
         if launched and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    if launched and dist.is_initialized():
+        try:
+            barrier(info)
+        finally:
             dist.destroy_process_group()
 
 
