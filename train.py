@@ -47,7 +47,7 @@ from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choos
                                           write_config, write_elastic_run_id)
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
-from convlstm.training.distributed import (ResumableSampler, SetupError, all_reduce, broadcast_object,
+from convlstm.training.distributed import (ResumableSampler, SetupError, all_ranks, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
@@ -301,12 +301,12 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
                     "as it was)"
         bad = watch.first_bad_step(lambda t: all_reduce(t, torch.distributed.ReduceOp.MIN))
         if bad is not None:
-            raise TrainingError(f"non-finite training loss at step {bad}; stopping. {last_good}")
+            raise all_ranks(TrainingError(f"non-finite training loss at step {bad}; stopping. {last_good}"))
         in_a_row = skips.longest_run(lambda t: all_reduce(t, torch.distributed.ReduceOp.MAX))
         if in_a_row > cfg.max_skipped_steps:
-            raise TrainingError(f"the fp16 GradScaler skipped {in_a_row} steps in a row (non-finite "
-                                f"gradients each time) by step {step}, more than --max_skipped_steps "
-                                f"{cfg.max_skipped_steps}; stopping. {last_good}")
+            raise all_ranks(TrainingError(f"the fp16 GradScaler skipped {in_a_row} steps in a row (non-finite "
+                                          f"gradients each time) by step {step}, more than --max_skipped_steps "
+                                          f"{cfg.max_skipped_steps}; stopping. {last_good}"))
 
     def save(val_loss, val_metrics):
         nonlocal best_val_loss
@@ -330,7 +330,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
         # Also the barrier: the other ranks go on once the checkpoint is complete, or stop with rank 0's line.
         failure = broadcast_object(failure)
         if failure:
-            raise TrainingError(failure)
+            raise all_ranks(TrainingError(failure))
 
     while step < total_steps:
         epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning, cfg.grad_accum)

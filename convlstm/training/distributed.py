@@ -68,12 +68,14 @@ def distributed(requested_device: str = "auto"):
     exception, sys.exit). A signal that ends the process (torchrun's SIGTERM to the survivors when a worker fails)
     needs no teardown: the process and its sockets are gone.
 
-    On a normal way out every rank first waits at a barrier, so no rank tears the group down while another still
-    works in it: a rank whose last collective returned early (the sender of a gather_object, evaluate.py's rank 1)
-    would otherwise destroy its side while rank 0 was still receiving or writing results, and die in gloo
-    ("terminate called without an active exception", SIGABRT; torchrun then SIGTERMs rank 0 before it writes).
-    On an exception there is no barrier: the other ranks may never reach one (they fail on the broken group, or
-    torchrun stops them).
+    On a normal way out, and on an exception every rank raises at the same point (`all_ranks`: train.py's stop
+    after a signal, its agreed non-finite-loss and checkpoint failures), every rank first waits at a barrier, so
+    no rank tears the group down while another still works in it: a rank whose last collective returned early
+    (the sender of a gather_object, evaluate.py's rank 1) would otherwise destroy its side while rank 0 was still
+    receiving or writing results, and die in gloo ("terminate called without an active exception", SIGABRT;
+    torchrun then SIGTERMs rank 0 before it writes or exits as it should). Another exception gets no barrier: the
+    other ranks may never reach one. A barrier that fails (a rank left on an error of its own, which it reports)
+    does not hide this rank's result.
     """
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -90,15 +92,29 @@ def distributed(requested_device: str = "auto"):
     info = DistInfo(rank, local_rank, world_size, device)
     try:
         yield info
-    except BaseException:
+    except BaseException as error:
         if launched and dist.is_initialized():
-            dist.destroy_process_group()
+            _leave(info, together=getattr(error, "all_ranks", False))
         raise
     if launched and dist.is_initialized():
-        try:
+        _leave(info, together=True)
+
+
+def all_ranks(error: BaseException) -> BaseException:
+    """Mark `error` as raised by every rank at the same point (after a collective they agree by), so `distributed()`
+    lets them leave the process group together."""
+    error.all_ranks = True
+    return error
+
+
+def _leave(info: DistInfo, together: bool) -> None:
+    try:
+        if together:
             barrier(info)
-        finally:
-            dist.destroy_process_group()
+    except RuntimeError:  # (torch.distributed.DistBackendError too) another rank left on an error it reports
+        pass
+    finally:
+        dist.destroy_process_group()
 
 
 def _agent_store_shared() -> bool:
