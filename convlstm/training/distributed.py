@@ -88,7 +88,8 @@ def distributed(requested_device: str = "auto"):
         # Imported before the group exists: torch._dynamo (which the fused ops import) takes 10 references to the
         # default group when imported after it (torch 2.13), so destroy_process_group cannot free it, and its gloo
         # worker threads outlive the interpreter; one of them releasing a gather's tensors during finalization
-        # aborted the process ("terminate called without an active exception": evaluate.py's rank 1, 1 run in 6 to 40).
+        # aborted the process ("terminate called without an active exception"; evaluate.py's rank 1, 1 run in 6
+        # to 40).
         import torch._dynamo  # noqa: F401
         store = _store_of_this_attempt(rank, world_size) if _agent_store_shared() else None
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store,
