@@ -146,11 +146,11 @@ def count_flops(model_name, config):
                 flop_per_step=forward.get_total_flops() + backward.get_total_flops())
 
 
-def measure(model_name, mode, backend, amp, compile_on, channels_last, config, device, args, reference_losses,
-            flops):
+def measure(model_name, mode, backend, amp, compile_on, channels_last, config, batch, device, args,
+            reference_losses, flops):
+    """One case at `config` with `batch` sequences (INFER_BATCH's for inference)."""
     torch._dynamo.reset()  # each case compiles afresh
-    if mode == "infer":
-        config = dict(config, batch=INFER_BATCH.get(args.config_name, config["batch"]))
+    config = dict(config, batch=batch)
     builder = build if model_name == "tutorial" else build_openstl
     model, optimizer, *data = builder(backend, config, device, compile_on, channels_last, args.compile_backend)
     if mode == "infer":
@@ -172,11 +172,11 @@ def measure(model_name, mode, backend, amp, compile_on, channels_last, config, d
     elif (model_name, mode, amp) in reference_losses:
         torch.testing.assert_close(first, reference_losses[model_name, mode, amp], rtol=LOSS_RTOL[amp], atol=0,
                                    msg=lambda diff: f"first loss against the eager reference's: {diff}")
-    if model_name not in flops:
-        flops[model_name] = count_flops(model_name, config)
-    counted = flops[model_name]
-    if mode == "infer":  # the forward alone, of this batch (counted per sequence at the training batch)
-        counted = dict(counted, flop_per_step=counted["gflop_fwd_per_seq"] * 1e9 * config["batch"])
+    if (model_name, batch) not in flops:  # flop_per_step is of the batch
+        flops[model_name, batch] = count_flops(model_name, config)
+    counted = flops[model_name, batch]
+    if mode == "infer":  # the forward alone
+        counted = dict(counted, flop_per_step=counted["gflop_fwd_per_seq"] * 1e9 * batch)
     return [dict(backend_resolved=convlstm.ops.lstm_gates.resolve(backend, device)[0], ms=ms, ms_iqr=iqr,
                 seq_per_s=config["batch"] / ms * 1e3, peak_mem_mb=peak, loss_first=first, loss=loss[-1].item(),
                 **counted, tflop_per_s=counted["flop_per_step"] / ms / 1e9, batch=config["batch"])]
@@ -200,8 +200,7 @@ def main(argv=None):
         fused = benchutil.fused_backends(device)
         return ["torch"] + ([] if convlstm.ops.lstm_gates.resolve("auto", device)[0] in fused else ["auto"]) + fused
     args, device = benchutil.parse(parser, argv, available)
-    config_name = args.config_name = args.config or ("quick" if args.quick else "tutorial" if device.type == "cuda"
-                                                     else "cpu")
+    config_name = args.config or ("quick" if args.quick else "tutorial" if device.type == "cuda" else "cpu")
     configs = {"tutorial": CONFIGS[config_name], "openstl_convlstm": OPENSTL_CONFIGS[config_name]}
     models = args.models or list(MODELS)
     head = benchutil.header("train", device, args, config_name=config_name, compile_backend=args.compile_backend)
@@ -216,10 +215,13 @@ def main(argv=None):
     grid = sorted(itertools.product(compiles, models, args.modes, amps, args.backends, layouts),
                   key=lambda case: (case[0], case[0] and case[4] == "torch"))
     reference_losses, flops = {}, {}
+
+    def batch(name, mode):
+        return INFER_BATCH.get(config_name, configs[name]["batch"]) if mode == "infer" else configs[name]["batch"]
     cases = [([dict(model=name, **({} if args.modes == ["train"] else dict(mode=mode)), backend=backend, amp=amp,
                     compile=compile_on, channels_last=channels_last, config=configs[name])],
-              functools.partial(measure, name, mode, backend, amp, compile_on, channels_last, configs[name], device,
-                                args, reference_losses, flops))
+              functools.partial(measure, name, mode, backend, amp, compile_on, channels_last, configs[name],
+                                batch(name, mode), device, args, reference_losses, flops))
              for compile_on, name, mode, amp, backend, channels_last in grid]
     return benchutil.run_cases(cases, args, head)
 

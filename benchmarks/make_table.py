@@ -92,9 +92,9 @@ def train_table(run):  # older files have no model (the tutorial's) and no FLOPs
     return table(run["results"], [
         ("model", "model", None), ("mode", "mode", None), ("backend (ran)", "backend", _ran), ("amp", "amp", None),
         ("compile", "compile", None), ("channels_last", "channels_last", None), ("batch", "batch", None),
-        ("ms/step", "ms", ".1f"),
-        ("seq/s", "seq_per_s", ".2f"), ("x reference (paired)", "speedup_vs_reference", _paired),
-        ("MFU", "mfu", ".1%"), ("fwd GFLOP/seq", "gflop_fwd_per_seq", _figure("gflop_fwd_per_seq")),
+        ("ms/step", "ms", ".1f"), ("seq/s", "seq_per_s", ".2f"),
+        ("x reference (paired)", "speedup_vs_reference", _paired), ("MFU", "mfu", ".1%"),
+        ("fwd GFLOP/seq", "gflop_fwd_per_seq", _figure("gflop_fwd_per_seq")),
         ("TFLOP/s", "tflop_per_s", _figure("tflop_per_s")), ("peak MiB", "peak_mem_mb", ".0f"),
         ("status", "status", None)])
 

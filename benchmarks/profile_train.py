@@ -39,7 +39,7 @@ def category(name):
     return next((label for label, pattern in CATEGORIES if re.search(pattern, name, re.I)), "other")
 
 
-def measure(backend, amp, config, device, args):
+def measure(backend, amp, config, device):
     model, optimizer, x, target = bench_train.build(backend, config, device)
     step, _ = bench_train.make_step(model, optimizer, x, target, amp, device)
     for _ in range(3):  # Adam's state, Triton's compiles, cuDNN's choices
@@ -82,7 +82,7 @@ def main(argv=None):
     head = benchutil.header("profile", device, args, config_name=config_name, steps=STEPS)
     print(f"{head['device_name']}: tutorial model, config {config_name} {config}, amp {amp}")
     cases = [([dict(model="tutorial", backend=backend, amp=amp, config=config)],
-              functools.partial(measure, backend, amp, config, device, args)) for backend in args.backends]
+              functools.partial(measure, backend, amp, config, device)) for backend in args.backends]
     return benchutil.run_cases(cases, args, head)
 
 

@@ -128,7 +128,7 @@ def test_plain_checkout_imports_every_cpu_backend(tmp_path):
     """A copy of the package directory alone (no pip install, no setup.py) finds its kernels' sources: under
     TRITON_INTERPRET=1 the CPU has torch, triton and cpu_twin."""
     shutil.copytree(PACKAGE, tmp_path / "convlstm", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    code = ("import convlstm; from convlstm.ops.lstm_gates.op import SOURCE_DIR; "
+    code = ("import convlstm; from convlstm.ops.lstm_gates.stamp import SOURCE_DIR; "
             "print(convlstm.__file__); print(sorted(p.name for p in SOURCE_DIR.iterdir())); "
             "print(convlstm.available_backends('cpu'))")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(tmp_path))

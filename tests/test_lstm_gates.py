@@ -626,7 +626,6 @@ def test_lstm_gates_without_autograd(device, backend, mode):
     assert_close(c_next, c_ref, torch.float32, backend, "c_next")
 
 
-
 @triton.jit
 def gate_offsets_kernel(out_ptr, rows, row_len, channels, CHANNELS_LAST: tl.constexpr, ROWS: tl.constexpr,
                         COLS: tl.constexpr):

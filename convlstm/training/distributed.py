@@ -72,10 +72,9 @@ def distributed(requested_device: str = "auto"):
     after a signal, its agreed non-finite-loss and checkpoint failures), every rank first waits at a barrier, so
     no rank tears the group down while another still works in it: a rank whose last collective returned early
     (the sender of a gather_object, evaluate.py's rank 1) would otherwise destroy its side while rank 0 was still
-    receiving or writing results, and die in gloo ("terminate called without an active exception", SIGABRT;
-    torchrun then SIGTERMs rank 0 before it writes or exits as it should). Another exception gets no barrier: the
-    other ranks may never reach one. A barrier that fails (a rank left on an error of its own, which it reports)
-    does not hide this rank's result.
+    receiving or writing results. Another exception gets no barrier: the other ranks may never reach one. A barrier
+    that fails (a rank left on an error of its own, which it reports) does not hide this rank's result. That the
+    group is really gone afterwards, its worker threads with it, is the torch._dynamo import below.
     """
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)

@@ -68,9 +68,9 @@ def extension():
         raise RuntimeError(reason)
     from torch.utils import cpp_extension
     sources = [str(SOURCE_DIR / "lstm_gates_cuda.cpp"), str(SOURCE_DIR / "lstm_gates.cu")]
-    return cpp_extension.load(name="convlstm_lstm_gates_cuda", sources=sources,
-                              extra_cflags=["-O3", stamp_flag(CUDA_SOURCES)],
-                              extra_cuda_cflags=NVCC_FLAGS + [stamp_flag(CUDA_SOURCES)], verbose=False)
+    stamp = stamp_flag(CUDA_SOURCES)
+    return cpp_extension.load(name="convlstm_lstm_gates_cuda", sources=sources, extra_cflags=["-O3", stamp],
+                              extra_cuda_cflags=NVCC_FLAGS + [stamp], verbose=False)
 
 
 def runs_on(device: torch.device) -> str | None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import torch
 
 from .ref import check_inputs, o_slot_of
-from .stamp import SOURCE_DIR  # noqa: F401  (the kernels' sources, package data: csrc/)
-
 
 # (gates dtype, state dtype) pairs the kernels take; others are converted to the output dtype. The one statement of
 # the rule: csrc/lstm_gates_torch.h's supported_pair must agree (test_lstm_gates_dtype_rule_matches_cpp).
