@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -36,8 +37,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from convlstm.atomic import WriteError, check_writable_dir, staged
+from convlstm.budget import BudgetError, check_fits, oversized_int
 from convlstm.data import MovingMNIST, split_sequence
-from convlstm.data.sources import LAYOUTS, DataError, open_source
+from convlstm.data.sources import LAYOUTS, DataError, error_line, open_source, scan_source, usable
 from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.load import load_model, override_config
@@ -47,7 +50,7 @@ from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.training.checkpoint import CheckpointError, read_checkpoint
 from convlstm.training.config import DEVICES, Config
 from convlstm.training.datasets import build_datasets
-from convlstm.training.distributed import SetupError, distributed
+from convlstm.training.distributed import SetupError, distributed, first_failure
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
 REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's CONFIG_KEYS
@@ -62,7 +65,7 @@ class EvalError(Exception):
     """Bad input: reported as one line, without a traceback."""
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="a train.py checkpoint, a state_dict, the tutorial's Lightning or OpenSTL's own checkpoint")
@@ -74,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--layout", default=None, choices=LAYOUTS, help="axis order of an --data array (default: detected)")
     p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="read images and videos as grey or RGB")
     p.add_argument("--resize", default=None, help="resize the frames of --data to HxW, e.g. 64 or 48x64")
+    p.add_argument("--skip_bad_data", action="store_true",
+                   help="leave out the sequences of --data that cannot be read as frames in [0, 1] (as train.py's "
+                        "flag: a scan decodes every frame first); default: the first one stops with its name")
     p.add_argument("--stride", type=int, default=None,
                    help="frames between windows cut from longer sequences (default: n_in + n_out, no overlap)")
     p.add_argument("--num_test", type=int, default=None,
@@ -93,16 +99,28 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=int, default=4, help="sequences shown in samples.png and samples.gif")
     p.add_argument("--save_predictions", action="store_true", help="also write predictions.npz")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out_dir")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def check_out_dir(out_dir, overwrite):
+    """Before any compute: --out_dir takes (new) results. Whether files can be made there is tried for real (under
+    a file, in /proc, on a read-only disk), on rank 0 alone: ranks trying one new folder at once would remove it
+    under each other (torchrun sets RANK; only rank 0 writes)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise EvalError(f"--out_dir {out_dir} exists and is not a directory")
     existing = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(out_dir, name))]
     if existing and not overwrite:
         raise EvalError(f"--out_dir {out_dir} already holds results ({', '.join(existing)}); pass --overwrite to "
                         f"replace them or choose another directory")
+    if os.environ.get("RANK", "0") == "0":
+        try:
+            check_writable_dir(out_dir, "--out_dir")
+        except WriteError as error:
+            raise EvalError(str(error)) from None
 
 
 def load_checkpoint(path, channels=None, cell_output=None):
@@ -194,7 +212,9 @@ def build_dataset(args, config, ckpt):
         return dataset, {"source": "generated", "dataset": repr(dataset)}
     try:
         source = open_source(args.data, layout=args.layout, channels=args.channels, min_length=seq_len)
-        dataset = Windows(source, seq_len, stride=args.stride, resize=parse_size(args.resize))
+        bad, scanned = scan_source(source, args.skip_bad_data)
+        dataset = Windows(source, seq_len, stride=args.stride, resize=parse_size(args.resize),
+                          sequences=usable(source, bad, "--data"))
     except DataError as e:
         raise EvalError(f"--data: {e}") from None
     trained = tuple(ckpt.get("frame_shape") or (config["in_chan"], config["image_size"], config["image_size"]))
@@ -205,7 +225,8 @@ def build_dataset(args, config, ckpt):
         size = "x".join(map(str, trained[1:]))
         raise EvalError(f"--data {args.data} has frames of {dataset.frame_shape[1]}x{dataset.frame_shape[2]} but "
                         f"the checkpoint was trained on {size} (H x W): pass --resize {size}")
-    return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset)}
+    return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset),
+                                   "skipped": list(bad.values())}
 
 
 def _first(args, dataset):
@@ -218,13 +239,21 @@ def _first(args, dataset):
 
 
 def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples):
-    """Metric totals of the model and baselines over dataset[indices], plus samples and (optionally) predictions."""
+    """((metric totals of the model and baselines over dataset[indices], samples, predictions and targets (with
+    keep_predictions)), None), or (None, the line of a read that failed)."""
     n_past, n_ahead = config["n_steps_past"], config["n_steps_ahead"]
     totals = {name: MetricTotals(n_ahead, device) for name in ("model", *BASELINES)}
     samples, preds, targets = [], [], []
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    batches = iter(DataLoader(Subset(dataset, indices), batch_size=min(batch_size, max(1, len(indices))),
+                              shuffle=False))
     with torch.inference_mode():
-        for batch in loader:
+        while True:
+            try:  # bad data found only when read (a truncated PNG): its line, for every rank to agree on
+                batch = next(batches)
+            except StopIteration:
+                break
+            except DataError as e:
+                return None, error_line(e)
             x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
             pred = forecast(model, x, n_ahead)  # (B, T_out, C, H, W)
             totals["model"].add(frame_metrics(pred, y))
@@ -236,7 +265,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
                 preds.append(pred.float().cpu().numpy())
                 targets.append(y.float().cpu().numpy())
     samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
-    return totals, samples, preds, targets
+    return (totals, samples, preds, targets), None
 
 
 def gather_predictions(preds, targets, shape, rank, world_size):
@@ -253,23 +282,38 @@ def gather_predictions(preds, targets, shape, rank, world_size):
 
 
 def write_outputs(args, results, samples, predictions, first_frame):
+    """Every file into a staging folder in --out_dir, moved into place once all are written (convlstm.atomic.staged):
+    a failed write (a full disk) leaves the results of an earlier run as they were, never half of the new ones."""
     from convlstm.evaluation.plots import plot_per_frame, plot_samples, save_gif  # matplotlib and Pillow: rank 0 only
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    def write_metrics(path):
+        with open(path, "w") as handle:
+            json.dump(results, handle, indent=2)
+
     curves = {"model": results, **{f"baseline: {name}": results["baselines"][name] for name in BASELINES}}
-    plot_per_frame(curves, first_frame, os.path.join(args.out_dir, "per_frame.png"))
-    plot_samples(*samples, os.path.join(args.out_dir, "samples.png"))
-    save_gif(*samples, os.path.join(args.out_dir, "samples.gif"))
-    npz = os.path.join(args.out_dir, "predictions.npz")
+    writers = {"metrics.json": write_metrics,
+               "per_frame.png": lambda path: plot_per_frame(curves, first_frame, path),
+               "samples.png": lambda path: plot_samples(*samples, path),
+               "samples.gif": lambda path: save_gif(*samples, path)}
     if predictions is not None:
-        np.savez(npz, pred=predictions[0], target=predictions[1])
-    elif os.path.exists(npz):  # --overwrite without --save_predictions: an old file would not match these results
-        os.remove(npz)
+        writers["predictions.npz"] = lambda path: np.savez(path, pred=predictions[0], target=predictions[1])
+    try:
+        with staged(args.out_dir) as stage:
+            for name, write in writers.items():
+                stage.write(name, write)
+    except WriteError as error:
+        raise EvalError(str(error)) from None
+    npz = os.path.join(args.out_dir, "predictions.npz")
+    if predictions is None and os.path.exists(npz):  # --overwrite without --save_predictions: an old file would not
+        os.remove(npz)  # match these results, which are in place now
 
 
 def run(args):
+    too_large = oversized_int(vars(args))
+    if too_large:
+        raise EvalError(too_large)
+    if not args.out_dir:
+        raise EvalError("--out_dir '': must name a directory")
     if args.num_test is not None and args.num_test < 1:
         raise EvalError(f"--num_test must be at least 1, got {args.num_test}")
     if args.batch_size < 1:
@@ -279,6 +323,14 @@ def run(args):
     check_out_dir(args.out_dir, args.overwrite)
     config, state_dict, ckpt = load_checkpoint(args.checkpoint, args.openstl_channels, args.cell_output)
     dataset, data_info = build_dataset(args, config, ckpt)
+    if args.save_predictions:  # pred and target of every sequence, gathered and concatenated on rank 0
+        shape = ckpt.get("frame_shape") or (config["in_chan"], config["image_size"], config["image_size"])
+        needed = 4 * 4 * len(dataset) * config["n_steps_ahead"] * math.prod(shape)
+        try:
+            check_fits({"predictions": (f"--save_predictions of {len(dataset)} sequences", needed)},
+                       torch.device("cpu"), "evaluating")
+        except BudgetError as e:
+            raise EvalError(str(e)) from None
 
     try:
         with distributed(args.device) as info:  # the process group under torchrun, destroyed on every way out
@@ -299,8 +351,12 @@ def evaluate_and_write(args, info, config, state_dict, ckpt, dataset, data_info)
     n, world_size = len(dataset), info.world_size
     start, stop = -(-info.rank * n // world_size), -(-(info.rank + 1) * n // world_size)  # rank 0's never empty
     started = time.time()
-    totals, samples, preds, targets = evaluate_shard(model, dataset, range(start, stop), config, args.batch_size,
-                                                     info.device, args.save_predictions, args.num_samples)
+    results, failure = evaluate_shard(model, dataset, range(start, stop), config, args.batch_size, info.device,
+                                      args.save_predictions, args.num_samples)
+    failure = first_failure(failure, info)  # every rank stops, before the collectives below, if any rank's read failed
+    if failure is not None:
+        raise EvalError(f"--data: {failure}")
+    totals, samples, preds, targets = results
     for name in totals:  # the same collectives in the same order on every rank
         totals[name].all_reduce()
     predictions = None

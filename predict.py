@@ -17,13 +17,16 @@ Into --out:
     gifs/<i>_<name>.gif    the inputs then the predictions; the bar below grows grey over inputs, red over predictions
     predict.json           what was predicted: checkpoint, input, n_in, n_out, shapes, each sequence's files
 
-Everything is checked before --out is made: a bad input ends with one line "predict.py: error: ..." and exit code 1,
-having written nothing.
+Everything is checked before --out is made, whether files can be made there too (tried with one, removed again): a
+bad input ends with one line "predict.py: error: ..." and exit code 1, having written nothing. The files are written
+into a staging folder in --out and moved into place at the end: a failed write (a full disk) ends the same way and
+leaves --out as it was, the files of an earlier run with --overwrite included.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -31,6 +34,8 @@ import sys
 import numpy as np
 import torch
 
+from convlstm.atomic import WriteError, check_writable_dir, staged
+from convlstm.budget import BudgetError, check_fits, oversized_int
 from convlstm.data.sources import LAYOUTS, DataError, open_source
 from convlstm.data.windows import parse_size, to_frames
 from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
@@ -39,8 +44,10 @@ from convlstm.model import check_frame_size, forecast
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.training.checkpoint import CheckpointError
 
+NAME_CHARS = 100  # of a sequence's name in its file names: with the index and ".png" well under 255 bytes
 
-def parse_args(argv=None):
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint, a state_dict or a Lightning one")
     p.add_argument("--input", required=True, help="array, video, folder of videos or folder of frame folders")
@@ -58,7 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (same names replaced)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 class PredictError(ValueError):
@@ -91,12 +102,19 @@ def read_inputs(source, n_in, resize):
 
 
 def file_stem(index, name, count):
-    """"3_walk_01.mp4" for sequence 3 of a folder: its index (unique, in order), then the name made file-safe."""
-    return f"{index:0{len(str(count - 1))}d}_" + (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sequence")
+    """"3_walk_01.mp4" for sequence 3 of a folder: its index (unique, in order), then the name made file-safe and cut
+    to NAME_CHARS (a folder's name may have 255 bytes, too many with the index and ".png" before it)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:NAME_CHARS]
+    return f"{index:0{len(str(count - 1))}d}_" + (safe or "sequence")
 
 
 def prepare(args):
     """Everything checked and read before anything is written: (model, device, source, inputs, n_out)."""
+    too_large = oversized_int(vars(args))
+    if too_large:
+        raise PredictError(too_large)
+    if not args.out:
+        raise PredictError("--out '': must name a directory")
     device = pick_device(args.device)
     if args.batch_size < 1:
         raise PredictError(f"--batch_size {args.batch_size}: must be at least 1")
@@ -106,6 +124,7 @@ def prepare(args):
         raise PredictError(f"--out {args.out} exists and is not a directory")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         raise PredictError(f"--out {args.out} is not empty; pass --overwrite to write into it or choose another")
+    check_writable_dir(args.out, "--out")  # under a file, in /proc, on a read-only disk: told before the compute
     model = load_model(args.checkpoint, device=device, channels=args.openstl_channels, cell_output=args.cell_output)
     info, config = model.info, model.info.config or {}
     source = open_source(args.input, layout=args.layout, channels=args.channels or config.get("channels"),
@@ -120,42 +139,63 @@ def prepare(args):
         check_frame_size(model, *inputs.shape[-2:])
     except ValueError as error:
         raise PredictError(f"{args.input}: {error} (--resize sets the frame size)") from None
-    return model, device, source, inputs, args.n_out or info.n_out
+    n_out = args.n_out or info.n_out
+    frame = math.prod(inputs.shape[2:])
+    try:  # the predictions, in batches and then concatenated, on the CPU: --n_out 100000000 ran for minutes first
+        check_fits({"predictions": (f"--n_out {n_out} for {len(inputs)} sequence(s) of "
+                                    f"{'x'.join(map(str, inputs.shape[2:]))}", 2 * 4 * len(inputs) * n_out * frame)},
+                   torch.device("cpu"), "predicting")
+    except BudgetError as error:
+        raise PredictError(str(error)) from None
+    return model, device, source, inputs, n_out
+
+
+def predict_all(model, device, inputs, n_out, batch_size):
+    """float32 (N, n_out, C, H, W) in [0, 1]: the model's next n_out frames after each sequence of `inputs`."""
+    batches = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size].to(device)  # (B, n_in, C, H, W)
+            batches.append(forecast(model, x, n_out).clamp(0, 1).float().cpu())  # (B, n_out, C, H, W)
+    return torch.cat(batches).numpy()
+
+
+def write_json(path, value):
+    with open(path, "w") as handle:
+        json.dump(value, handle, indent=2)
+
+
+def write_outputs(args, model, device, source, inputs, predictions, n_out):
+    """Every file into a staging folder in --out, moved into place once all are written (convlstm.atomic.staged).
+    Returns the number of sequences."""
+    with staged(args.out) as stage:
+        stage.write("predictions.npy", lambda path: np.save(path, predictions))
+        stage.write("inputs.npy", lambda path: np.save(path, inputs))
+        sequences = []
+        for i, (name, length) in enumerate(zip(source.names, source.lengths)):
+            stem = file_stem(i, name, len(source.names))
+            files = {"strip": os.path.join("strips", stem + ".png"), "gif": os.path.join("gifs", stem + ".gif")}
+            stage.write(files["strip"], lambda path: save_prediction_strip(inputs[i], predictions[i], path))
+            stage.write(files["gif"], lambda path: save_prediction_gif(inputs[i], predictions[i], path))
+            sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
+        summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "model": model.info.model,
+                   "input": args.input, "n_in": model.info.n_in, "n_out": n_out, "device": str(device),
+                   "layout": "(N, T, C, H, W) in [0, 1]",
+                   "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
+        stage.write("predict.json", lambda path: write_json(path, summary))
+    return len(sequences)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         model, device, source, inputs, n_out = prepare(args)
-    except (PredictError, DataError, CheckpointError) as error:
+        predictions = predict_all(model, device, inputs, n_out, args.batch_size)
+        count = write_outputs(args, model, device, source, inputs.numpy(), predictions, n_out)
+    except (PredictError, DataError, CheckpointError, WriteError) as error:
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 1
-
-    batches = []
-    with torch.no_grad():
-        for start in range(0, len(inputs), args.batch_size):
-            x = inputs[start:start + args.batch_size].to(device)  # (B, n_in, C, H, W)
-            batches.append(forecast(model, x, n_out).clamp(0, 1).float().cpu())  # (B, n_out, C, H, W)
-    predictions, inputs = torch.cat(batches).numpy(), inputs.numpy()
-
-    for folder in ("strips", "gifs"):
-        os.makedirs(os.path.join(args.out, folder), exist_ok=True)
-    np.save(os.path.join(args.out, "predictions.npy"), predictions)
-    np.save(os.path.join(args.out, "inputs.npy"), inputs)
-    sequences = []
-    for i, (name, length) in enumerate(zip(source.names, source.lengths)):
-        stem = file_stem(i, name, len(source.names))
-        files = {"strip": os.path.join("strips", stem + ".png"), "gif": os.path.join("gifs", stem + ".gif")}
-        save_prediction_strip(inputs[i], predictions[i], os.path.join(args.out, files["strip"]))
-        save_prediction_gif(inputs[i], predictions[i], os.path.join(args.out, files["gif"]))
-        sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
-    summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "model": model.info.model,
-               "input": args.input, "n_in": model.info.n_in, "n_out": n_out, "device": str(device),
-               "layout": "(N, T, C, H, W) in [0, 1]",
-               "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
-    with open(os.path.join(args.out, "predict.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    print(f"{args.out}: {n_out} frames predicted for each of {len(sequences)} sequence(s), each from its last "
+    print(f"{args.out}: {n_out} frames predicted for each of {count} sequence(s), each from its last "
           f"{model.info.n_in}")
     return 0
 

@@ -36,21 +36,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from convlstm.atomic import WriteError, check_writable_dir
+from convlstm.budget import BudgetError, check_fits, model_bytes
 from convlstm.data import split_sequence
-from convlstm.evaluation.metrics import METRIC_NAMES, MetricTotals, frame_metrics
+from convlstm.data.sources import DataError, error_line
+from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
 from convlstm.load import check_weights, load_model
 from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
-from convlstm.training.checkpoint import (CheckpointError, checkpoint_dir, choose_start, load_checkpoint, rng_state,
-                                          save_checkpoint, saved_config, set_rng_state, sweep_temp_files,
-                                          write_config, write_elastic_run_id)
+from convlstm.training.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, checkpoint_dir, choose_start,
+                                          is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint,
+                                          saved_config, set_rng_state, sweep_temp_files, write_config,
+                                          write_elastic_run_id)
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_ranks, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
 from convlstm.training.lock import lock_run_dir
-from convlstm.training.logs import Reporter, close_logger, log_to_file, make_logger, start_tensorboard_server
+from convlstm.training.logs import (LOG_FILE, PICTURE_FILE, TENSORBOARD_DIR, Reporter, close_logger, log_to_file,
+                                   make_logger, start_tensorboard_server)
 from convlstm.training.memory_format import MemoryFormat
 from convlstm.training.objectives import make_objective, sampling_eta
 from convlstm.training.preemption import (StopSignals, Stopped, exit_code, ignore_stop_signals,
@@ -62,6 +67,9 @@ class TrainingError(RuntimeError):
     """A problem that stops the run with a message and exit status 1."""
 
 
+INTERRUPTED = "interrupted; nothing saved since the last checkpoint"
+
+
 def predict(model, batch, cfg, precision):
     """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y): the
     model's test-time forecast (OpenSTL's: its own outputs fed back, no true frame after the inputs)."""
@@ -71,20 +79,64 @@ def predict(model, batch, cfg, precision):
     return x, y, y_hat.float()
 
 
-def validate(model, loader, cfg, precision, layout, device, pixels):
-    """(val_loss, {metric: overall mean}, sequences scored) on the held-out sequences: val_loss is the MSE per pixel
-    (best.pt is chosen by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics evaluate.py's.
-    Each rank scores a disjoint share; totals are summed over ranks, so each sequence counts once."""
-    totals = MetricTotals(cfg.n_steps_ahead, device)
+def next_batches(batches, count):
+    """(the next `count` batches of a DataLoader iterator, None), or (None, the line of the DataError a read raised:
+    bad data found only when read, such as a truncated PNG), or (the batches so far, None) at the iterator's end."""
+    taken = []
+    try:
+        for _ in range(count):
+            taken.append(next(batches))
+    except StopIteration:
+        pass
+    except DataError as error:
+        return None, error_line(error)
+    return taken, None
+
+
+def validate(model, loader, cfg, precision, layout, device, pixels, failed_rank):
+    """(val_loss, {metric: overall mean}, sequences scored, None) on the held-out sequences: val_loss is the MSE per
+    pixel (best.pt is chosen by it; `pixels` C*H*W, as "mse" is the per-frame sum over pixels), the metrics
+    evaluate.py's. Each rank scores a disjoint share; totals are summed over ranks, so each sequence counts once.
+    A read of bad data on any rank (`failed_rank`: the agreement) ends it on all with (None, None, 0, its line)."""
+    totals, batches, failure = MetricTotals(cfg.n_steps_ahead, device), iter(loader), None
     model.eval()
     with torch.no_grad():
-        for batch in loader:
-            _, y, y_hat = predict(model, layout.batch(batch.to(device, non_blocking=True)), cfg, precision)
+        while failure is None:
+            taken, failure = next_batches(batches, 1)
+            if not taken:
+                break
+            _, y, y_hat = predict(model, layout.batch(taken[0].to(device, non_blocking=True)), cfg, precision)
             totals.add(frame_metrics(y_hat, y))
     model.train()
+    failed = failed_rank(failure is not None)
+    if failed is not None:
+        return None, None, 0, broadcast_object(failure, src=failed)
     totals.all_reduce()
     summary = totals.summary()
-    return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}, summary["num_sequences"]
+    return summary["mse"] / pixels, {name: summary[name] for name in METRIC_NAMES}, summary["num_sequences"], None
+
+
+def check_run_dir(run_dir) -> None:
+    """CheckpointError naming the first of the run's files or folders that cannot be written (an immutable
+    train.log, a read-only tensorboard/), found before the first step instead of as a traceback mid-run. Files are
+    opened to append, which changes nothing; folders get a temp file (convlstm.atomic.check_writable_dir)."""
+    ckpt = checkpoint_dir(run_dir)
+    ours = [os.path.join(run_dir, name) for name in (LOG_FILE, "config.json", PICTURE_FILE, ELASTIC_RUN_ID_FILE)]
+    if os.path.isdir(ckpt):  # a folder named step_1.pt too: the run would write over it
+        ours += [os.path.join(ckpt, name) for name in sorted(os.listdir(ckpt)) if is_checkpoint_name(name)]
+    for path in ours:
+        if os.path.lexists(path):
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as error:
+                raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
+    for folder in (run_dir, os.path.join(run_dir, TENSORBOARD_DIR), ckpt):
+        if os.path.lexists(folder):
+            try:
+                check_writable_dir(folder)
+            except WriteError as error:
+                raise CheckpointError(str(error)) from None
 
 
 def start_state(cfg, info, warnings: list):
@@ -95,6 +147,7 @@ def start_state(cfg, info, warnings: list):
     if info.is_main:
         try:
             lock = lock_run_dir(cfg.run_dir)
+            check_run_dir(cfg.run_dir)
             removed = sweep_temp_files(cfg.run_dir)
             if removed:
                 warnings.append(f"removed {len(removed)} temp file(s) of an interrupted write: {', '.join(removed)}")
@@ -115,8 +168,8 @@ def start_state(cfg, info, warnings: list):
 
 
 def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameters, device, objective, step):
-    """Optimizer step `step` (0-based) on the next cfg.grad_accum micro-batches of the iterator `batches`
-    ((b, T, C, H, W) each), each micro-batch's loss the model's objective (convlstm.training.objectives).
+    """Optimizer step `step` (0-based) on the cfg.grad_accum micro-batches `batches` ((b, T, C, H, W) each), each
+    micro-batch's loss the model's objective (convlstm.training.objectives).
 
     Each micro-batch's mean loss is divided by their number N before its backward, so the gradients add up to those of
     the mean over all N*b sequences: N micro-batches of b step as one batch of N*b does. Under DDP (`ddp`, else None)
@@ -124,10 +177,10 @@ def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameter
     the gradient norm before clipping and the last micro-batch (for the picture).
     """
     losses = []
-    for k, mask in enumerate(objective.masks(step, cfg.grad_accum, device)):
+    for k, (mask, batch) in enumerate(zip(objective.masks(step, cfg.grad_accum, device), batches)):
         sync = ddp is None or k == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
-            batch = layout.batch(next(batches).to(device, non_blocking=True))
+            batch = layout.batch(batch.to(device, non_blocking=True))
             with precision.autocast():
                 loss = objective(model, batch, mask)
             precision.backward(loss / cfg.grad_accum)
@@ -178,15 +231,61 @@ def load_initial_weights(model, cfg) -> str:
     return f"{cfg.init_weights} ({source.info.kind} checkpoint, {len(theirs)} tensors)"
 
 
+# A DataLoader worker's own memory at the least: a forked Python process shares its parent's pages until it writes
+# them; its interpreter state, stack and the pages it touches are its own (tens of MiB each, more with torch).
+WORKER_BYTES = 16 * 2**20
+
+
+def check_memory(cfg, device, frame_shape, sequences) -> None:
+    """Refuse a configuration whose training step cannot fit in the device's memory, before a frame or a weight is
+    made (convlstm.budget's lower bounds): the weights with their gradients and Adam's two moments, what autograd
+    keeps of a batch for backward (half under autocast), the batch itself, the sampler's shuffled order (a
+    permutation of int64 and its Python list: 16 bytes a sequence at least), the DataLoader's workers, and Moving
+    MNIST's digit paths."""
+    config = {**dataclasses.asdict(cfg), "in_chan": frame_shape[0]}
+    channels, height, width = frame_shape
+    if cfg.model == "openstl_convlstm" and (height % cfg.patch_size or width % cfg.patch_size):
+        return  # make_data refuses these frames next
+    try:
+        params, saved = model_bytes(lambda: model_from_config(config, backend="torch", frame_shape=frame_shape),
+                                    (cfg.batch_size, cfg.n_steps_past, *frame_shape), cfg.n_steps_ahead, train=True)
+    except (RuntimeError, ValueError):  # a model these values cannot build: building it says why
+        return
+    frames = f"--resize {cfg.resize}" if cfg.resize else f"--image_size {cfg.image_size}" if cfg.data is None \
+        else f"frames of {height}x{width}"
+    layers = f", --num_layers {cfg.num_layers}" if cfg.model == "openstl_convlstm" else ""
+    steps = cfg.n_steps_past + cfg.n_steps_ahead
+    batch = 4 * cfg.batch_size * steps * channels * height * width
+    parts = {
+        "weights and Adam's state": (f"--n_hidden_dim {cfg.n_hidden_dim}, --kernel_size {cfg.kernel_size}{layers}",
+                                     4 * params),
+        "activations": (f"{frames}, --batch_size {cfg.batch_size}, --n_hidden_dim {cfg.n_hidden_dim}",
+                        saved / (2 if cfg.amp in ("bf16", "fp16") else 1) + batch),
+        "shuffled order": (f"--num_train {sequences}" if cfg.data is None else f"{sequences} training windows",
+                           16 * sequences),
+        "DataLoader workers": (f"--num_workers {cfg.num_workers}", WORKER_BYTES * cfg.num_workers)}
+    if cfg.data is None:  # each generated sequence draws (num_digits, T, 2) int64 positions
+        parts["digit paths"] = (f"--num_digits {cfg.num_digits}", 16 * cfg.num_digits * steps * cfg.batch_size)
+    try:
+        check_fits(parts, device, "a training step")
+    except BudgetError as error:
+        raise TrainingError(str(error)) from None
+
+
 def make_data(cfg, info, train_set=None, val_set=None):
     """The datasets (convlstm.training.datasets), checked before anything is written, and cfg with in_chan set to
     the data's channel count. Returns (cfg, frame_shape (C, H, W), description)."""
     try:
-        train_set, val_set, frame_shape, described = build_datasets(cfg, train_set, val_set)
+        train_set, val_set, frame_shape, described = build_datasets(
+            cfg, train_set, val_set, lambda shape, count: check_memory(cfg, info.device, shape, count))
     except (FileNotFoundError, ValueError) as error:
         source = f"--data {cfg.data}" if cfg.data else f"Moving MNIST (--digits {cfg.digits}, --image_size " \
                                                         f"{cfg.image_size})"
         raise TrainingError(f"cannot read {source}: {error}") from error
+    if min(frame_shape[1:]) < SSIM_WINDOW:  # found here, not at the first validation after training steps
+        raise TrainingError(f"{f'--data {cfg.data}' if cfg.data else 'the data'} has frames of {frame_shape[1]}x"
+                            f"{frame_shape[2]}, smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} window validation scores "
+                            f"SSIM with: --resize them to at least {SSIM_WINDOW}x{SSIM_WINDOW}")
     if cfg.in_chan is not None and cfg.in_chan != frame_shape[0]:
         raise TrainingError(f"the data has {frame_shape[0]} channel(s) but --in_chan is {cfg.in_chan}")
     if cfg.model == "openstl_convlstm" and (frame_shape[1] % cfg.patch_size or frame_shape[2] % cfg.patch_size):
@@ -238,6 +337,9 @@ def train(cfg, info, train_set=None, val_set=None) -> None:
             raise
         except Stopped as stopped:
             log_to_file(log, str(stopped), logging.WARNING)
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C
+            log_to_file(log, INTERRUPTED, logging.WARNING)
             raise
         finally:
             close_logger(log)
@@ -332,14 +434,29 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
         if failure:
             raise all_ranks(TrainingError(failure))
 
+    def stop_for_bad_data(failure, saved):
+        """Every rank, once they agree a read failed on some rank (its line `failure`): a checkpoint of the steps
+        taken, then one line."""
+        if not saved:
+            save(None, None)
+        latest = os.path.join(checkpoint_dir(cfg.run_dir), "latest.pt")
+        kept = f"checkpoint {latest} kept" if os.path.exists(latest) else "no checkpoint yet"
+        raise all_ranks(TrainingError(f"{failure}; stopped after step {step}, {kept}: mend or remove that sequence "
+                                      "(or pass --skip_bad_data, whose scan leaves it out) and run again"))
+
+    saved = True  # nothing taken yet since the start or the checkpoint resumed
     while step < total_steps:
         epoch, samples_seen = start_epoch(sampler, train_loader, epoch, samples_seen, log.warning, cfg.grad_accum)
         batches, steps_left = iter(train_loader), len(train_loader) // cfg.grad_accum  # a last partial step: dropped
         while steps_left:
             if step == fault_step:
                 kill_self(fault_signal)
+            taken, failure = next_batches(batches, cfg.grad_accum)
+            failed = stop.failed_rank(failure is not None)  # every rank stops before the same step
+            if failed is not None:
+                stop_for_bad_data(broadcast_object(failure, src=failed), saved)
             lr = optimizer.param_groups[0]["lr"]
-            loss, grad_norm, batch = train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameters,
+            loss, grad_norm, batch = train_step(model, ddp, taken, cfg, precision, layout, optimizer, parameters,
                                                 device, objective, step)
             advance(scheduler)
             step, samples_seen, steps_left = step + 1, samples_seen + global_batch, steps_left - 1
@@ -361,22 +478,25 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             val_loss, val_metrics = None, None
             if epoch_done or last_step:
                 started = time.perf_counter()
-                val_loss, val_metrics, num_val = validate(raw_model, val_loader, cfg, precision, layout, device,
-                                                          math.prod(frame_shape))
+                val_loss, val_metrics, num_val, failure = validate(raw_model, val_loader, cfg, precision, layout,
+                                                                   device, math.prod(frame_shape), stop.failed_rank)
+                if failure:
+                    stop_for_bad_data(failure, saved=False)
                 reporter.validation(step, epoch, val_loss, val_metrics, num_val, time.perf_counter() - started)
             saved = epoch_done or last_step or step % cfg.checkpoint_every == 0
             if saved:
                 save(val_loss, val_metrics)
-            if last_step:
-                break
-            signum = stop.agreed()  # every rank stops after the same step
+            signum = stop.agreed()  # every rank stops after the same step; after the last one too (exit 128 + signum)
             if signum:
                 if not saved:
                     save(None, None)
                 reporter.close()
+                then = "the run is complete" if last_step else "continue with --resume"
                 raise Stopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-                              f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} written: continue with "
-                              "--resume", signum, announce=info.is_main)
+                              f"{os.path.join(checkpoint_dir(cfg.run_dir), 'latest.pt')} written: {then}", signum,
+                              announce=info.is_main)
+            if last_step:
+                break
     reporter.close()
     if info.is_main:
         log.info(f"done: {step} steps; checkpoints in {checkpoint_dir(cfg.run_dir)}")
@@ -399,7 +519,7 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
             print(f"train.py: {stopped}", file=sys.stderr)
         return stopped.code
     except KeyboardInterrupt:  # Ctrl-C before training began, or a second one
-        print("train.py: interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        print(f"train.py: {INTERRUPTED}", file=sys.stderr)
         return exit_code(signal.SIGINT)
     except OSError as error:  # a full disk outside the checkpoint writes (predictions.png): one line all the same
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .budget import MAX_INT
 from .model import CONFIG_KEYS, EncoderDecoderConvLSTM, model_config, model_from_config, model_name
 from .openstl import CELL_OUTPUTS, OpenSTLConvLSTM
 from .ops.lstm_gates.backends import resolve
@@ -135,6 +136,10 @@ def override_config(config: dict, path, channels=None, cell_output=None) -> dict
     missing = [key for key in CONFIG_KEYS[name] if key not in config]
     if missing:
         raise CheckpointError(f"checkpoint {path}: its config lacks {', '.join(missing)}")
+    for key in ("n_steps_past", "n_steps_ahead", "n_hidden_dim", "in_chan", "kernel_size"):  # a hand-edited config
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+            raise CheckpointError(f"checkpoint {path}: its config's {key} {value!r} is not a positive integer")
     if channels is not None and channels != config["in_chan"]:
         raise CheckpointError(f"checkpoint {path}: its model takes {config['in_chan']}-channel frames, not {channels}")
     if cell_output is None:

@@ -1,4 +1,6 @@
 """evaluate.py end to end: outputs, numbers recomputed independently, torchrun sharding, every bad-input path."""
+import builtins
+import errno
 import importlib.util
 import json
 import os
@@ -11,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from convlstm import atomic
 from convlstm.data import MovingMNIST
+from convlstm.evaluation import plots
 from convlstm.evaluation.metrics import METRIC_NAMES, frame_metrics
 from convlstm.model import EncoderDecoderConvLSTM
 
@@ -327,3 +331,77 @@ def test_tutorial_lightning_checkpoint_is_evaluated_with_the_tutorials_configura
         assert results["num_sequences"] == 2 and results["n_steps_ahead"] == 10
         assert results["model_config"]["n_hidden_dim"] == 2
     assert json.loads((tmp_path / "tuto" / "metrics.json").read_text())["mse"] == pytest.approx(results["mse"])
+
+
+# ---- an --out_dir that cannot be written: one line before any compute; a full disk: nothing half-written ------------
+
+def unwritable_out_dir(case, tmp_path, monkeypatch):
+    """An --out_dir that cannot be written and the words of its error line. A read-only mount needs privileges (and
+    root writes through chmod): there every open under the folder fails with EROFS, as on such a mount."""
+    if case == "under_a_file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / "eval"
+        return out, f"--out_dir {out}: {tmp_path / 'notes.txt'} is not a directory"
+    if case == "in_proc":
+        return Path("/proc/convlstm_out"), "--out_dir /proc/convlstm_out: cannot write there"
+    out = tmp_path / "mount"
+    out.mkdir()
+
+    def read_only_open(path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
+    return out, f"--out_dir {out}: cannot write there (Read-only file system)"
+
+
+def fail_if_called(*args, **kwargs):
+    raise AssertionError("computed before --out_dir was checked")
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "in_proc", "read_only"])
+def test_unwritable_out_dir_is_one_line_before_any_compute(case, tmp_path, monkeypatch, capsys):
+    evaluate = load_evaluate_module()
+    ckpt = save_checkpoint(tmp_path / "tiny.pt")
+    out, expected = unwritable_out_dir(case, tmp_path, monkeypatch)
+    monkeypatch.delenv("RANK", raising=False)  # one process: rank 0, which checks
+    for name in ("load_checkpoint", "build_dataset", "evaluate_shard"):
+        monkeypatch.setattr(evaluate, name, fail_if_called)
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--num_test", "2", "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert_one_error_line(exited.value.code, error, expected)
+    assert "Traceback" not in error
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under folder, hidden ones (a staging folder) included."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_full_disk_leaves_no_partial_file_and_an_earlier_run_as_it_was(tmp_path, monkeypatch, capsys):
+    evaluate = load_evaluate_module()
+    ckpt = save_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(ckpt), "--out_dir", str(out), "--num_test", "2", "--device", "cpu"]
+
+    def no_space(*args, **kwargs):  # after metrics.json and both plots
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(plots, "save_gif", no_space)
+        with pytest.raises(SystemExit) as exited:
+            evaluate.main(args)
+    assert_one_error_line(exited.value.code, capsys.readouterr().err, f"no space left writing {out / 'samples.gif'}")
+    assert tree(out) == {}  # no metrics.json, nothing staged
+
+    evaluate.main([*args, "--save_predictions"])
+    earlier = tree(out)
+    assert "predictions.npz" in earlier
+    monkeypatch.setattr(plots, "save_gif", no_space)
+    with pytest.raises(SystemExit) as exited:  # without --save_predictions: the old npz goes only with a new set
+        evaluate.main([*args, "--num_test", "1", "--overwrite"])
+    assert_one_error_line(exited.value.code, capsys.readouterr().err, "no space left writing ")
+    assert tree(out) == earlier

@@ -1,7 +1,9 @@
 """convlstm.load_model (train.py, bare state_dict and the tutorial's Lightning checkpoints, weights_only) and
 predict.py on an array and a video: its files, shapes and values; each bad input one line, exit 1, nothing written."""
 import argparse
+import builtins
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -15,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlstm import EncoderDecoderConvLSTM, load_model
+from convlstm import EncoderDecoderConvLSTM, atomic, load_model
 from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
 from convlstm.training.checkpoint import CheckpointError
@@ -247,3 +249,87 @@ def test_gif_keeps_every_frame_of_a_still_prediction(tmp_path):
     inputs, still = np.random.default_rng(0).random((10, 1, 4, 3)), np.full((10, 1, 4, 3), 0.5)
     save_prediction_gif(inputs, still, tmp_path / "still.gif")
     assert gif_frames(tmp_path / "still.gif") == 20
+
+
+def unwritable_out(case, tmp_path, monkeypatch):
+    """An --out that cannot be written and the words of its error line. A read-only mount needs privileges (and root
+    writes through chmod): there every open under the folder fails with EROFS, as on such a mount."""
+    if case == "under_a_file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / "out"
+        return out, f"--out {out}: {tmp_path / 'notes.txt'} is not a directory"
+    if case == "in_proc":
+        return Path("/proc/convlstm_out"), "--out /proc/convlstm_out: cannot write there"
+    out = tmp_path / "mount"
+    out.mkdir()
+
+    def read_only_open(path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
+    return out, f"--out {out}: cannot write there (Read-only file system)"
+
+
+def fail_if_called(*args, **kwargs):
+    raise AssertionError("computed before --out was checked")
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "in_proc", "read_only"])
+def test_unwritable_out_is_one_line_before_any_compute(tmp_path, case, monkeypatch, capsys):
+    train_checkpoint(tmp_path / "ckpt.pt", frame_shape=(1, 6, 6))
+    np.save(tmp_path / "grey.npy", sequences((2, 5, 1, 6, 6)))
+    out, expected = unwritable_out(case, tmp_path, monkeypatch)
+    for name in ("load_model", "open_source", "forecast"):
+        monkeypatch.setattr(predict, name, fail_if_called)
+    args = ["--checkpoint", tmp_path / "ckpt.pt", "--input", tmp_path / "grey.npy", "--out", out]
+    assert predict.main(list(map(str, args))) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"predict.py: error: {expected}"), error
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under folder, hidden ones (a staging folder) included."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_full_disk_leaves_no_partial_file_and_an_earlier_run_as_it_was(tmp_path, monkeypatch, capsys):
+    train_checkpoint(tmp_path / "ckpt.pt", frame_shape=(1, 6, 6))
+    np.save(tmp_path / "grey.npy", sequences((2, 5, 1, 6, 6)))
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--input", str(tmp_path / "grey.npy"), "--out", str(out)]
+
+    def no_space(*args, **kwargs):  # after predictions.npy, inputs.npy and the first strip
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(predict, "save_prediction_gif", no_space)
+        assert predict.main(args) == 1
+    assert capsys.readouterr().err == f"predict.py: error: no space left writing {out / 'gifs' / '0_grey.npy_0.gif'}\n"
+    assert tree(out) == {}  # no predictions.npy, nothing staged
+
+    assert predict.main(args) == 0
+    earlier = tree(out)
+    np.save(tmp_path / "grey.npy", sequences((2, 5, 1, 6, 6), seed=1))  # new predictions under the same names
+    monkeypatch.setattr(predict, "save_prediction_gif", no_space)
+    assert predict.main([*args, "--overwrite"]) == 1
+    assert capsys.readouterr().err.startswith("predict.py: error: no space left writing ")
+    assert tree(out) == earlier
+
+
+def test_a_sequence_name_of_253_characters_is_cut_in_file_names(tmp_path):
+    """A frame folder may have a name of 255 bytes; 253 of them with "0_" and ".png" made 259 (ENAMETOOLONG)."""
+    train_checkpoint(tmp_path / "ckpt.pt", frame_shape=(1, 6, 6))
+    name = "walk-" + "a" * 248
+    (tmp_path / "clips" / name).mkdir(parents=True)
+    for t, frame in enumerate(sequences((4, 6, 6))):
+        Image.fromarray(frame).save(tmp_path / "clips" / name / f"{t}.png")
+    args = ["--checkpoint", tmp_path / "ckpt.pt", "--input", tmp_path / "clips", "--out", tmp_path / "out"]
+    assert predict.main(list(map(str, args))) == 0
+    summary, _, _ = check_outputs(tmp_path / "out", 1, N_IN, N_OUT, (1, 6, 6))
+    stem = "0_" + name[:predict.NAME_CHARS]
+    assert summary["sequences"][0]["name"] == name and len(name) == 253
+    assert (summary["sequences"][0]["strip"], summary["sequences"][0]["gif"]) == (
+        os.path.join("strips", stem + ".png"), os.path.join("gifs", stem + ".gif"))

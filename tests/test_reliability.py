@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from convlstm.training import checkpoint
+from convlstm import atomic
 from convlstm.training.config import parse_config, resolve_config
 from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
 from helpers import TINY, assert_same_weights, nan_output_models, run, train_script
@@ -106,21 +106,22 @@ class _FullDisk:
 
 
 def fill_disk_after(monkeypatch, good_writes):
-    """The checkpoint module's files (checkpoints, config.json) hit a full disk after `good_writes` of them."""
+    """The checkpoint module's files (checkpoints, config.json: written through convlstm.atomic, as predictions.png
+    and the start's probes, which are not counted) hit a full disk after `good_writes` of them."""
     opened = []
 
     def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
         handle = open(path, mode, *args, **kwargs)
-        if "w" not in mode:
+        if "w" not in mode or ".probe." in path or "predictions.png" in path:
             return handle
         opened.append(path)
         return handle if len(opened) <= good_writes else _FullDisk(handle)
 
-    monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
+    monkeypatch.setattr(atomic, "open", open_on_a_filling_disk, raising=False)
 
 
 def temp_files(run_dir):
-    return [path.name for path in run_dir.rglob("*") if ".tmp." in path.name]
+    return [path.name for path in run_dir.rglob("*") if atomic.PARTIAL in path.name]
 
 
 def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resumes_from_the_newest(
@@ -150,31 +151,39 @@ def test_disk_full_while_checkpointing_is_one_line_leaves_no_temp_file_and_resum
     assert f"no space left writing {run_dir / 'config.json'}" in capsys.readouterr().err
     assert temp_files(run_dir) == []
 
-    # Temp files a killed writer left are swept at the start; the resume takes step_4.pt, the newest complete one.
-    for stale in (ckpt / "latest.pt.tmp.99999", run_dir / "config.json.tmp.4242", run_dir / "predictions.png.tmp.png"):
+    # Temp files a killed writer left are swept at the start, and only those: names a person gives files stay (issue
+    # 25: `notes.tmp.png` and the others were removed). The resume takes step_4.pt, the newest complete one.
+    for stale in (ckpt / ".latest.pt.convlstm-partial-99999", run_dir / ".config.json.convlstm-partial-4242",
+                  run_dir / ".predictions.png.convlstm-partial-77"):
         stale.write_bytes(b"partial")
+    mine = [run_dir / "notes.tmp.png", run_dir / "my_results.tmp.2024", ckpt / "backup.tmp.1",
+            run_dir / "latest.pt.tmp.99999"]
+    for path in mine:
+        path.write_bytes(b"the user's")
     assert run(run_dir, "--max_steps", 6, "--checkpoint_every", 2, "--resume") == 0
     err = capsys.readouterr().err
     assert "resumed from step 4" in err and "removed 3 temp file(s) of an interrupted write" in err
     assert temp_files(run_dir) == [] and latest(run_dir)["step"] == 6
+    assert all(path.read_bytes() == b"the user's" for path in mine)
 
-    # predictions.png on a full disk: one line as well, and no temp file.
+    # predictions.png on a full disk: one warning, no temp file, and training goes on (the checkpoints are what a full
+    # disk must stop at; a picture lost is not worth a step lost).
     from PIL import Image
 
-    save_to_memory = Image.Image.save  # TensorBoard's images
+    save_to_memory = Image.Image.save
 
-    def save_on_a_full_disk(image, path, *args, **kwargs):
-        if not isinstance(path, (str, os.PathLike)):
-            return save_to_memory(image, path, *args, **kwargs)
-        with open(path, "wb") as partial:
-            partial.write(b"partial")
+    def save_on_a_full_disk(image, fp, *args, **kwargs):
+        if atomic.PARTIAL not in getattr(fp, "name", ""):  # TensorBoard's images, in memory
+            return save_to_memory(image, fp, *args, **kwargs)
+        fp.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Image.Image, "save", save_on_a_full_disk)
-    assert run(tmp_path / "picture", "--max_steps", 2, "--image_every", 1) == 1
+    assert run(tmp_path / "picture", "--max_steps", 2, "--image_every", 1) == 0
     err = capsys.readouterr().err
-    assert f"train.py: error: no space left writing {tmp_path / 'picture' / 'predictions.png'}" in err
+    assert err.count(f"no space left writing {tmp_path / 'picture' / 'predictions.png'}; training goes on") == 1
     assert "Traceback" not in err and temp_files(tmp_path / "picture") == []
+    assert latest(tmp_path / "picture")["step"] == 2
 
 
 def start_train(run_dir, *flags):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import time
 import zipfile
 
 import numpy as np
@@ -23,6 +24,15 @@ STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H
 
 class DataError(ValueError):
     """Data that cannot be used as given; the message names the file and the value."""
+
+
+def error_line(error: DataError) -> str:
+    """The message of a DataError, also of one a DataLoader worker raised: torch raises it again in the training
+    process with the worker's traceback as its message, whose last line is the original's."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" not in text:
+        return text
+    return text.splitlines()[-1].split(f"{DataError.__name__}: ", 1)[-1]
 
 
 def _natural_key(name):
@@ -70,13 +80,46 @@ class ArraySource:
             clip = clip[:, None] if layout == "NTHW" else clip
             clip = np.moveaxis(clip, -1, 1) if layout == "NTHWC" else clip
         clip = np.array(clip)  # a copy: what the memory map holds stays read-only
-        if clip.dtype != np.uint8 and clip.size and not (0 <= clip.min() and clip.max() <= 1):
-            raise DataError(f"{self.path}: sequence {index} has float values in [{clip.min():g}, {clip.max():g}]; "
-                            "float arrays must hold 0-1 (or store uint8 0-255)")
+        if clip.dtype != np.uint8 and clip.size and not ((clip >= 0) & (clip <= 1)).all():
+            raise DataError(self._describe(index))
         return clip
+
+    def scan(self, full=False):
+        """{sequence: what is wrong} for the sequences of a float array holding values outside [0, 1] (NaN and inf
+        included), read in blocks of about SCAN_BYTES along the first axis (a memory map: nothing held). uint8 has
+        nothing to check. `full` changes nothing: every value is read either way."""
+        array = self._array()
+        if array.dtype == np.uint8 or not array.size:
+            return {}
+        axis = self.layout.index("N")  # 0, or 1 for TNHW
+        row_bytes = array[:1].nbytes
+        block = max(1, SCAN_BYTES // max(1, row_bytes))
+        bad = np.zeros(array.shape[axis], dtype=bool)
+        for start in range(0, array.shape[0], block):
+            chunk = np.asarray(array[start:start + block])
+            outside = ~((chunk >= 0) & (chunk <= 1))  # NaN compares false both ways
+            if axis == 0:
+                bad[start:start + len(chunk)] |= outside.reshape(len(chunk), -1).any(axis=1)
+            else:
+                bad |= np.moveaxis(outside, 1, 0).reshape(array.shape[1], -1).any(axis=1)
+        return {int(i): self._describe(int(i)) for i in np.flatnonzero(bad)}
+
+    def _describe(self, index):
+        values = np.asarray(self._array()[index] if self.layout.index("N") == 0 else self._array()[:, index])
+        finite = values[np.isfinite(values)]
+        problems = [f"{count} {name}" for name, count in (("NaN", int(np.isnan(values).sum())),
+                                                          ("inf", int(np.isinf(values).sum()))) if count]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            problems.insert(0, f"float values in [{finite.min():g}, {finite.max():g}]")
+        return f"{self.path}: sequence {index} has {' and '.join(problems)}; float arrays must hold 0-1 (or store " \
+               "uint8 0-255)"
 
     def __getstate__(self):  # a memory map is reopened in each worker, not copied into the pickle
         return {**self.__dict__, "_cached": None}
+
+
+# Values a scan reads at a time: a block's comparisons need about 2 bytes of temporaries per value besides.
+SCAN_BYTES = 64 * 2**20
 
 
 def detect_layout(shape, min_length, path):
@@ -111,12 +154,21 @@ def open_array(path):
         if len(keys) != 1:
             raise DataError(f"{path}: an .npz of {len(keys)} arrays ({', '.join(keys) or 'none'}); expected exactly "
                             "one, shaped (N, T, C, H, W), (N, T, H, W) or (T, N, H, W)")
-        mapped = _map_npz_member(path, keys[0] + ".npy")
-        return mapped if mapped is not None else loaded[keys[0]]
+        if keys[0] + ".npy" not in loaded.zip.namelist():
+            raise DataError(f"{path}: its member {keys[0]!r} is not an .npy array")
+        try:
+            mapped = _map_npz_member(path, keys[0] + ".npy")
+            array = mapped if mapped is not None else loaded[keys[0]]
+        except DataError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise DataError(f"{path}: its array {keys[0]!r} is unreadable ({error})") from error
+    return array
 
 
 def _map_npz_member(path, member):
-    """A memory map of an uncompressed .npz member, or None if it is compressed."""
+    """A memory map of an uncompressed .npz member, or None if it is compressed. An object dtype (pickled Python
+    objects, never unpickled here) is a DataError."""
     with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
         info = archive.getinfo(member)
         if info.compress_type != zipfile.ZIP_STORED:
@@ -127,6 +179,8 @@ def _map_npz_member(path, member):
         version = np.lib.format.read_magic(handle)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(handle)
+        if dtype.hasobject:
+            raise DataError(f"{path}: its array holds Python objects (dtype {dtype}); expected uint8 or float")
         return np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
                          order="F" if fortran else "C")
 
@@ -171,6 +225,17 @@ class FrameFolders:
         self.frame_shape = (self.channels, *self.sizes[0])
         self.lengths = [len(files) for files in self.files]
         self.names = [folder.name for folder in folders]
+
+    def scan(self, full=False):
+        """{sequence: what is wrong}: with `full`, every frame decoded (a truncated PNG opens, and fails only when
+        its pixels are read); else nothing (the headers were read when the folder opened)."""
+        bad = {}
+        for index in range(len(self.files) if full else 0):
+            try:
+                self.frames(index, 0, self.lengths[index])
+            except DataError as error:
+                bad[index] = f"{error} (sequence {index}, {self.names[index]})"
+        return bad
 
     def frames(self, index, start, stop):
         from PIL import Image
@@ -221,6 +286,20 @@ class VideoFiles:
         self.frame_shape = (self.channels, *self.sizes[0])
         self.names = [os.path.basename(p) for p in self.paths]
 
+    def scan(self, full=False):
+        """{sequence: what is wrong}: with `full`, every video decoded, and one that decodes fewer frames than its
+        header counts is bad; else nothing (the headers were read when the files opened)."""
+        bad = {}
+        for index in range(len(self.paths) if full else 0):
+            try:
+                frames = len(self.frames(index, 0, self.lengths[index]))
+            except DataError as error:
+                bad[index] = str(error)
+                continue
+            if frames < self.lengths[index]:
+                bad[index] = f"{self.paths[index]}: decodes {frames} frames where its header says {self.lengths[index]}"
+        return bad
+
     def frames(self, index, start, stop):
         key = (self.paths[index], self.channels)
         clip = _DECODED.pop(key, None)
@@ -254,8 +333,14 @@ def _decode(path, channels):
 
 def open_source(path, layout=None, channels=None, min_length=None):
     """The source `path` names: an .npy / .npz array, a video file, a folder of video files, or a folder of frame
-    folders."""
-    path = os.fspath(path)
+    folders. A file system error on the way (a symlink loop, a folder that cannot be listed) is a DataError."""
+    try:
+        return _open_source(os.fspath(path), layout, channels, min_length)
+    except OSError as error:
+        raise DataError(f"{error.filename or path}: {error.strerror or error}") from error
+
+
+def _open_source(path, layout, channels, min_length):
     lower = path.lower()
     if lower.endswith((".npy", ".npz")):
         return ArraySource(path, layout, min_length)
@@ -274,3 +359,30 @@ def open_source(path, layout=None, channels=None, min_length=None):
         raise DataError(f"{path} holds MNIST IDX digit files: pass it as --digits (the digits Moving MNIST is made "
                         "of), not as --data")
     return FrameFolders(path, channels)
+
+
+def scan_source(source, skip_bad):
+    """(the bad sequences {index: what is wrong}, a note for the log) of the source's scan: an array's values always
+    (cheap: one streaming read), every frame of images and videos too with --skip_bad_data (a decode of
+    everything). Without --skip_bad_data the first bad sequence is a DataError: found here, before
+    anything is written, not mid-run. Every process scans alike, so all leave out the same sequences."""
+    started = time.perf_counter()
+    bad = source.scan(full=skip_bad)
+    seconds = time.perf_counter() - started
+    if bad and not skip_bad:
+        first = next(iter(bad.values()))
+        raise DataError(f"{first} ({len(bad)} such sequence(s); --skip_bad_data leaves them out)")
+    note = f"; scanned in {seconds:.1f} s" if seconds >= 0.05 or skip_bad else ""
+    if bad:
+        shown = "; ".join(list(bad.values())[:3]) + ("; ..." if len(bad) > 3 else "")
+        note += f"; {len(bad)} bad sequence(s) left out by --skip_bad_data: {shown}"
+    return bad, note
+
+
+def usable(source, bad, flag):
+    """The indices of the source's sequences not in `bad`; a DataError when none is left."""
+    kept = [i for i in range(len(source.lengths)) if i not in bad]
+    if not kept:
+        raise DataError(f"{flag}: all {len(bad)} sequences are bad (--skip_bad_data left none): "
+                        + next(iter(bad.values())))
+    return kept

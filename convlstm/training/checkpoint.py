@@ -20,7 +20,6 @@ Every value is a tensor or a plain Python type, so `torch.load(path, weights_onl
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -29,6 +28,8 @@ import re
 
 import numpy as np
 import torch
+
+from ..atomic import WriteError, describe, is_partial, write_file
 
 LATEST = "latest.pt"
 BEST = "best.pt"
@@ -69,63 +70,61 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Temp files of an atomic write: <name>.tmp.<pid> here, <name>.tmp.png for logs.save_picture.
-_TEMP_FILE = re.compile(r"^.+\.tmp\.(\d+|png)$")
-
-
-def _write_error(path: str, error: OSError) -> str:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left writing {path}" + (" (disk quota exceeded)" if error.errno == errno.EDQUOT else "")
-    return f"cannot write {path}: {error.strerror or error}"
-
-
 def _write_atomic(path: str, payload: bytes) -> None:
-    """Write to a temp file beside `path`, flush it to disk, then rename: readers see the old file or the new one.
-    On failure the temp file is removed and an OSError becomes a CheckpointError of one line naming `path`."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    """Write `payload` to `path` atomically and durably (convlstm.atomic.write_file with fsync): readers see the old
+    file or the new one. A failure is a CheckpointError of one line naming `path`."""
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(error, OSError):
-            raise CheckpointError(_write_error(path, error)) from error
-        raise
+        write_file(path, lambda handle: handle.write(payload), fsync=True)
+    except WriteError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def _make_dir(directory: str) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as error:
-        raise CheckpointError(_write_error(directory, error)) from error
+        raise CheckpointError(describe(error, directory)) from error
 
 
 def sweep_temp_files(run_dir: str) -> list[str]:
     """Remove the temp files that writes cut short (a killed process, a full disk) left in run_dir and its
-    checkpoints; returns their paths. Call only while holding the run_dir's lock: a live writer's are in use."""
+    checkpoints; returns their paths. Only names with convlstm.atomic's mark: a user's `notes.tmp.png` stays. Call
+    only while holding the run_dir's lock: a live writer's are in use."""
     removed = []
     for directory in (run_dir, checkpoint_dir(run_dir)):
         if os.path.isdir(directory):
             for name in sorted(os.listdir(directory)):
                 path = os.path.join(directory, name)
-                if _TEMP_FILE.match(name) and os.path.isfile(path):
+                if is_partial(name) and os.path.isfile(path):
                     with contextlib.suppress(OSError):  # one it cannot remove stays; it blocks nothing
                         os.remove(path)
                         removed.append(path)
     return removed
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether the run writes a checkpoint under `name` (latest.pt, best.pt, step_<N>.pt)."""
+    return name in (LATEST, BEST) or bool(_STEP_FILE.match(name))
+
+
 def step_checkpoints(directory: str) -> list[tuple[int, str]]:
-    """(step, path) of the step_<N>.pt files in `directory`, newest first."""
+    """(N, path) of the step_<N>.pt files in `directory` (files only: a folder of that name is not one), newest name
+    first. N is what the name says; the step a file holds is its "step" (a copied file may disagree)."""
     if not os.path.isdir(directory):
         return []
     found = [(int(m.group(1)), os.path.join(directory, name))
              for name in os.listdir(directory) if (m := _STEP_FILE.match(name))]
-    return sorted(found, reverse=True)
+    return sorted(((n, path) for n, path in found if os.path.isfile(path)), reverse=True)
+
+
+def _held_step(path: str):
+    """The "step" a checkpoint file holds (read through a memory map: no tensor data), or None if unreadable."""
+    try:
+        state = read_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> None:
@@ -140,17 +139,25 @@ def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> No
     _write_atomic(os.path.join(directory, LATEST), payload)
     if is_best:
         _write_atomic(os.path.join(directory, BEST), payload)
-    for _, old in step_checkpoints(directory)[keep:]:
-        os.remove(old)
+    # Pruned: only files holding the step their name says (what save_checkpoint writes); a copied or foreign
+    # step_<N>.pt is neither counted nor removed.
+    ours = [path for n, path in step_checkpoints(directory) if _held_step(path) == n]
+    for old in ours[keep:]:
+        with contextlib.suppress(OSError):  # one that cannot go stays: it costs disk, nothing else
+            os.remove(old)
 
 
-def read_checkpoint(path: str):
+def read_checkpoint(path: str, mmap: bool = False):
     """torch.load(path, weights_only=True) onto the CPU, for train.py's resume and evaluate.py alike; anything that
-    stops it is a CheckpointError of one line that names the file and the cause."""
+    stops it is a CheckpointError of one line that names the file and the cause. mmap: tensors mapped from the file,
+    not read (a file of torch's older format is read whole)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
                               f"checkpoint {path} is not a file")
     try:
+        if mmap:
+            with contextlib.suppress(RuntimeError):  # "mmap can only be used with files saved with ... zipfile"
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file; all mean "unreadable"
         detail = _load_error_detail(error)
@@ -170,13 +177,15 @@ def _load_error_detail(error: Exception) -> str:
     return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
 
 
-def load_checkpoint(path: str) -> dict:
-    """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs)."""
-    state = read_checkpoint(path)
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs and an integer step)."""
+    state = read_checkpoint(path, mmap)
     missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
                if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (missing {missing})")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise CheckpointError(f"checkpoint {path}: its step {state['step']!r} is not a step count")
     return state
 
 
@@ -188,40 +197,39 @@ def saved_config(run_dir: str) -> dict | None:
 
 
 def find_resume_checkpoint(directory: str, warn) -> tuple[str, dict] | None:
-    """(path, state) of the newest readable checkpoint in `directory`: latest.pt, unless a step_<N>.pt is newer (a
-    write of latest.pt that failed after its step file was complete), else the newest readable step_<N>.pt.
+    """(path, state) of the checkpoint in `directory` holding the highest step: latest.pt, unless a step_<N>.pt
+    holds a later one (a write of latest.pt that failed after its step file was complete). Files are ordered by the
+    step they hold, not the one their name says (a copied step_<N>.pt may disagree: said through `warn`); each is
+    read through a memory map, and latest.pt wins a tie.
 
     Each unreadable file is reported through `warn` by name. Returns None when the directory holds no checkpoint at
     all; raises CheckpointError when there are checkpoints but none loads (never a silent fresh start).
     """
     latest_path = os.path.join(directory, LATEST)
-    steps = step_checkpoints(directory)
-    if not steps and not os.path.exists(latest_path):
+    candidates = ([latest_path] if os.path.exists(latest_path) else []) + [path for _, path in
+                                                                           step_checkpoints(directory)]
+    if not candidates:
         return None
-    problems = []
-
-    def load(path):
+    problems, found = [], []
+    for path in candidates:
         try:
-            return load_checkpoint(path)
+            state = load_checkpoint(path, mmap=True)
         except CheckpointError as error:
             problems.append(str(error))
             warn(f"{error}; trying an older checkpoint")
-            return None
-
-    latest = load(latest_path) if os.path.exists(latest_path) else None
-    latest_step = latest["step"] if latest is not None else -1
-    for step, path in steps:
-        if step <= latest_step:
-            break
-        state = load(path)
-        if state is not None:
-            if latest is not None:
-                warn(f"{latest_path} is at step {latest_step}, behind the complete {path}: continuing from that")
-            return path, state
-    if latest is not None:
-        return latest_path, latest
-    raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(problems)
-                          + ". Move the directory away to start fresh.")
+            continue
+        named = _STEP_FILE.match(os.path.basename(path))
+        if named and int(named.group(1)) != state["step"]:
+            warn(f"{path} holds step {state['step']}, not the {named.group(1)} its name says: checkpoints are "
+                 "ordered by the step they hold")
+        found.append((state["step"], path == latest_path, path, state))
+    if not found:
+        raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(problems)
+                              + ". Move the directory away to start fresh.")
+    step, _, path, state = max(found, key=lambda entry: entry[:2])
+    if path != latest_path and os.path.exists(latest_path):
+        warn(f"{latest_path} is behind {path} (step {step}): continuing from that")
+    return path, state
 
 
 # Written by rank 0 at the start of a torchrun launch: a restarted worker group (TORCHELASTIC_RESTART_COUNT > 0) of the
@@ -233,7 +241,8 @@ def holds_run(run_dir: str) -> bool:
     """Whether `run_dir` holds a run: a checkpoint. A start that failed before its first checkpoint leaves config.json
     and train.log, which the corrected rerun overwrites and appends to."""
     directory = checkpoint_dir(run_dir)
-    return os.path.isdir(directory) and any(name.endswith(".pt") for name in os.listdir(directory))
+    return os.path.isdir(directory) and any(name.endswith(".pt") and os.path.isfile(os.path.join(directory, name))
+                                            for name in os.listdir(directory))
 
 
 def is_restart_of_this_launch(run_dir: str, elastic_run_id: str | None, restarts: int) -> bool:

@@ -16,12 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..budget import oversized_int
 from ..data.moving_mnist import GENERATORS
 from ..data.sources import LAYOUTS
 from ..model import MODELS, preset_config
 from ..openstl import CELL_OUTPUTS, PRESETS
 from ..ops.lstm_gates.backends import BACKENDS, FUSED
 from .schedule import SCHEDULES as LR_SCHEDULES
+from .schedule import highest_lr
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Adam's step moves each weight by about lr at most, so a larger lr only diverges (1e38 overflowed inside Adam).
@@ -62,6 +64,11 @@ class Config:
     channels: Optional[int] = _arg("data", None, "read images and videos as grey (1) or RGB (3); default: grey "
                                                  "images grey, videos RGB", choices=(1, 3))
     resize: Optional[str] = _arg("data", None, "resize the frames of --data to HxW, e.g. 64 or 48x64")
+    skip_bad_data: bool = _arg("data", False, "leave out the sequences of --data and --val_data that cannot be read "
+                                              "as frames in [0, 1] (NaN, inf or 0-255 values in a float array, an "
+                                              "image that does not decode, a video shorter than its header says), "
+                                              "found by a scan before training that decodes every frame; default: "
+                                              "the first one stops the run (an array's before anything is written)")
     n_steps_past: int = _arg("data", 10, "input frames the model reads", aliases=("--n_in",))
     n_steps_ahead: int = _arg("data", 10, "frames the model predicts", aliases=("--n_out",))
     # Moving MNIST, when there is no --data.
@@ -254,10 +261,13 @@ def read_config_file(path: str) -> dict:
     """The {field: value} of a --config JSON file, each checked against its field's type and choices. Raises
     ConfigError naming the file and the key: an unknown key, a value of the wrong type."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
     except OSError as error:
         raise ConfigError(f"--config {path}: cannot read it ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}); a config is a JSON file") from error
     except json.JSONDecodeError as error:
         raise ConfigError(f"--config {path}: not JSON ({error})") from error
     if not isinstance(values, dict):
@@ -319,6 +329,8 @@ def check_config(cfg: Config) -> None:
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
     need(0 <= cfg.min_lr <= cfg.lr or cfg.lr_schedule != "cosine", "min_lr", "must be in [0, --lr]")
     need(cfg.onecycle_final_div > 0, "onecycle_final_div", "must be positive")
+    need(highest_lr(cfg) <= MAX_LR, "onecycle_final_div", f"ends onecycle at lr {highest_lr(cfg):g} (--lr / 25 / "
+         f"this): every lr the schedule reaches must be at most {MAX_LR}")
     need(cfg.warmup_steps == 0 or cfg.lr_schedule != "onecycle", "warmup_steps",
          "onecycle warms up over its first 30% of steps (OneCycleLR's pct_start): use --warmup_steps with "
          "--lr_schedule constant or cosine")
@@ -328,6 +340,9 @@ def check_config(cfg: Config) -> None:
         need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
     for flag in ("max_steps", "num_workers", "keep_checkpoints", "seed", "max_skipped_steps", "warmup_steps"):
         need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
+    too_large = oversized_int(dataclasses.asdict(cfg))
+    if too_large:
+        raise ConfigError(too_large)
     need(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, "kernel_size", "must be odd and positive")
     need(cfg.in_chan is None or cfg.in_chan >= 1, "in_chan", "must be at least 1")
     need(0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)")

@@ -4,19 +4,26 @@
 from __future__ import annotations
 
 from ..data import MovingMNIST
-from ..data.sources import DataError, open_source
+from ..data.sources import DataError, open_source, scan_source, usable
 from ..data.windows import Windows, parse_size, split_sequences
 
 
-def build_datasets(cfg, train_set=None, val_set=None):
+def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
     """(train_set, val_set, frame_shape (C, H, W), description). Raises DataError (or FileNotFoundError for MNIST
-    digits) naming the problem; nothing is written before this has succeeded."""
+    digits) naming the problem; nothing is written before this has succeeded.
+
+    before_reading(frame_shape, training sequences), when given, is called before any frame is made or read (for
+    Moving MNIST before its digits are scaled; for datasets given from Python after their first item): train.py's
+    memory estimate."""
     length = cfg.n_steps_past + cfg.n_steps_ahead
+    check = before_reading or (lambda frame_shape, count: None)
     if train_set is not None:
         if val_set is None:
             raise DataError("train.main(train_dataset=...) needs a val_dataset too")
+        check(_check(train_set, length, "training"), len(train_set))
         described = "datasets given from Python"
     elif cfg.data is None:
+        check((1, cfg.image_size, cfg.image_size), cfg.num_train)
         common = dict(seq_len=length, image_size=cfg.image_size, num_digits=cfg.num_digits, digits=cfg.digits,
                       seed=cfg.seed, generator=cfg.generator)
         train_set = MovingMNIST("train", cfg.num_train, **common)
@@ -24,6 +31,7 @@ def build_datasets(cfg, train_set=None, val_set=None):
         described = f"Moving MNIST generated ({cfg.num_train} train, {cfg.num_val} validation sequences)"
     else:
         train_set, val_set, described = _own_data(cfg, length)
+        check(train_set.frame_shape, len(train_set))
     frame_shape, val_shape = _check(train_set, length, "training"), _check(val_set, length, "validation")
     if val_shape != frame_shape:
         raise DataError(f"validation frames are {val_shape} (C, H, W) but training frames are {frame_shape}: they "
@@ -35,17 +43,26 @@ def _own_data(cfg, length):
     options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length)
     windows = dict(length=length, stride=cfg.stride or length, resize=parse_size(cfg.resize))
     source = open_source(cfg.data, **options)
+    bad, scanned = scan_source(source, cfg.skip_bad_data)
     if cfg.val_data is not None:
-        train_set = Windows(source, **windows)
-        val_set = Windows(open_source(cfg.val_data, **options), **windows)
-        return train_set, val_set, f"{cfg.data} ({len(train_set)} windows), validation {cfg.val_data} " \
-                                   f"({len(val_set)} windows)"
+        val_source = open_source(cfg.val_data, **options)
+        val_bad, val_scanned = scan_source(val_source, cfg.skip_bad_data)
+        train_set = Windows(source, sequences=usable(source, bad, "--data"), **windows)
+        val_set = Windows(val_source, sequences=usable(val_source, val_bad, "--val_data"), **windows)
+        return train_set, val_set, f"{cfg.data} ({len(train_set)} windows{scanned}), validation {cfg.val_data} " \
+                                   f"({len(val_set)} windows{val_scanned})"
     if cfg.val_fraction == 0:
         raise DataError("--val_fraction 0 without --val_data leaves no validation sequences: give one of them")
     kept, held = split_sequences(len(source.lengths), cfg.val_fraction, cfg.seed)
+    usable(source, bad, "--data")
+    kept, held = [i for i in kept if i not in bad], [i for i in held if i not in bad]
+    if not kept or not held:
+        raise DataError(f"--data {cfg.data}: the sequences left after --skip_bad_data's {len(bad)} do not split "
+                        f"into training and --val_fraction {cfg.val_fraction} held-out ones; give --val_data")
     train_set, val_set = Windows(source, sequences=kept, **windows), Windows(source, sequences=held, **windows)
     return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows) for training, " \
-                               f"{len(held)} ({len(val_set)} windows) held out by --val_fraction {cfg.val_fraction}"
+                               f"{len(held)} ({len(val_set)} windows) held out by --val_fraction {cfg.val_fraction}" \
+                               f"{scanned}"
 
 
 def _check(dataset, length, what):

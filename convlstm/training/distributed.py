@@ -175,13 +175,23 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj):
-    """Rank 0's `obj` on every rank (a small picklable value)."""
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank (a small picklable value)."""
     if not dist.is_initialized():
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def first_failure(message: str | None, info: DistInfo) -> str | None:
+    """The `message` of the lowest rank that has one, on every rank (None when no rank has): a collective when
+    distributed, so that a rank whose read failed does not leave the others waiting in the next one."""
+    if not dist.is_initialized():
+        return message
+    flag = torch.tensor([info.world_size - info.rank if message is not None else 0], device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # the lowest failed rank gives the largest flag
+    return broadcast_object(message, src=info.world_size - int(flag)) if int(flag) else None
 
 
 def restart_count() -> int:

@@ -5,7 +5,6 @@ they stay quiet unless something is wrong.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -14,6 +13,8 @@ import time
 
 import torch
 from tqdm import tqdm
+
+from ..atomic import WriteError, write_file
 
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
@@ -119,19 +120,12 @@ def prediction_grid(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, paddi
 
 
 def save_picture(grid: torch.Tensor, path: str) -> None:
-    """Write a (C, H, W) grid in [0, 1] as an 8-bit PNG (atomically, so a reader never sees half a file)."""
+    """Write a (C, H, W) grid in [0, 1] as an 8-bit PNG (atomically, so a reader never sees half a file); a failure
+    is a convlstm.atomic.WriteError."""
     from PIL import Image
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
     image = Image.fromarray(pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy())
-    tmp = f"{path}.tmp.png"
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        error.filename = error.filename or path
-        raise
+    write_file(path, lambda handle: image.save(handle, format="PNG"))
 
 
 class Reporter:
@@ -151,6 +145,7 @@ class Reporter:
         self.sums = torch.zeros(2, device=device)  # (loss, gradient norm) summed since the last report
         self.steps, self.start = 0, time.perf_counter()
         self.start_time = self.since_validation = self.start
+        self.picture_failed = False
 
     def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.sums += torch.stack([loss.detach().float(), grad_norm.detach().float()])
@@ -187,7 +182,12 @@ class Reporter:
         if self.is_main:
             grid = prediction_grid(x, y, y_hat)
             self.writer.add_image("predictions", grid, step)
-            save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
+            try:
+                save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
+            except WriteError as error:  # a picture is not worth a run (the start checked it can be written)
+                if not self.picture_failed:
+                    self.log.warning(f"{error}; training goes on, the picture only in TensorBoard")
+                self.picture_failed = True
 
     def validation(self, step: int, epoch: int, val_loss: float, metrics: dict, num_val: int, seconds: float) -> None:
         """val_loss: MSE per pixel; metrics: overall means of convlstm.evaluation.metrics (mse, mae: per-frame sums

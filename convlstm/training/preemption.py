@@ -67,11 +67,20 @@ class StopSignals:
 
     def agreed(self) -> int:
         """The signal number any rank has noted, 0 for none: a collective on every rank when distributed."""
+        return self._agree(False)[0]
+
+    def failed_rank(self, failed: bool) -> int | None:
+        """The lowest rank that says `failed` (a read of bad data), None for none: a collective on every rank when
+        distributed, over the same CPU group."""
+        return self._agree(failed)[1]
+
+    def _agree(self, failed: bool) -> tuple[int, int | None]:
         if not self.distributed:
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        return int(flag)
+            return self.signum, 0 if failed else None
+        world = dist.get_world_size()
+        flags = torch.tensor([self.signum, world - dist.get_rank() if failed else 0], dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)  # the lowest failed rank: the largest flag
+        return int(flags[0]), (world - int(flags[1]) if flags[1] else None)
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -18,6 +18,15 @@ import warnings
 import torch
 
 SCHEDULES = ("constant", "cosine", "onecycle")
+ONECYCLE_DIV = 25  # OneCycleLR's div_factor (torch's default, OpenSTL's): it starts at lr / 25
+
+
+def highest_lr(cfg) -> float:
+    """The largest learning rate cfg's schedule reaches: --lr, or onecycle's last, lr / 25 / --onecycle_final_div,
+    when a final_div below 1/25 ends it above its peak (warmup and cosine stay within [min_lr, lr])."""
+    if cfg.lr_schedule == "onecycle":
+        return max(cfg.lr, cfg.lr / ONECYCLE_DIV / cfg.onecycle_final_div)
+    return cfg.lr
 
 
 def warmup_constant(step: int, warmup_steps: int) -> float:
@@ -44,7 +53,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int,
     last_epoch = min(done_steps, total_steps) - 1  # -1: a fresh start
     if cfg.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                                   final_div_factor=cfg.onecycle_final_div, last_epoch=last_epoch)
+                                                   div_factor=ONECYCLE_DIV, final_div_factor=cfg.onecycle_final_div,
+                                                   last_epoch=last_epoch)
     if cfg.lr_schedule == "cosine":
         factor = functools.partial(warmup_cosine, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
                                    min_ratio=cfg.min_lr / cfg.lr)
