@@ -225,8 +225,9 @@ def build_dataset(args, config, ckpt):
         size = "x".join(map(str, trained[1:]))
         raise EvalError(f"--data {args.data} has frames of {dataset.frame_shape[1]}x{dataset.frame_shape[2]} but "
                         f"the checkpoint was trained on {size} (H x W): pass --resize {size}")
+    skipped = {"skipped": list(bad.values())} if bad else {}  # by --skip_bad_data
     return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset),
-                                   "skipped": list(bad.values())}
+                                   **skipped}
 
 
 def _first(args, dataset):

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from convlstm.atomic import WriteError, check_writable_dir
-from convlstm.budget import BudgetError, check_fits, model_bytes
+from convlstm.budget import BudgetError, check_fits, training_bytes
 from convlstm.data import split_sequence
 from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
@@ -247,8 +247,7 @@ def check_memory(cfg, device, frame_shape, sequences) -> None:
     if cfg.model == "openstl_convlstm" and (height % cfg.patch_size or width % cfg.patch_size):
         return  # make_data refuses these frames next
     try:
-        params, saved = model_bytes(lambda: model_from_config(config, backend="torch", frame_shape=frame_shape),
-                                    (cfg.batch_size, cfg.n_steps_past, *frame_shape), cfg.n_steps_ahead, train=True)
+        params, saved = training_bytes(config, frame_shape, cfg.batch_size)
     except (RuntimeError, ValueError):  # a model these values cannot build: building it says why
         return
     frames = f"--resize {cfg.resize}" if cfg.resize else f"--image_size {cfg.image_size}" if cfg.data is None \

@@ -62,40 +62,32 @@ def human(size: float) -> str:
     return f"{size:.3g} bytes"
 
 
-def model_bytes(build, x_shape, n_out: int, train: bool) -> tuple[float, float]:
-    """(parameter bytes, activation bytes) of the model `build()` makes, on an input of `x_shape` (B, T, C, H, W)
-    predicting n_out frames: train=True counts what autograd saves for backward, else the largest tensor a module
-    returns (a lower bound on inference's peak). Sizes that overflow 64 bits are inf."""
-    storages, largest = {}, [0]
+def training_bytes(config: dict, frame_shape, batch: int) -> tuple[float, float]:
+    """(parameter bytes, bytes autograd saves for backward) of a training forward of the model a train.py config
+    builds (convlstm.model.model_from_config, backend torch) for frames of frame_shape (C, H, W), on a batch of
+    `batch` sequences of its n_steps_past frames predicting n_steps_ahead. Sizes past 64 bits are inf."""
+    from .model import forecast, model_from_config  # the package's models, imported when first estimated
+
+    storages = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        storages[storage._cdata] = storage.nbytes()
+        storages[storage._cdata] = storage.nbytes()  # views of one storage count once
         return tensor
-
-    def note(module, inputs, output):
-        if isinstance(output, torch.Tensor):
-            largest[0] = max(largest[0], output.numel() * output.element_size())
-
-    from .model import forecast  # the package's models, imported when first estimated
 
     try:
         with torch.device("meta"):
-            model = build()
+            model = model_from_config(config, backend="torch", frame_shape=frame_shape)
         weights = {p.untyped_storage()._cdata for p in model.parameters()}
         params = sum(p.numel() * p.element_size() for p in model.parameters())
-        hooks = [module.register_forward_hook(note) for module in model.modules()]
-        x = torch.empty(x_shape, device="meta")
-        with torch.set_grad_enabled(train), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            forecast(model, x, n_out)
-        for hook in hooks:
-            hook.remove()
+        x = torch.empty(batch, config["n_steps_past"], *frame_shape, device="meta")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            forecast(model, x, config["n_steps_ahead"])
     except (RuntimeError, TypeError, OverflowError) as error:  # "Storage size calculation overflowed ..."
         if "overflow" in str(error).lower():
             return math.inf, math.inf
         raise
-    saved = sum(size for key, size in storages.items() if key not in weights)
-    return float(params), float(saved if train else largest[0])
+    return float(params), float(sum(size for key, size in storages.items() if key not in weights))
 
 
 def check_fits(parts: dict, device: torch.device, what: str) -> None:

@@ -367,7 +367,7 @@ def test_sampler_gives_n_ranks_the_global_batches_of_one_process_and_resumes_mid
 
 def test_validation_shares_cover_every_held_out_sequence_once():
     cfg = parse_config(TINY + ["--num_val", "7", "--batch_size", "2"])
-    datasets = train_script.make_data(cfg, None)[1]
+    datasets = train_script.make_data(cfg, DistInfo(0, 0, 1, torch.device("cpu")))[1]
     shares = [train_script.make_loaders(cfg, DistInfo(rank, rank, 3, torch.device("cpu")), datasets)[2].dataset.indices
               for rank in range(3)]
     assert sorted(i for share in shares for i in share) == list(range(7))
