@@ -21,7 +21,9 @@ last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
     predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W)
 
 Metric conventions: see convlstm/evaluation/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and
-exit code 2.
+exit code 2: --out_dir is tried before any compute, a float array's values are scanned first, and a sequence found
+bad only when read (a truncated PNG) stops every rank together (--skip_bad_data leaves such sequences out instead).
+The files are written into a staging folder in --out_dir and moved into place once all are written.
 """
 from __future__ import annotations
 
