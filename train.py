@@ -511,7 +511,8 @@ def main(argv=None, train_dataset=None, val_dataset=None) -> int:
         with distributed(cfg.device) as info:
             train(cfg, info, train_dataset, val_dataset)
     except (TrainingError, SetupError, CheckpointError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+        if not getattr(error, "all_ranks", False) or os.environ.get("RANK", "0") == "0":  # agreed: rank 0 says it
+            print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except Stopped as stopped:
         if stopped.announce:

@@ -5,6 +5,7 @@ Three runs start together (to share their start-up seconds) and are compared:
   two processes, --batch_size 2 each                   `torchrun --standalone --nproc_per_node=2`
   the same two processes, rank 1 SIGKILLed at step 3   `torchrun --max-restarts=1`, first attempt only
   the same two processes, rank 1 SIGTERMed at step 3   `torchrun`: both ranks stop after step 4, with a checkpoint
+  two processes on frame folders, one PNG truncated    `torchrun`: the rank that reads it fails, both stop together
 """
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,15 +29,31 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 TIMEOUT_S = 240
 
 
+def frames_with_a_truncated_png(root):
+    """8 folders of 20 grey 16x16 PNGs; frame 15 of seq_3 cut in half (its header reads, its pixels do not)."""
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((8, 20, 16, 16)) * 255).astype(np.uint8)
+    for i, sequence in enumerate(pixels):
+        os.makedirs(root / f"seq_{i}")
+        for t, frame in enumerate(sequence):
+            Image.fromarray(frame).save(root / f"seq_{i}" / f"{t}.png")
+    bad = root / "seq_3" / "15.png"
+    bad.write_bytes(bad.read_bytes()[:bad.stat().st_size // 2])
+    return root
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    frames = frames_with_a_truncated_png(root / "frames")
     commands = {
         "one": ([sys.executable, "train.py", "--batch_size", "4"], env),
         "two": (TORCHRUN + ["train.py", "--batch_size", "2"], env),
         "killed": (TORCHRUN + ["--max-restarts=1", "train.py", "--batch_size", "2"], dict(env, **{FAULT_ENV: "1:3"})),
         "stopped": (TORCHRUN + ["train.py", "--batch_size", "2"], dict(env, **{FAULT_ENV: "1:3:SIGTERM"})),
+        "bad_data": (TORCHRUN + ["train.py", "--batch_size", "2", "--data", str(frames), "--num_workers", "1"], env),
     }
     started = {}
     for name, (command, run_env) in commands.items():
@@ -101,6 +119,20 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkp
     assert f"train.py: {line}" in output and line in (run_dir / "train.log").read_text()
     assert "Traceback" not in output.split("failed (exitcode: 143)")[0]  # the workers' output; torchrun's follows
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 4
+
+
+def test_a_frame_found_bad_on_one_rank_stops_every_rank_together_in_one_line(runs):
+    """Issue 25: the rank whose read fails tells the others (one all-reduce, then its line), so that none waits alone
+    in a collective; rank 0 says it, the steps taken are saved, both exit 1. Through a DataLoader worker."""
+    returncode, output, run_dir = runs["bad_data"]
+    workers = output.split("failed (exitcode: 1)")[0]  # the workers' output; torchrun's report follows
+    assert returncode != 0 and "exitcode: 1" in output and "Traceback" not in workers, output[-3000:]
+    lines = [line for line in workers.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and "seq_3/15.png" in lines[0], lines
+    step = int(lines[0].split("stopped after step ")[1].split(",")[0])
+    assert lines[0].split("train.py: error: ")[1] in (run_dir / "train.log").read_text()
+    if step:
+        assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == step
 
 
 # Rank 1 sends its share to rank 0 (gather_object returns on the sender once the data is on its way) and leaves
