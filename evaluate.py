@@ -49,7 +49,7 @@ from convlstm.load import load_model, override_config
 from convlstm.model import CONFIG_KEYS, forecast, model_config, model_from_config, model_name
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
-from convlstm.training.checkpoint import CheckpointError, read_checkpoint
+from convlstm.checkpoint import CheckpointError, read_checkpoint
 from convlstm.training.config import DEVICES, Config
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import SetupError, distributed, first_failure

@@ -42,7 +42,7 @@ from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
 from convlstm.model import check_frame_size, forecast
 from convlstm.openstl import CELL_OUTPUTS
-from convlstm.training.checkpoint import CheckpointError
+from convlstm.checkpoint import CheckpointError
 
 NAME_CHARS = 100  # of a sequence's name in its file names: with the index and ".png" well under 255 bytes
 

@@ -11,7 +11,7 @@ The model is the tutorial's EncoderDecoderConvLSTM (--model tutorial, the defaul
 Every process takes --batch_size sequences per micro-batch from one shared shuffled order, and --grad_accum
 micro-batches make one optimizer step, so N processes with batch b accumulating A micro-batches train the same model
 as one process with batch N*A*b. The learning rate follows --lr_schedule over the run's optimizer steps
-(convlstm.training.schedule). Checkpoints go to <run_dir>/checkpoints (convlstm.training.checkpoint); --resume, or a
+(convlstm.training.schedule). Checkpoints go to <run_dir>/checkpoints (convlstm.checkpoint); --resume, or a
 worker group restarted by torchrun --max-restarts, continues from the newest one, `--run_dir R --resume` alone with
 the config saved in it. Several machines need --run_dir on a filesystem they share. `python train.py --help` lists
 every flag by group; --config FILE.json gives them from a file.
@@ -45,10 +45,9 @@ from convlstm.load import check_weights, load_model
 from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
-from convlstm.training.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, checkpoint_dir, choose_start,
-                                          is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint,
-                                          saved_config, set_rng_state, sweep_temp_files, write_config,
-                                          write_elastic_run_id)
+from convlstm.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, checkpoint_dir, choose_start,
+                                 is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint, saved_config,
+                                 set_rng_state, sweep_temp_files, write_config, write_elastic_run_id)
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_ranks, all_reduce, broadcast_object,
@@ -205,6 +204,7 @@ def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
                if name != "resume" and saved.get(name) != value]
     if changed:
         log.warning("flags changed since the checkpoint: " + ", ".join(changed))
+    check_weights(model, state["model"], checkpoint_dir(cfg.run_dir))  # a hand-edited config: one line, not a traceback
     model.load_state_dict(state["model"])
     hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])

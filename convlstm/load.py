@@ -1,7 +1,7 @@
 """load_model: a model ready to predict, EncoderDecoderConvLSTM or OpenSTL's ConvLSTM (convlstm.openstl), from any
 checkpoint of either that this project knows.
 
-All read with torch.load(weights_only=True) (convlstm.training.checkpoint.read_checkpoint), so no code in a
+All read with torch.load(weights_only=True) (convlstm.checkpoint.read_checkpoint), so no code in a
 checkpoint ever runs. `model.info.kind` says which container it was:
 
     train.py     {"model": state_dict, "config": {...}, "frame_shape": [C, H, W], ...}: the model its config describes
@@ -39,7 +39,7 @@ from .budget import MAX_INT
 from .model import CONFIG_KEYS, EncoderDecoderConvLSTM, model_config, model_from_config, model_name
 from .openstl import CELL_OUTPUTS, OpenSTLConvLSTM
 from .ops.lstm_gates.backends import resolve
-from .training.checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint
 
 # The tutorial reads 10 frames and predicts 10, as OpenSTL's Moving MNIST models; checkpoints without a train.py
 # config get these.

@@ -13,7 +13,7 @@ import torch
 
 from convlstm import EncoderDecoderConvLSTM, OpenSTLConvLSTM, forecast, load_model, model_from_config
 from convlstm.model import check_frame_size, model_config, preset_config, to_btchw
-from convlstm.training.checkpoint import CheckpointError
+from convlstm.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 # train.py's config keys for a tiny OpenSTL model: 2 layers of 4 channels, 2x2 patches of 16x16 grey frames.

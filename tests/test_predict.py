@@ -20,7 +20,7 @@ from PIL import Image
 from convlstm import EncoderDecoderConvLSTM, atomic, load_model
 from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
-from convlstm.training.checkpoint import CheckpointError
+from convlstm.checkpoint import CheckpointError
 from convlstm.training.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]

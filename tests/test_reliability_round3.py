@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlstm.training import checkpoint
+from convlstm import checkpoint
 from helpers import TINY, load_script, run, train_script
 
 evaluate_script = load_script("evaluate.py")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from convlstm.training.checkpoint import read_checkpoint
+from convlstm.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

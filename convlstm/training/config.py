@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..budget import oversized_int
+from ..checkpoint import CheckpointError
 from ..data.moving_mnist import GENERATORS
 from ..data.sources import LAYOUTS
 from ..model import MODELS, preset_config
@@ -272,21 +273,33 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path}: not JSON ({error})") from error
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected one JSON object of train.py's flags, e.g. {{\"lr\": 3e-4}}")
+    unknown = [key for key in values if key not in DEFAULTS]
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r} (the keys are train.py's flag names without "
+                          "the dashes)")
+    return checked_values(values, f"--config {path}")
+
+
+def checked_values(values: dict, where: str) -> dict:
+    """`values` ({field: value}, JSON's types: a --config file's, or a checkpoint's saved config) with each known
+    field's value checked against its type and choices (floats given as ints made floats); keys that are no field
+    are left as they are. ConfigError names `where` and the key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a dict of train.py's flags, got a {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Config)}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"--config {path}: unknown key {key!r} (the keys are train.py's flag names without "
-                              "the dashes)")
+            continue
         kind, optional = _base_type(fields[key])
         wrong_type = not isinstance(value, _JSON[kind]) or (isinstance(value, bool) and kind != "bool")
         if wrong_type and not (value is None and optional):
-            raise ConfigError(f"--config {path}: {key} must be {kind}{' or null' if optional else ''}, got "
-                              f"{json.dumps(value)}")
+            raise ConfigError(f"{where}: {key} must be {kind}{' or null' if optional else ''}, got "
+                              f"{json.dumps(value, default=repr)}")
         choices = fields[key].metadata.get("choices")
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"--config {path}: {key} {value!r} is not one of {', '.join(map(str, choices))}")
-    return {key: float(value) if _base_type(fields[key])[0] == "float" and value is not None else value
-            for key, value in values.items()}
+            raise ConfigError(f"{where}: {key} {value!r} is not one of {', '.join(map(str, choices))}")
+    return {key: float(value) if key in fields and _base_type(fields[key])[0] == "float" and value is not None
+            else value for key, value in values.items()}
 
 
 _NOT_GIVEN = object()
@@ -383,14 +396,25 @@ def parse_config(argv=None, saved_config=None) -> Config:
 
     saved_config(run_dir), when given, is called for a --resume: it returns the config dict saved in the checkpoint
     the run will continue from (None if there is none), whose values then replace the defaults, so that
-    `train.py --run_dir R --resume` alone continues with the saved values. The --config file and typed flags override
+    `train.py --run_dir R --resume` alone continues with the saved values; a saved value of the wrong type is a
+    CheckpointError, a --model other than the saved one a flag error naming both. The --config file and typed flags override
     them; train.py warns about the values that changed and refuses a changed model.
     """
     parser = build_parser()
     given = given_values(argv, parser)
     saved = None
     if saved_config is not None and given.get("resume"):
-        saved = saved_config(given.get("run_dir", DEFAULTS["run_dir"]))
+        run_dir = given.get("run_dir", DEFAULTS["run_dir"])
+        saved = saved_config(run_dir)
+        try:
+            saved = None if saved is None else checked_values(saved, f"the config saved in {run_dir}'s checkpoint")
+        except ConfigError as error:  # not a flag's fault: exit 1, as for any unusable checkpoint
+            raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
+                                  "--run_dir") from None
+        if saved is not None and "model" in given and given["model"] != saved.get("model", "tutorial"):
+            parser.error(f"--model {given['model']}: the checkpoint in {run_dir} holds a "
+                         f"{saved.get('model', 'tutorial')} model; resume with it (leave --model out), or choose "
+                         "another --run_dir")
     base = with_defaults(saved) if saved is not None else DEFAULTS
     preset = given.get("preset", base["preset"])
     if preset is not None and saved is None:

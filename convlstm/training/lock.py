@@ -15,7 +15,7 @@ import fcntl
 import os
 import socket
 
-from .checkpoint import CheckpointError
+from ..checkpoint import CheckpointError
 
 LOCK_FILE = "train.lock"
 

@@ -3,7 +3,8 @@
 Layout: <run_dir>/checkpoints/latest.pt (always the newest complete checkpoint), best.pt (lowest validation loss) and
 step_<N>.pt (the last few). A checkpoint is a dict:
 
-    model      state_dict of the plain EncoderDecoderConvLSTM (no DDP "module." or torch.compile "_orig_mod." prefix)
+    format     FORMAT, the version of this layout (absent: 0, the files written before it had a number)
+    model      state_dict of the plain model (no DDP "module." or torch.compile "_orig_mod." prefix)
     optimizer  Adam's state_dict            scaler   GradScaler's state_dict (empty when not fp16)
     scheduler  the learning-rate scheduler's state_dict (convlstm.training.schedule); its last_epoch is `step`
     step       optimizer steps taken        epoch    epoch the next step belongs to
@@ -29,8 +30,9 @@ import re
 import numpy as np
 import torch
 
-from ..atomic import WriteError, describe, is_partial, write_file
+from .atomic import WriteError, describe, is_partial, write_file
 
+FORMAT = 1  # 1: the "format" key itself; 0 (no key) reads the same
 LATEST = "latest.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -133,7 +135,7 @@ def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> No
     that fails (a full disk) raises CheckpointError and leaves the complete files as they were."""
     _make_dir(directory)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({"format": FORMAT, **state}, buffer)
     payload = buffer.getvalue()
     _write_atomic(os.path.join(directory, f"step_{state['step']}.pt"), payload)
     _write_atomic(os.path.join(directory, LATEST), payload)
@@ -155,16 +157,22 @@ def read_checkpoint(path: str, mmap: bool = False):
         raise CheckpointError(f"checkpoint {path} does not exist" if not os.path.exists(path) else
                               f"checkpoint {path} is not a file")
     try:
+        state = None
         if mmap:
             with contextlib.suppress(RuntimeError):  # "mmap can only be used with files saved with ... zipfile"
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = state if state is not None else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file; all mean "unreadable"
         detail = _load_error_detail(error)
         if "GLOBAL" in detail:  # a class or function to import: refused by the weights-only unpickler
             raise CheckpointError(f"refusing checkpoint {path}: it holds more than tensors and plain values, and "
                                   f"checkpoints are only ever loaded with weights_only=True ({detail})") from error
         raise CheckpointError(f"checkpoint {path} is unreadable ({detail})") from error
+    version = state.get("format", 0) if isinstance(state, dict) and "config" in state else 0  # train.py's files
+    if not isinstance(version, int) or version > FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {version!r}, newer than this convlstm's {FORMAT}: "
+                              "update convlstm to read it")
+    return state
 
 
 def _load_error_detail(error: Exception) -> str:
@@ -186,6 +194,8 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (missing {missing})")
     if not isinstance(state["step"], int) or state["step"] < 0:
         raise CheckpointError(f"checkpoint {path}: its step {state['step']!r} is not a step count")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"checkpoint {path}: its config is a {type(state['config']).__name__}, not a dict")
     return state
 
 
