@@ -20,6 +20,7 @@ Every value is a tensor or a plain Python type, so `torch.load(path, weights_onl
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -185,9 +186,33 @@ def _load_error_detail(error: Exception) -> str:
     return f"{type(error).__name__}: {useful[0]}" if useful else type(error).__name__
 
 
+# A resume reads its checkpoint once per process: the config when the flags are parsed (saved_config), the whole
+# state after the run_dir is locked (find_resume_checkpoint on rank 0, load_checkpoint elsewhere). A read is kept by
+# the file's identity (a file replaced in between is read again) until the next read of it takes it: training then
+# updates its tensors in place (Adam's moments alias them), so no state is handed out twice.
+_LOADED = collections.OrderedDict()
+_LOADED_KEPT = 8
+
+
 def load_checkpoint(path: str, mmap: bool = False) -> dict:
-    """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs and an integer step)."""
-    state = read_checkpoint(path, mmap)
+    """A training checkpoint to resume from (read_checkpoint, then the keys a resume needs and an integer step).
+    The second load of an unchanged file takes the first's state instead of reading it again."""
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _LOADED:
+        return _LOADED.pop(key)
+    state = _checked_training_state(read_checkpoint(path, mmap), path)
+    if key is not None:
+        _LOADED[key] = state
+        while len(_LOADED) > _LOADED_KEPT:
+            _LOADED.popitem(last=False)
+    return state
+
+
+def _checked_training_state(state, path: str) -> dict:
     missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
                if not isinstance(state, dict) or key not in state]
     if missing:

@@ -78,3 +78,19 @@ def test_resuming_with_another_model_names_both_models(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--model tutorial: the checkpoint in {tmp_path / 'run'} holds a openstl_convlstm model" in err
     assert "applies to --model openstl_convlstm only" not in err
+
+
+def test_a_resume_reads_each_checkpoint_file_once(tmp_path, monkeypatch):
+    """The flags' parse reads the saved config, the start the state: one read of each file serves both (a file that
+    changed in between would be read again)."""
+    assert run(tmp_path / "run", "--max_steps", 4, "--checkpoint_every", 2) == 0
+    reads, load = [], torch.load
+
+    def counted(path, *args, **kwargs):
+        reads.append(pathlib.Path(path).name)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    # --max_steps 4: the run is at its end, so no save (whose pruning reads the step files it may remove) follows.
+    assert train_script.main(["--run_dir", str(tmp_path / "run"), "--resume", "--max_steps", "4"]) == 0
+    assert sorted(reads) == ["latest.pt", "step_2.pt", "step_4.pt"]
