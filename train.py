@@ -41,13 +41,14 @@ from convlstm.budget import BudgetError, check_fits, training_bytes
 from convlstm.data import split_sequence
 from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
-from convlstm.load import check_weights, load_model
+from convlstm.load import load_model
 from convlstm.model import forecast, model_from_config
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
-from convlstm.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, checkpoint_dir, choose_start,
+from convlstm.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, check_weights, checkpoint_dir, choose_start,
                                  is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint, saved_config,
-                                 set_rng_state, sweep_temp_files, write_config, write_elastic_run_id)
+                                 sweep_temp_files, write_config, write_elastic_run_id)
+from convlstm.checkpoint import restore as restore_state
 from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_ranks, all_reduce, broadcast_object,
@@ -189,11 +190,8 @@ def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameter
 
 
 def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
-    """Load a checkpoint into the fresh model, optimizer and scaler and restore the RNG; the model must match.
-
-    Adam's moments come from the checkpoint, its hyperparameters (lr, betas and the keys the schedule keeps in the
-    param groups) stay those this run's config gave the fresh optimizer: the same values when nothing changed, and a
-    --lr or --beta_2 typed on resume takes effect. The caller then places the schedule at the checkpoint's step."""
+    """Resume from a checkpoint (convlstm.checkpoint.restore) once its config agrees with this run's on the model's
+    fields; the flags that changed are logged. The caller then places the schedule at the checkpoint's step."""
     saved = with_defaults(state["config"])  # a checkpoint older than a field has its default
     mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
                   for name in MODEL_FIELDS[cfg.model] if saved.get(name) != getattr(cfg, name)]
@@ -204,21 +202,13 @@ def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
                if name != "resume" and saved.get(name) != value]
     if changed:
         log.warning("flags changed since the checkpoint: " + ", ".join(changed))
-    check_weights(model, state["model"], checkpoint_dir(cfg.run_dir))  # a hand-edited config: one line, not a traceback
-    model.load_state_dict(state["model"])
-    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for group, values in zip(optimizer.param_groups, hyperparameters):
-        group.update(values)
-    precision.load_state_dict(state["scaler"])
-    objective.load_state_dict(state.get("objective", {}))
-    set_rng_state(state["rng"])
+    restore_state(state, model, optimizer, precision, objective, checkpoint_dir(cfg.run_dir))
 
 
 def load_initial_weights(model, cfg) -> str:
     """Load --init_weights into the fresh model; returns what was loaded, for the log. Any checkpoint
     convlstm.load_model reads (OpenSTL's own files with this run's channels and cell_output); its weights must
-    have the keys and shapes of the model these flags build (convlstm.load.check_weights)."""
+    have the keys and shapes of the model these flags build (convlstm.checkpoint.check_weights)."""
     openstl = cfg.model == "openstl_convlstm"
     try:
         source = load_model(cfg.init_weights, backend="torch", channels=cfg.in_chan if openstl else None,

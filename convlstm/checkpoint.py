@@ -34,6 +34,9 @@ import torch
 from .atomic import WriteError, describe, is_partial, write_file
 
 FORMAT = 1  # 1: the "format" key itself; 0 (no key) reads the same
+# The keys above, which save_checkpoint requires; a resume needs the first five (older files lack some of the rest).
+TRAINING_KEYS = ("model", "optimizer", "step", "config", "sampler", "scaler", "scheduler", "objective", "epoch",
+                 "frame_shape", "rng", "val_loss", "val_metrics", "best_val_loss")
 LATEST = "latest.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -134,6 +137,8 @@ def save_checkpoint(directory: str, state: dict, keep: int, is_best: bool) -> No
     """Write step_<N>.pt, then latest.pt (and best.pt when `is_best`), each atomically; keep the newest `keep`
     step files. Call on rank 0 only; the caller's barrier afterwards tells the other ranks it is complete. A write
     that fails (a full disk) raises CheckpointError and leaves the complete files as they were."""
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    assert not missing, f"a checkpoint needs {missing}"  # the caller's bug, not the user's
     _make_dir(directory)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
@@ -213,8 +218,7 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
 
 
 def _checked_training_state(state, path: str) -> dict:
-    missing = [key for key in ("model", "optimizer", "step", "config", "sampler")
-               if not isinstance(state, dict) or key not in state]
+    missing = [key for key in TRAINING_KEYS[:5] if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (missing {missing})")
     if not isinstance(state["step"], int) or state["step"] < 0:
@@ -315,3 +319,37 @@ def write_elastic_run_id(run_dir: str, elastic_run_id: str | None) -> None:
 def write_config(run_dir: str, config: dict) -> None:
     _make_dir(run_dir)
     _write_atomic(os.path.join(run_dir, "config.json"), (json.dumps(config, indent=2) + "\n").encode())
+
+
+def check_weights(model, weights, path) -> None:
+    """CheckpointError unless `weights` (a state_dict read from `path`) has the keys and shapes of `model`'s: one
+    line naming the first few keys that differ."""
+    expected = model.state_dict()
+    problems = [f"missing {key}" for key in expected if key not in weights]
+    problems += [f"unexpected {key}" for key in weights if key not in expected]
+    problems += [f"{key} is {_shape(weights[key])}, the model's is {tuple(value.shape)}"
+                 for key, value in expected.items() if key in weights and _shape(weights[key]) != tuple(value.shape)]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the model: {'; '.join(problems[:3])}{more}")
+
+
+def _shape(value):
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def restore(state: dict, model, optimizer, scaler, objective, where: str) -> None:
+    """Load a training checkpoint into the fresh model, optimizer, scaler and objective (each with load_state_dict;
+    train.py's Precision as the scaler) and restore the RNG. The weights are checked against the model first (a saved
+    config edited by hand: one line naming `where`, not a traceback). Adam's moments come from the checkpoint, its
+    hyperparameters (lr, betas and the keys a schedule keeps in the param groups) stay those the fresh optimizer was
+    given: the same values when nothing changed, and a --lr or --beta_2 typed on resume takes effect."""
+    check_weights(model, state["model"], where)
+    model.load_state_dict(state["model"])
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, values in zip(optimizer.param_groups, hyperparameters):
+        group.update(values)
+    scaler.load_state_dict(state["scaler"])
+    objective.load_state_dict(state.get("objective", {}))
+    set_rng_state(state["rng"])

@@ -39,7 +39,7 @@ from .budget import MAX_INT
 from .model import CONFIG_KEYS, EncoderDecoderConvLSTM, model_config, model_from_config, model_name
 from .openstl import CELL_OUTPUTS, OpenSTLConvLSTM
 from .ops.lstm_gates.backends import resolve
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, check_weights, read_checkpoint
 
 # The tutorial reads 10 frames and predicts 10, as OpenSTL's Moving MNIST models; checkpoints without a train.py
 # config get these.
@@ -210,20 +210,3 @@ def _openstl_from_weights(weights, backend, path, channels, cell_output) -> Open
                                cell_output=cell_output, backend=backend)
     except ValueError as error:
         raise CheckpointError(f"checkpoint {path}: its weights describe no OpenSTL ConvLSTM ({error})") from None
-
-
-def check_weights(model, weights, path) -> None:
-    """CheckpointError unless `weights` (a state_dict read from `path`) has the keys and shapes of `model`'s: one
-    line naming the first few keys that differ."""
-    expected = model.state_dict()
-    problems = [f"missing {key}" for key in expected if key not in weights]
-    problems += [f"unexpected {key}" for key in weights if key not in expected]
-    problems += [f"{key} is {_shape(weights[key])}, the model's is {tuple(value.shape)}"
-                 for key, value in expected.items() if key in weights and _shape(weights[key]) != tuple(value.shape)]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError(f"checkpoint {path}: weights do not fit the model: {'; '.join(problems[:3])}{more}")
-
-
-def _shape(value):
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -233,7 +233,8 @@ def test_a_folder_named_like_a_checkpoint_is_refused_at_the_start_and_never_prun
     assert os.listdir(ckpt) == ["step_1.pt"]
     # One that appears mid-run is passed over by the pruning, which removed it (or crashed) before.
     for step in (2, 3):
-        checkpoint.save_checkpoint(str(ckpt), {"step": step}, keep=1, is_best=False)
+        checkpoint.save_checkpoint(str(ckpt), {**dict.fromkeys(checkpoint.TRAINING_KEYS), "step": step}, keep=1,
+                                   is_best=False)
     assert sorted(os.listdir(ckpt)) == ["latest.pt", "step_1.pt", "step_3.pt"]
     assert (ckpt / "step_1.pt" / "mine.txt").read_text() == "the user's"
 
