@@ -139,3 +139,30 @@ def default_dtype(dtype):
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+def unwritable_output(case, tmp_path, monkeypatch, flag, name):
+    """An output folder (for `flag`, made as tmp_path/.../`name`) that cannot be written, and the words of its error
+    line: under a regular file, in /proc, or on a read-only mount. A real mount needs privileges (and root writes
+    through chmod): there every open under the folder in convlstm.atomic fails with EROFS, as on such a mount."""
+    import builtins
+    import errno
+
+    from convlstm import atomic
+
+    if case == "under_a_file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / name
+        return out, f"{flag} {out}: {tmp_path / 'notes.txt'} is not a directory"
+    if case == "in_proc":
+        return pathlib.Path("/proc/convlstm_out"), f"{flag} /proc/convlstm_out: cannot write there"
+    out = tmp_path / "mount"
+    out.mkdir()
+
+    def read_only_open(path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
+    return out, f"{flag} {out}: cannot write there (Read-only file system)"

@@ -1,5 +1,4 @@
 """evaluate.py end to end: outputs, numbers recomputed independently, torchrun sharding, every bad-input path."""
-import builtins
 import errno
 import importlib.util
 import json
@@ -13,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from convlstm import atomic
 from convlstm.data import MovingMNIST
 from convlstm.evaluation import plots
 from convlstm.evaluation.metrics import METRIC_NAMES, frame_metrics
 from convlstm.model import EncoderDecoderConvLSTM
+from helpers import unwritable_output
 
 EVALUATE = Path(__file__).resolve().parents[1] / "evaluate.py"
 TIMEOUT = 180
@@ -335,27 +334,6 @@ def test_tutorial_lightning_checkpoint_is_evaluated_with_the_tutorials_configura
 
 # ---- an --out_dir that cannot be written: one line before any compute; a full disk: nothing half-written ------------
 
-def unwritable_out_dir(case, tmp_path, monkeypatch):
-    """An --out_dir that cannot be written and the words of its error line. A read-only mount needs privileges (and
-    root writes through chmod): there every open under the folder fails with EROFS, as on such a mount."""
-    if case == "under_a_file":
-        (tmp_path / "notes.txt").write_text("mine")
-        out = tmp_path / "notes.txt" / "eval"
-        return out, f"--out_dir {out}: {tmp_path / 'notes.txt'} is not a directory"
-    if case == "in_proc":
-        return Path("/proc/convlstm_out"), "--out_dir /proc/convlstm_out: cannot write there"
-    out = tmp_path / "mount"
-    out.mkdir()
-
-    def read_only_open(path, *args, **kwargs):
-        if str(path).startswith(str(out)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return builtins.open(path, *args, **kwargs)
-
-    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
-    return out, f"--out_dir {out}: cannot write there (Read-only file system)"
-
-
 def fail_if_called(*args, **kwargs):
     raise AssertionError("computed before --out_dir was checked")
 
@@ -364,7 +342,7 @@ def fail_if_called(*args, **kwargs):
 def test_unwritable_out_dir_is_one_line_before_any_compute(case, tmp_path, monkeypatch, capsys):
     evaluate = load_evaluate_module()
     ckpt = save_checkpoint(tmp_path / "tiny.pt")
-    out, expected = unwritable_out_dir(case, tmp_path, monkeypatch)
+    out, expected = unwritable_output(case, tmp_path, monkeypatch, "--out_dir", "eval")
     monkeypatch.delenv("RANK", raising=False)  # one process: rank 0, which checks
     for name in ("load_checkpoint", "build_dataset", "evaluate_shard"):
         monkeypatch.setattr(evaluate, name, fail_if_called)

@@ -1,7 +1,6 @@
 """convlstm.load_model (train.py, bare state_dict and the tutorial's Lightning checkpoints, weights_only) and
 predict.py on an array and a video: its files, shapes and values; each bad input one line, exit 1, nothing written."""
 import argparse
-import builtins
 import dataclasses
 import errno
 import importlib.util
@@ -17,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convlstm import EncoderDecoderConvLSTM, atomic, load_model
+from convlstm import EncoderDecoderConvLSTM, load_model
+from convlstm.checkpoint import CheckpointError
 from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
-from convlstm.checkpoint import CheckpointError
 from convlstm.training.config import Config
+from helpers import unwritable_output
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IN, N_OUT = 3, 2  # the train.py checkpoints'; the other kinds get the tutorial's 10 and 10
@@ -251,27 +251,6 @@ def test_gif_keeps_every_frame_of_a_still_prediction(tmp_path):
     assert gif_frames(tmp_path / "still.gif") == 20
 
 
-def unwritable_out(case, tmp_path, monkeypatch):
-    """An --out that cannot be written and the words of its error line. A read-only mount needs privileges (and root
-    writes through chmod): there every open under the folder fails with EROFS, as on such a mount."""
-    if case == "under_a_file":
-        (tmp_path / "notes.txt").write_text("mine")
-        out = tmp_path / "notes.txt" / "out"
-        return out, f"--out {out}: {tmp_path / 'notes.txt'} is not a directory"
-    if case == "in_proc":
-        return Path("/proc/convlstm_out"), "--out /proc/convlstm_out: cannot write there"
-    out = tmp_path / "mount"
-    out.mkdir()
-
-    def read_only_open(path, *args, **kwargs):
-        if str(path).startswith(str(out)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return builtins.open(path, *args, **kwargs)
-
-    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
-    return out, f"--out {out}: cannot write there (Read-only file system)"
-
-
 def fail_if_called(*args, **kwargs):
     raise AssertionError("computed before --out was checked")
 
@@ -280,7 +259,7 @@ def fail_if_called(*args, **kwargs):
 def test_unwritable_out_is_one_line_before_any_compute(tmp_path, case, monkeypatch, capsys):
     train_checkpoint(tmp_path / "ckpt.pt", frame_shape=(1, 6, 6))
     np.save(tmp_path / "grey.npy", sequences((2, 5, 1, 6, 6)))
-    out, expected = unwritable_out(case, tmp_path, monkeypatch)
+    out, expected = unwritable_output(case, tmp_path, monkeypatch, "--out", "out")
     for name in ("load_model", "open_source", "forecast"):
         monkeypatch.setattr(predict, name, fail_if_called)
     args = ["--checkpoint", tmp_path / "ckpt.pt", "--input", tmp_path / "grey.npy", "--out", out]
