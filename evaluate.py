@@ -49,7 +49,7 @@ from convlstm.load import load_model, override_config
 from convlstm.model import CONFIG_KEYS, forecast, model_config, model_from_config, model_name
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
-from convlstm.checkpoint import CheckpointError, read_checkpoint
+from convlstm.checkpoint import CheckpointError, check_weights, read_checkpoint
 from convlstm.training.config import DEVICES, Config
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import SetupError, distributed, first_failure
@@ -166,21 +166,16 @@ def load_checkpoint(path, channels=None, cell_output=None):
 
 def build_model(config, state_dict, backend, path, frame_shape=None):
     """The model the config describes (convlstm.model.model_from_config), with the checkpoint's weights,
-    checked key by key first so that a mismatch is one line naming the keys."""
+    checked key by key first (convlstm.checkpoint.check_weights) so that a mismatch is one line naming the keys."""
     try:
         model = model_from_config(config, backend=backend, frame_shape=frame_shape)
     except (TypeError, ValueError, RuntimeError) as e:
         raise EvalError(f"checkpoint {path}: cannot build the model from its config ({e})") from None
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in state_dict]
-    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
-    problems += [f"{k} has shape {tuple(state_dict[k].shape)}, config gives {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    try:
+        check_weights(model, state_dict, path)
+    except CheckpointError as e:
         shown = {k: config[k] for k in CONFIG_KEYS[model_name(config)]}
-        raise EvalError(f"checkpoint {path}: weights do not match its config {shown}: "
-                        f"{'; '.join(problems[:3])}{more}")
+        raise EvalError(f"{e} (its config: {shown})") from None
     model.load_state_dict(state_dict)
     return model
 

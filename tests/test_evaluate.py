@@ -215,7 +215,8 @@ def make_bad_case(case, d):
         return ["--checkpoint", d / "c.pt", *out], "its config lacks n_hidden_dim, kernel_size"
     if case == "weights_do_not_match_config":
         save_checkpoint(d / "c.pt", dict(TINY, n_hidden_dim=5), model=tiny_model(TINY))
-        return ["--checkpoint", d / "c.pt", *out], "weights do not match its config {'n_hidden_dim': 5"
+        return ["--checkpoint", d / "c.pt", *out], "weights do not fit the model: encoder_1_convlstm.conv.weight " \
+                                                   "is (12, 4, 3, 3), the model's is (20, 6, 3, 3)"
     if case == "model_not_a_state_dict":
         torch.save({"model": {"encoder_1_convlstm.conv.weight": [1.0]}, "config": TINY}, d / "c.pt")
         return ["--checkpoint", d / "c.pt", *out], "'model' is not a state_dict"
