@@ -227,11 +227,11 @@ WORKER_BYTES = 16 * 2**20
 
 
 def check_memory(cfg, device, frame_shape, sequences) -> None:
-    """Refuse a configuration whose training step cannot fit in the device's memory, before a frame or a weight is
-    made (convlstm.budget's lower bounds): the weights with their gradients and Adam's two moments, what autograd
-    keeps of a batch for backward (half under autocast), the batch itself, the sampler's shuffled order (a
-    permutation of int64 and its Python list: 16 bytes a sequence at least), the DataLoader's workers, and Moving
-    MNIST's digit paths."""
+    """Refuse a configuration whose training step cannot fit in memory, before a frame or a weight is made
+    (convlstm.budget's lower bounds). On the device: the weights with their gradients and Adam's two moments, what
+    autograd keeps of a batch for backward (half under autocast), the batch itself. On the host: the sampler's
+    shuffled order (a permutation of int64 and its Python list: 16 bytes a sequence at least), the DataLoader's
+    workers, Moving MNIST's digit paths."""
     config = {**dataclasses.asdict(cfg), "in_chan": frame_shape[0]}
     channels, height, width = frame_shape
     if cfg.model == "openstl_convlstm" and (height % cfg.patch_size or width % cfg.patch_size):
@@ -245,18 +245,23 @@ def check_memory(cfg, device, frame_shape, sequences) -> None:
     layers = f", --num_layers {cfg.num_layers}" if cfg.model == "openstl_convlstm" else ""
     steps = cfg.n_steps_past + cfg.n_steps_ahead
     batch = 4 * cfg.batch_size * steps * channels * height * width
-    parts = {
+    on_device = {
         "weights and Adam's state": (f"--n_hidden_dim {cfg.n_hidden_dim}, --kernel_size {cfg.kernel_size}{layers}",
                                      4 * params),
         "activations": (f"{frames}, --batch_size {cfg.batch_size}, --n_hidden_dim {cfg.n_hidden_dim}",
-                        saved / (2 if cfg.amp in ("bf16", "fp16") else 1) + batch),
+                        saved / (2 if cfg.amp in ("bf16", "fp16") else 1) + batch)}
+    on_host = {
         "shuffled order": (f"--num_train {sequences}" if cfg.data is None else f"{sequences} training windows",
                            16 * sequences),
         "DataLoader workers": (f"--num_workers {cfg.num_workers}", WORKER_BYTES * cfg.num_workers)}
     if cfg.data is None:  # each generated sequence draws (num_digits, T, 2) int64 positions
-        parts["digit paths"] = (f"--num_digits {cfg.num_digits}", 16 * cfg.num_digits * steps * cfg.batch_size)
+        on_host["digit paths"] = (f"--num_digits {cfg.num_digits}", 16 * cfg.num_digits * steps * cfg.batch_size)
+    # A GPU's memory and the host's are two budgets; on the CPU they are one.
+    budgets = [(on_device, device), (on_host, torch.device("cpu"))] if device.type != "cpu" else \
+        [({**on_device, **on_host}, device)]
     try:
-        check_fits(parts, device, "a training step")
+        for parts, where in budgets:
+            check_fits(parts, where, "a training step")
     except BudgetError as error:
         raise TrainingError(str(error)) from None
 

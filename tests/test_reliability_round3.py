@@ -270,6 +270,21 @@ def test_absurd_sizes_are_refused_with_the_estimate_and_the_memory_available(tmp
     assert not (tmp_path / "run").exists(), line
 
 
+def test_a_gpu_and_its_host_are_two_memory_budgets(monkeypatch):
+    """The sampler's order lives on the host: 30 GiB of it fit a host of 64 GiB beside a GPU of 16 GiB."""
+    from convlstm import budget
+    from convlstm.training.config import parse_config, resolve_config
+
+    cfg = resolve_config(parse_config(TINY + ["--num_train", str(2 * 10**9)]), "cpu", False)
+    gib = {"cuda": 16 * 2**30, "cpu": 64 * 2**30}
+    monkeypatch.setattr(budget, "available_bytes", lambda device: gib[device.type])
+    train_script.check_memory(cfg, torch.device("cuda", 0), (1, 16, 16), 2 * 10**9)
+    gib["cpu"] = 16 * 2**30
+    with pytest.raises(train_script.TrainingError, match="--num_train 2000000000: a training step needs at least "
+                                                         r"29.8 GiB .* more than the 16.0 GiB available on cpu"):
+        train_script.check_memory(cfg, torch.device("cuda", 0), (1, 16, 16), 2 * 10**9)
+
+
 def test_predicting_absurdly_many_frames_is_refused_before_the_compute(tmp_path, capsys, trained):
     np.save(tmp_path / "it.npy", clips(2))
     assert predict("--checkpoint", trained, "--input", tmp_path / "it.npy", "--out", tmp_path / "pred", "--n_out",
