@@ -45,8 +45,9 @@ from convlstm.data import MovingMNIST, split_sequence
 from convlstm.data.sources import LAYOUTS, DataError, error_line, open_source, scan_source, usable
 from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
-from convlstm.load import load_model, override_config
-from convlstm.model import CONFIG_KEYS, forecast, model_config, model_from_config, model_name
+from convlstm.load import checked_config, load_model
+from convlstm.model import forecast, model_config, model_from_config
+from convlstm.models import get_spec
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.checkpoint import CheckpointError, check_weights, read_checkpoint
@@ -55,7 +56,7 @@ from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import SetupError, distributed, first_failure
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
-REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's CONFIG_KEYS
+REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's spec.config_keys
 BASELINES = ("last_frame", "zeros")
 DEFAULT_NUM_TEST = 10000  # the size of the standard test file, so generated results compare with it
 # The generated test split is the same for every checkpoint. train.py validates on the test split's sequences of
@@ -148,7 +149,7 @@ def load_checkpoint(path, channels=None, cell_output=None):
         raise EvalError(f"{path} is not a train.py checkpoint: expected a dict with a 'model' state_dict and a "
                         f"'config' dict, found {found}")
     try:
-        required = (*CONFIG_KEYS[model_name(ckpt["config"])], *REQUIRED_CONFIG)
+        required = (*get_spec(ckpt["config"].get("model")).config_keys, *REQUIRED_CONFIG)
     except ValueError as e:
         raise EvalError(f"checkpoint {path}: {e}") from None
     missing = [key for key in required if key not in ckpt["config"]]
@@ -158,7 +159,7 @@ def load_checkpoint(path, channels=None, cell_output=None):
     if not_tensors:
         raise EvalError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a tensor)")
     try:
-        config = override_config(ckpt["config"], path, channels, cell_output)
+        _, config = checked_config(ckpt["config"], path, channels, cell_output)
     except CheckpointError as e:
         raise EvalError(str(e)) from None
     return config, ckpt["model"], ckpt
@@ -174,7 +175,7 @@ def build_model(config, state_dict, backend, path, frame_shape=None):
     try:
         check_weights(model, state_dict, path)
     except CheckpointError as e:
-        shown = {k: config[k] for k in CONFIG_KEYS[model_name(config)]}
+        shown = {k: config[k] for k in get_spec(config.get("model")).config_keys}
         raise EvalError(f"{e} (its config: {shown})") from None
     model.load_state_dict(state_dict)
     return model

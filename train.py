@@ -1,8 +1,8 @@
 """Train a ConvLSTM on Moving MNIST or your own sequences: plain PyTorch, DistributedDataParallel, torch.amp.
 
-The model is the tutorial's EncoderDecoderConvLSTM (--model tutorial, the default) or OpenSTL's ConvLSTM
-(--model openstl_convlstm, --preset convlstm_s / convlstm_l), each trained with its own step
-(convlstm.training.objectives).
+The model is any registered one (convlstm.models: the tutorial's EncoderDecoderConvLSTM, the default; OpenSTL's
+ConvLSTM, --model openstl_convlstm, --preset convlstm_s / convlstm_l) or your own (--model FILE.py:Class), each
+trained with its spec's objective.
 
     python train.py --run_dir runs/demo ...                               # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=8 train.py --run_dir runs/a    # one machine, 8 processes
@@ -43,13 +43,14 @@ from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
 from convlstm.load import load_model
 from convlstm.model import forecast, model_from_config
+from convlstm.models import make_objective, model_spec
 from convlstm.ops.lstm_gates.backends import resolve
 from convlstm.training.amp import NonFiniteWatch, Precision, SkippedSteps
 from convlstm.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, check_weights, checkpoint_dir, choose_start,
                                  is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint, saved_config,
                                  sweep_temp_files, write_config, write_elastic_run_id)
 from convlstm.checkpoint import restore as restore_state
-from convlstm.training.config import MODEL_FIELDS, parse_config, resolve_config, with_defaults
+from convlstm.training.config import parse_config, resolve_config, with_defaults
 from convlstm.training.datasets import build_datasets
 from convlstm.training.distributed import (ResumableSampler, SetupError, all_ranks, all_reduce, broadcast_object,
                                            distributed, kill_self, parse_fault, restart_count, start_epoch)
@@ -57,7 +58,6 @@ from convlstm.training.lock import lock_run_dir
 from convlstm.training.logs import (LOG_FILE, PICTURE_FILE, TENSORBOARD_DIR, Reporter, close_logger, log_to_file,
                                    make_logger, start_tensorboard_server)
 from convlstm.training.memory_format import MemoryFormat
-from convlstm.training.objectives import make_objective, sampling_eta
 from convlstm.training.preemption import (StopSignals, Stopped, exit_code, ignore_stop_signals,
                                           stop_workers_at_exit)
 from convlstm.training.schedule import advance, build_scheduler
@@ -169,7 +169,7 @@ def start_state(cfg, info, warnings: list):
 
 def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameters, device, objective, step):
     """Optimizer step `step` (0-based) on the cfg.grad_accum micro-batches `batches` ((b, T, C, H, W) each), each
-    micro-batch's loss the model's objective (convlstm.training.objectives).
+    micro-batch's loss the model's objective (its spec's: convlstm.models).
 
     Each micro-batch's mean loss is divided by their number N before its backward, so the gradients add up to those of
     the mean over all N*b sequences: N micro-batches of b step as one batch of N*b does. Under DDP (`ddp`, else None)
@@ -192,9 +192,10 @@ def train_step(model, ddp, batches, cfg, precision, layout, optimizer, parameter
 def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
     """Resume from a checkpoint (convlstm.checkpoint.restore) once its config agrees with this run's on the model's
     fields; the flags that changed are logged. The caller then places the schedule at the checkpoint's step."""
-    saved = with_defaults(state["config"])  # a checkpoint older than a field has its default
+    spec = model_spec(cfg.model)
+    saved = with_defaults(state["config"], spec)  # a checkpoint older than a field has its default
     mismatched = [f"--{name} {saved.get(name)!r} (this run: {getattr(cfg, name)!r})"
-                  for name in MODEL_FIELDS[cfg.model] if saved.get(name) != getattr(cfg, name)]
+                  for name in ("model", "in_chan", *spec.weight_fields) if saved.get(name) != getattr(cfg, name)]
     if mismatched:
         raise TrainingError("the checkpoint's model was built with " + ", ".join(mismatched)
                             + ": pass the same values to resume, or choose another --run_dir")
@@ -207,12 +208,14 @@ def restore(state, cfg, model, optimizer, precision, objective, log) -> None:
 
 def load_initial_weights(model, cfg) -> str:
     """Load --init_weights into the fresh model; returns what was loaded, for the log. Any checkpoint
-    convlstm.load_model reads (OpenSTL's own files with this run's channels and cell_output); its weights must
-    have the keys and shapes of the model these flags build (convlstm.checkpoint.check_weights)."""
-    openstl = cfg.model == "openstl_convlstm"
+    convlstm.load_model reads (OpenSTL's own files with this run's channels and cell_output: the spec's
+    load_options); its weights must have the keys and shapes of the model these flags build
+    (convlstm.checkpoint.check_weights)."""
+    spec = model_spec(cfg.model)
+    options = {name: getattr(cfg, name) for name in spec.load_options}
     try:
-        source = load_model(cfg.init_weights, backend="torch", channels=cfg.in_chan if openstl else None,
-                            cell_output=cfg.cell_output if openstl else None)
+        source = load_model(cfg.init_weights, backend="torch", channels=cfg.in_chan,
+                            model_class=spec.model_class if spec.plugin else None, **options)
         theirs = source.state_dict()
         check_weights(model, theirs, cfg.init_weights)
     except CheckpointError as error:
@@ -234,20 +237,17 @@ def check_memory(cfg, device, frame_shape, sequences) -> None:
     workers, Moving MNIST's digit paths."""
     config = {**dataclasses.asdict(cfg), "in_chan": frame_shape[0]}
     channels, height, width = frame_shape
-    if cfg.model == "openstl_convlstm" and (height % cfg.patch_size or width % cfg.patch_size):
-        return  # make_data refuses these frames next
     try:
         params, saved = training_bytes(config, frame_shape, cfg.batch_size)
-    except (RuntimeError, ValueError):  # a model these values cannot build: building it says why
+    except (RuntimeError, ValueError):  # a model these values or frames cannot build: make_data says why
         return
     frames = f"--resize {cfg.resize}" if cfg.resize else f"--image_size {cfg.image_size}" if cfg.data is None \
         else f"frames of {height}x{width}"
-    layers = f", --num_layers {cfg.num_layers}" if cfg.model == "openstl_convlstm" else ""
+    shape = ", ".join(f"--{name} {getattr(cfg, name)}" for name in model_spec(cfg.model).weight_fields)
     steps = cfg.n_steps_past + cfg.n_steps_ahead
     batch = 4 * cfg.batch_size * steps * channels * height * width
     on_device = {
-        "weights and Adam's state": (f"--n_hidden_dim {cfg.n_hidden_dim}, --kernel_size {cfg.kernel_size}{layers}",
-                                     4 * params),
+        "weights and Adam's state": (shape, 4 * params),
         "activations": (f"{frames}, --batch_size {cfg.batch_size}, --n_hidden_dim {cfg.n_hidden_dim}",
                         saved / (2 if cfg.amp in ("bf16", "fp16") else 1) + batch)}
     on_host = {
@@ -282,9 +282,11 @@ def make_data(cfg, info, train_set=None, val_set=None):
                             f"SSIM with: --resize them to at least {SSIM_WINDOW}x{SSIM_WINDOW}")
     if cfg.in_chan is not None and cfg.in_chan != frame_shape[0]:
         raise TrainingError(f"the data has {frame_shape[0]} channel(s) but --in_chan is {cfg.in_chan}")
-    if cfg.model == "openstl_convlstm" and (frame_shape[1] % cfg.patch_size or frame_shape[2] % cfg.patch_size):
-        raise TrainingError(f"frames of {frame_shape[1]}x{frame_shape[2]} do not divide into --patch_size "
-                            f"{cfg.patch_size} patches: pick a patch size that divides both, or --resize")
+    try:  # the model's own frame rules (its spec's build), on the meta device: no memory
+        with torch.device("meta"):
+            model_from_config({**dataclasses.asdict(cfg), "in_chan": frame_shape[0]}, "torch", frame_shape)
+    except ValueError as error:
+        raise TrainingError(f"{error}: pick model flags that fit these frames, or --resize") from None
     return dataclasses.replace(cfg, in_chan=frame_shape[0]), (train_set, val_set), frame_shape, described
 
 
@@ -378,9 +380,9 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             log.info(f"--resume: no checkpoint in {checkpoint_dir(cfg.run_dir)} yet, starting fresh")
     model, ddp = raw_model, None
     if info.is_distributed:
-        # OpenSTL's model holds convolutions its forward never uses (conv_o, the cells' conv_last), as OpenSTL's.
+        # Some models hold parameters their forward never uses (OpenSTL's conv_o and the cells' conv_last).
         model = ddp = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=cfg.model == "openstl_convlstm")
+                                              find_unused_parameters=model_spec(cfg.model).unused_parameters)
     if cfg.compile:
         model = torch.compile(model)
     parameters = list(raw_model.parameters())
@@ -463,7 +465,7 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
 
             if step % cfg.log_every == 0 or last_step:
                 stop_if_not_finite()
-                reporter.report(step, epoch, lr, all_reduce, sampling_eta(objective))
+                reporter.report(step, epoch, lr, all_reduce, objective.logged_eta())
             if (step % cfg.image_every == 0 or last_step) and info.is_main:
                 # The test-time forecast of a training sequence (OpenSTL's training step was fed true frames)
                 with torch.no_grad():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import convlstm.cell
-import convlstm.model
+import convlstm.models.tutorial
 import convlstm.ops.conv_cat
 from convlstm.memory import peak_mem_mb, saved_bytes
 from convlstm import ConvLSTMCell, EncoderDecoderConvLSTM, lstm_gates
@@ -106,7 +106,7 @@ def test_encoder_decoder_saved_bytes(device, backend, amp, monkeypatch):
     autocast, bf16 copies of the weights; the head (conv_frame) keeps no second copy of the decoder's frames."""
     eager = model_saved_bytes("torch", device, amp)
     fused = model_saved_bytes(backend, device, amp)
-    monkeypatch.setattr(convlstm.model, "conv_frame_applies", lambda conv, inputs: False)  # the tutorial's head
+    monkeypatch.setattr(convlstm.models.tutorial, "conv_frame_applies", lambda conv, inputs: False)  # the tutorial's head
     fused_stacking = model_saved_bytes(backend, device, amp)
     monkeypatch.setattr(convlstm.cell, "conv_cat", convlstm.ops.conv_cat.conv_cat_ref)
     fused_concatenating = model_saved_bytes(backend, device, amp)
@@ -145,7 +145,7 @@ def test_encoder_decoder_step_peak(device, backend, amp, monkeypatch, one_cpu_th
     share of a GPU's peak is bench_memory's to measure (its allocator rounds blocks, cuDNN adds workspaces)."""
     eager = model_step_peak_mb("torch", amp)
     fused = model_step_peak_mb(backend, amp)
-    monkeypatch.setattr(convlstm.model, "conv_frame_applies", lambda conv, inputs: False)  # the tutorial's head
+    monkeypatch.setattr(convlstm.models.tutorial, "conv_frame_applies", lambda conv, inputs: False)  # the tutorial's head
     fused_stacking = model_step_peak_mb(backend, amp)
     assert fused < fused_stacking < eager
     assert fused <= MODEL_PEAK_SHARE * eager, f"{fused / eager:.3f} of eager"

@@ -136,7 +136,7 @@ def test_load_model_bad_openstl_input_is_one_line(tmp_path, case):
         options, match = {"channels": 3}, "its model takes 1-channel frames, not 3"
     elif case == "cell_output_of_tutorial":
         torch.save(model_from_config(TUTORIAL).state_dict(), path)
-        options, match = {"cell_output": "g"}, "cell_output is an option of OpenSTL's ConvLSTM"
+        options, match = {"cell_output": "g"}, "cell_output is an option of the openstl_convlstm model, and this is the tutorial model"
     else:
         torch.save({k: v for k, v in weights.items() if k != "conv_last.weight"}, path)
         match = "weights do not fit the model: missing conv_last.weight"

@@ -9,7 +9,8 @@ import torch
 import openstl_reference as ref
 from convlstm.model import model_from_config
 from convlstm.training.config import parse_config
-from convlstm.training.objectives import OpenSTLObjective, make_objective
+from convlstm.models import make_objective
+from convlstm.models.openstl_convlstm import OpenSTLObjective
 from helpers import assert_same_weights, default_dtype, single_process_group, train_script
 
 # 16x16 frames in 4x4 patches (a 4x4 grid of 16 channels), two layers of 4; 24 sequences, 2 per micro-batch,
@@ -136,7 +137,7 @@ def test_a_preset_run_resumes_with_its_saved_values(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--patch_size", "2"], "--patch_size 2: applies to --model openstl_convlstm only"),
-    (["--preset", "convlstm_s", "--model", "tutorial"], "--preset 'convlstm_s': is OpenSTL's recipe"),
+    (["--preset", "convlstm_s", "--model", "tutorial"], "--preset 'convlstm_s': is the recipe of --model openstl_convlstm"),
     (["--model", "openstl_convlstm", "--image_size", "30"], "--patch_size 4: must divide --image_size 30"),
     (["--model", "openstl_convlstm", "--peephole"], "--peephole True: applies to --model tutorial only"),
     (["--model", "openstl_convlstm", "--cell_output", "g", "--backend", "triton"],

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,9 +21,8 @@ from ..budget import oversized_int
 from ..checkpoint import CheckpointError
 from ..data.moving_mnist import GENERATORS
 from ..data.sources import LAYOUTS
-from ..model import MODELS, preset_config
-from ..openstl import CELL_OUTPUTS, PRESETS
-from ..ops.lstm_gates.backends import BACKENDS, FUSED
+from ..models import REGISTRY, ModelSpec, PluginError, get_spec, is_plugin_name, model_spec
+from ..ops.lstm_gates.backends import BACKENDS
 from .schedule import SCHEDULES as LR_SCHEDULES
 from .schedule import highest_lr
 
@@ -34,8 +34,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # The --help groups, in the order --help lists them, each with the line it shows under its title.
 GROUPS = {
     "data": "Moving MNIST generated on the fly, or your own sequences with --data",
-    "model": "the tutorial's EncoderDecoderConvLSTM or OpenSTL's ConvLSTM (--model openstl_convlstm, --preset "
-             "convlstm_s / convlstm_l) and the gate kernels; a resumed run must keep the fields that shape the model",
+    "model": "a registered model (--model; the tutorial's is the default) or your own (--model FILE.py:Class), and "
+             "the gate kernels; a resumed run must keep the fields that shape the model. Each model's own flags "
+             "follow the common ones",
     "optimisation": "Adam, the learning-rate schedule over the run's optimizer steps, batches, precision",
     "run": "the run directory, its length, checkpoints and the --config file",
     "distributed": "torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; every process takes --batch_size sequences per "
@@ -85,25 +86,16 @@ class Config:
                           choices=GENERATORS)
     num_workers: int = _arg("data", 2, "DataLoader worker processes per rank (0: load in the training process)")
     # Model.
-    model: str = _arg("model", "tutorial", "tutorial: the tutorial's encoder-decoder (2 + 2 cells, a Conv3d head); "
-                                           "openstl_convlstm: OpenSTL's ConvLSTM (a stack of --num_layers cells on "
-                                           "--patch_size patches, teacher forcing with scheduled sampling, the loss "
-                                           "over all predicted frames, inputs included)", choices=MODELS)
-    preset: Optional[str] = _arg("model", None, "OpenSTL's Moving MNIST recipe: --model openstl_convlstm, 4 layers "
-                                                "of 128 (convlstm_s) or 192 (convlstm_l), kernel 5, patch 4, 64x64, "
-                                                "lr 5e-4 onecycle, batch 16, beta_2 0.999, 200 epochs; flags and "
-                                                "--config override its values", choices=tuple(PRESETS))
+    model: str = _arg("model", "tutorial", "the model: a registered name (listed below with its own flags), or "
+                                           "your own @convlstm.models.register_model class as FILE.py:Class or "
+                                           "package.module:Class")
+    preset: Optional[str] = _arg("model", None, "a model's published recipe (OpenSTL's Moving MNIST ones: "
+                                                "convlstm_s / convlstm_l, --model openstl_convlstm, 4 layers of 128 "
+                                                "or 192, kernel 5, patch 4, 64x64, lr 5e-4 onecycle, batch 16, "
+                                                "beta_2 0.999, 200 epochs); it picks the model; flags and --config "
+                                                "override its values")
     n_hidden_dim: int = _arg("model", 64, "hidden channels of every ConvLSTM cell")
     kernel_size: int = _arg("model", 3, "ConvLSTM kernel size (odd)")
-    peephole: bool = _arg("model", False, "tutorial: add the peephole terms of Shi et al. (2015) to every cell")
-    num_layers: int = _arg("model", 4, "openstl_convlstm: stacked ConvLSTM cells")
-    patch_size: int = _arg("model", 4, "openstl_convlstm: frames become (H/p, W/p) grids of p*p*C channels (64x64x1 "
-                                       "-> 16x16x16 at 4); H and W must divide by it")
-    layer_norm: bool = _arg("model", False, "openstl_convlstm: LayerNorm after each convolution (its weights fix the "
-                                            "frame size)")
-    cell_output: str = _arg("model", "tanh_c", "openstl_convlstm: h = o * tanh(c) (OpenSTL today), or g: h = o * g, "
-                                               "OpenSTL v0.2.0's cell behind its published rows (backend torch only)",
-                            choices=CELL_OUTPUTS)
     in_chan: Optional[int] = _arg("model", None, "channels of the frames, in and out (default: the data's; Moving "
                                                  "MNIST: 1)")
     backend: str = _arg("model", "auto", "gate kernel backend", choices=BACKENDS)
@@ -144,21 +136,6 @@ class Config:
                     choices=AMP_MODES)
     use_amp: Optional[bool] = _arg("optimisation", None, "the tutorial's flag: True means --amp fp16 on CUDA, bf16 "
                                                          "on the CPU; False means --amp none. Prefer --amp")
-    scheduled_sampling: bool = _arg("optimisation", True, "openstl_convlstm: after the inputs, feed each step the "
-                                                          "true frame with probability eta, else the model's own "
-                                                          "output; eta starts at 1 and falls by "
-                                                          "--sampling_changing_rate per step (OpenSTL's). False: "
-                                                          "always the model's own output")
-    sampling_stop_iter: int = _arg("optimisation", 50000, "openstl_convlstm: the step from which eta is 0")
-    sampling_changing_rate: float = _arg("optimisation", 2e-5, "openstl_convlstm: eta's fall per optimizer step")
-    reverse_scheduled_sampling: bool = _arg("optimisation", False, "openstl_convlstm: OpenSTL's reverse scheduled "
-                                                                   "sampling (input frames too are replaced by "
-                                                                   "the model's output, less and less often, between "
-                                                                   "--r_sampling_step_1 and _2)")
-    r_sampling_step_1: int = _arg("optimisation", 25000, "reverse scheduled sampling: the step its ramps start")
-    r_sampling_step_2: int = _arg("optimisation", 50000, "reverse scheduled sampling: the step its ramps end")
-    r_exp_alpha: float = _arg("optimisation", 5000.0, "reverse scheduled sampling: the time constant in steps of "
-                                                      "the input frames' exponential ramp")
     max_skipped_steps: int = _arg("optimisation", 50, "fp16: stop when the GradScaler has skipped more than this "
                                                       "many steps in a row (inf or nan gradients each time; a "
                                                       "healthy run skips a few while its scale settles); 0: never "
@@ -191,25 +168,6 @@ class Config:
 
 
 DEFAULTS = dataclasses.asdict(Config())
-# Fields that only OpenSTL's model reads: another value with the tutorial's model is an error, not ignored.
-OPENSTL_FIELDS = ("num_layers", "patch_size", "layer_norm", "cell_output", "scheduled_sampling",
-                  "sampling_stop_iter", "sampling_changing_rate", "reverse_scheduled_sampling", "r_sampling_step_1",
-                  "r_sampling_step_2", "r_exp_alpha")
-
-
-def preset_values(name: str) -> dict:
-    """The flag values of --preset `name`: OpenSTL's configs/mmnist/ConvLSTM(-L).py (convlstm.openstl.PRESETS) as
-    this toolkit's fields. OpenSTL's Adam has torch's default betas, hence beta_2 0.999."""
-    preset = PRESETS[name]
-    values = preset_config(name)
-    values.update(lr=preset["lr"], batch_size=preset["batch_size"], epochs=preset["epoch"],
-                  lr_schedule=preset["sched"], onecycle_final_div=float(preset["final_div_factor"]), beta_2=0.999,
-                  scheduled_sampling=bool(preset["scheduled_sampling"]),
-                  sampling_stop_iter=preset["sampling_stop_iter"],
-                  sampling_changing_rate=preset["sampling_changing_rate"],
-                  r_sampling_step_1=preset["r_sampling_step_1"], r_sampling_step_2=preset["r_sampling_step_2"],
-                  r_exp_alpha=float(preset["r_exp_alpha"]))
-    return values
 
 
 def _to_bool(text: str) -> bool:
@@ -232,21 +190,55 @@ def _base_type(f: dataclasses.Field) -> tuple[str, bool]:
     return (f.type[len("Optional["):-1] if optional else f.type), optional
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per Config field, in GROUPS' argument groups, and --config. Boolean flags accept `--flag` alone or
-    `--flag True/False` (the tutorial's style)."""
+_CLASSES: dict = {}  # id(spec) -> (spec, its Config class): one class per spec, kept alive with it
+
+
+def config_class(spec: ModelSpec) -> type:
+    """Config with the model's own fields (spec.fields) after the common ones: parse_config's result for that model,
+    so cfg.patch_size exists for OpenSTL's model and not for the tutorial's."""
+    if not spec.fields:
+        return Config
+    if id(spec) in _CLASSES:
+        return _CLASSES[id(spec)][1]
+    own = [(name, f"Optional[{f.type_name()}]" if f.default is None else f.type_name(),
+            _arg(f.group, f.default, f.help, **({"choices": f.choices} if f.choices else {})))
+           for name, f in spec.fields.items()]
+    cls = dataclasses.make_dataclass(f"Config_{spec.model_class.__name__}", own, bases=(Config,))
+    _CLASSES[id(spec)] = (spec, cls)
+    return cls
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in each flag's help, and the epilog's list of models as written."""
+
+
+def _models_epilog() -> str:
+    lines = ["models (--model NAME) and their own flags (train.py --model NAME --help shows them in full):"]
+    for spec in REGISTRY.values():
+        flags = ", ".join(f"--{name}" for name in spec.fields) or "none"
+        lines.append(f"  {spec.name}: {spec.summary}; flags: {flags}")
+    return "\n".join(lines)
+
+
+def build_parser(spec: ModelSpec | None = None) -> argparse.ArgumentParser:
+    """One flag per field of the model's Config (config_class(spec); the tutorial's by default), in GROUPS'
+    argument groups, and --config. Boolean flags accept `--flag` alone or `--flag True/False` (the tutorial's
+    style)."""
+    spec = spec or get_spec(None)
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train the tutorial's or OpenSTL's ConvLSTM on Moving MNIST or your own sequences (torchrun "
-                    "for several processes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        description="Train a ConvLSTM (the tutorial's, OpenSTL's or your own) on Moving MNIST or your own sequences "
+                    "(torchrun for several processes).",
+        epilog=_models_epilog(), formatter_class=_HelpFormatter, allow_abbrev=False)
     groups = {title: parser.add_argument_group(title, description) for title, description in GROUPS.items()}
-    for f in dataclasses.fields(Config):
+    for f in dataclasses.fields(config_class(spec)):
         kwargs = {k: v for k, v in f.metadata.items() if k != "group"}
         names = (f"--{f.name}", *kwargs.pop("aliases", ()))
         kind, _ = _base_type(f)
         if kind == "bool":
             kwargs.update(nargs="?", const=True)
+        if f.name in spec.fields:
+            kwargs["help"] = f"{spec.name}: {kwargs['help']}"
         groups[f.metadata["group"]].add_argument(*names, type=_PARSE[kind], default=f.default, **kwargs)
     groups["run"].add_argument("--config", metavar="FILE.json",
                                help="a JSON object of these flags' values without the dashes, e.g. {\"lr\": 3e-4, "
@@ -258,9 +250,8 @@ class ConfigError(ValueError):
     """A flag value that cannot work; the message names the flag and the value."""
 
 
-def read_config_file(path: str) -> dict:
-    """The {field: value} of a --config JSON file, each checked against its field's type and choices. Raises
-    ConfigError naming the file and the key: an unknown key, a value of the wrong type."""
+def read_json(path: str) -> dict:
+    """The JSON object of a --config file. ConfigError naming the file otherwise."""
     try:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
@@ -273,20 +264,43 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path}: not JSON ({error})") from error
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected one JSON object of train.py's flags, e.g. {{\"lr\": 3e-4}}")
-    unknown = [key for key in values if key not in DEFAULTS]
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r} (the keys are train.py's flag names without "
-                          "the dashes)")
-    return checked_values(values, f"--config {path}")
+    return values
 
 
-def checked_values(values: dict, where: str) -> dict:
-    """`values` ({field: value}, JSON's types: a --config file's, or a checkpoint's saved config) with each known
-    field's value checked against its type and choices (floats given as ints made floats); keys that are no field
-    are left as they are. ConfigError names `where` and the key."""
+def read_config_file(path: str, spec: ModelSpec | None = None, values: dict | None = None) -> dict:
+    """The {field: value} of a --config JSON file for the model of `spec`, each checked against its field's type
+    and choices. Another registered model's key at that model's default is left out (train.py's config.json held
+    every model's fields); raises ConfigError naming the file and the key for any other unknown key, a value of the
+    wrong type, another model's key with another value."""
+    spec = spec or get_spec(None)
+    values = read_json(path) if values is None else values
+    known = {f.name for f in dataclasses.fields(config_class(spec))}
+    kept = {}
+    for key, value in values.items():
+        if key in known:
+            kept[key] = value
+            continue
+        owner = _owner(key, spec)
+        if owner is None:
+            raise ConfigError(f"--config {path}: unknown key {key!r} (the keys are train.py's flag names without "
+                              "the dashes)")
+        if value != owner.fields[key].default:
+            raise ConfigError(f"--{key} {value!r}: applies to --model {owner.name} only")
+    return checked_values(kept, f"--config {path}", config_class(spec))
+
+
+def _owner(key: str, spec: ModelSpec) -> ModelSpec | None:
+    """The other registered model whose own field `key` is."""
+    return next((other for other in REGISTRY.values() if other is not spec and key in other.fields), None)
+
+
+def checked_values(values: dict, where: str, cls: type = None) -> dict:
+    """`values` ({field: value}, JSON's types: a --config file's, or a checkpoint's saved config) with each field of
+    `cls` (a Config class; Config's common fields by default) checked against its type and choices (floats given as
+    ints made floats); keys that are no field are left as they are. ConfigError names `where` and the key."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a dict of train.py's flags, got a {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    fields = {f.name: f for f in dataclasses.fields(cls or Config)}
     for key, value in values.items():
         if key not in fields:
             continue
@@ -305,29 +319,39 @@ def checked_values(values: dict, where: str) -> dict:
 _NOT_GIVEN = object()
 
 
-def given_values(argv, parser: argparse.ArgumentParser) -> dict:
-    """{field: value} the user gave: the --config file's values, then the flags typed in `argv` over them. Flags left
-    out are absent (argparse's defaults are not values given). Bad flags and files exit with status 2."""
-    fields = [f.name for f in dataclasses.fields(Config)]
+def typed_values(argv, parser: argparse.ArgumentParser, spec: ModelSpec) -> dict:
+    """{field: value} of the flags typed in `argv` (argparse's defaults are not values given; --config's path under
+    "config"). A flag of another registered model's is refused by name; bad flags exit with status 2."""
+    fields = [action.dest for action in parser._actions if action.dest != "help"]
     # argparse sets a flag's default only on a namespace that lacks the attribute: a typed flag replaces the marker.
-    namespace = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(fields + ["config"], _NOT_GIVEN)))
-    typed = {name: value for name, value in vars(namespace).items() if value is not _NOT_GIVEN}
-    path = typed.pop("config", None)
-    try:
-        from_file = read_config_file(path) if path is not None else {}
-    except ConfigError as error:
-        parser.error(str(error))
-    return {**from_file, **typed}
+    namespace, extra = parser.parse_known_args(argv, argparse.Namespace(**dict.fromkeys(fields, _NOT_GIVEN)))
+    for k, token in enumerate(extra):
+        owner = _owner(token[2:], spec) if token.startswith("--") else None
+        if owner is not None:
+            field_ = owner.fields[token[2:]]
+            text = extra[k + 1] if k + 1 < len(extra) and not extra[k + 1].startswith("--") else None
+            value = True if text is None and field_.type_name() == "bool" else text
+            try:
+                value = _PARSE[field_.type_name()](value) if value is not None and text is not None else value
+            except (ValueError, argparse.ArgumentTypeError):
+                pass
+            parser.error(f"--{token[2:]} {value!r}: applies to --model {owner.name} only")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return {name: value for name, value in vars(namespace).items() if value is not _NOT_GIVEN}
 
 
-def with_defaults(saved: dict) -> dict:
-    """A saved config (a checkpoint's) as a full set of fields: the defaults for fields it predates; keys no longer
-    fields dropped."""
-    return {**DEFAULTS, **{name: value for name, value in saved.items() if name in DEFAULTS}}
+def with_defaults(saved: dict, spec: ModelSpec | None = None) -> dict:
+    """A saved config (a checkpoint's) as a full set of its model's fields (spec: the saved model's by default): the
+    defaults for fields it predates; keys no longer fields (another model's) dropped."""
+    spec = spec or get_spec(saved.get("model"))
+    defaults = dataclasses.asdict(config_class(spec)())
+    return {**defaults, **{name: value for name, value in saved.items() if name in defaults}}
 
 
 def check_config(cfg: Config) -> None:
-    """Raise ConfigError for the first value that cannot work."""
+    """Raise ConfigError for the first value that cannot work: the common rules, then the model's own
+    (its spec's check)."""
     def need(ok, flag, rule):
         if not ok:
             raise ConfigError(f"--{flag} {getattr(cfg, flag)!r}: {rule}")
@@ -359,70 +383,135 @@ def check_config(cfg: Config) -> None:
     need(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, "kernel_size", "must be odd and positive")
     need(cfg.in_chan is None or cfg.in_chan >= 1, "in_chan", "must be at least 1")
     need(0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)")
-    need(cfg.stride >= 0, "stride", "must be >= 0 (0: windows of n_in + n_out frames without overlap)")
+    need(cfg.stride >= 0, "stride", "must be >= 0 (0: windows of n_in + n_out without overlap)")
     need(cfg.amp in AMP_MODES, "amp", f"must be one of {', '.join(AMP_MODES)}")
     need(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
     need(cfg.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
     need(bool(cfg.run_dir), "run_dir", "must name a directory")
-    need(cfg.model in MODELS, "model", f"must be one of {', '.join(MODELS)}")
-    need(cfg.preset is None or cfg.model == "openstl_convlstm", "preset",
-         "is OpenSTL's recipe for --model openstl_convlstm")
-    if cfg.model == "tutorial":
-        for flag in OPENSTL_FIELDS:
-            need(getattr(cfg, flag) == DEFAULTS[flag], flag, "applies to --model openstl_convlstm only")
-    else:
-        need(not cfg.peephole, "peephole", "applies to --model tutorial only (OpenSTL's cell has no peephole)")
-        for flag in ("num_layers", "patch_size"):
-            need(getattr(cfg, flag) >= 1, flag, "must be at least 1")
-        need(cfg.data is not None or cfg.image_size % cfg.patch_size == 0, "patch_size",
-             f"must divide --image_size {cfg.image_size}")
-        need(cfg.cell_output != "g" or cfg.backend not in FUSED, "cell_output",
-             f"g runs on --backend torch or auto only: the {cfg.backend} kernels compute h = o * tanh(c)")
-        need(cfg.sampling_stop_iter >= 0, "sampling_stop_iter", "must be >= 0")
-        need(math.isfinite(cfg.sampling_changing_rate) and cfg.sampling_changing_rate >= 0, "sampling_changing_rate",
-             "must be a finite number >= 0")
-        need(0 <= cfg.r_sampling_step_1 <= cfg.r_sampling_step_2, "r_sampling_step_1",
-             f"must be in [0, --r_sampling_step_2 {cfg.r_sampling_step_2}]")
-        need(math.isfinite(cfg.r_exp_alpha) and cfg.r_exp_alpha > 0, "r_exp_alpha", "must be a positive number")
+    spec = model_spec(cfg.model)
+    need(cfg.preset is None or cfg.preset in spec.presets, "preset",
+         f"is the recipe of --model {preset_owner(cfg.preset).name}" if cfg.preset in all_presets() else
+         f"must be one of {', '.join(all_presets())}")
+    problem = spec.check(cfg) if spec.check else None
+    if problem:
+        need(False, *problem)
     if cfg.use_amp is not None and cfg.amp != "auto":
         wanted = "none" if not cfg.use_amp else ("fp16", "bf16")
         if cfg.amp not in wanted:
             raise ConfigError(f"--use_amp {cfg.use_amp} contradicts --amp {cfg.amp}: give only --amp")
 
 
-def parse_config(argv=None, saved_config=None) -> Config:
-    """Parse `argv` (default sys.argv[1:]) into a checked Config; unknown flags, unknown --config keys and bad values
-    exit with status 2.
+def all_presets() -> list:
+    return [name for spec in REGISTRY.values() for name in spec.presets]
 
-    saved_config(run_dir), when given, is called for a --resume: it returns the config dict saved in the checkpoint
-    the run will continue from (None if there is none), whose values then replace the defaults, so that
-    `train.py --run_dir R --resume` alone continues with the saved values; a saved value of the wrong type is a
-    CheckpointError, a --model other than the saved one a flag error naming both. The --config file and typed flags override
-    them; train.py warns about the values that changed and refuses a changed model.
-    """
-    parser = build_parser()
-    given = given_values(argv, parser)
+
+def preset_owner(name) -> ModelSpec | None:
+    return next((spec for spec in REGISTRY.values() if name in spec.presets), None)
+
+
+def _early_values(argv) -> dict:
+    """The flags that decide the model, read before the model's own flags are known (typed, as text): --model,
+    --preset, --config, --resume, --run_dir."""
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in ("--model", "--preset", "--config", "--run_dir"):
+        early.add_argument(name)
+    early.add_argument("--resume", nargs="?", const="True")
+    try:
+        values, _ = early.parse_known_args(argv)
+    except SystemExit:  # a flag without its value: the full parser says so
+        return {}
+    return {name: value for name, value in vars(values).items() if value is not None}
+
+
+def choose_model(argv, saved_config, parser) -> tuple[ModelSpec, dict, dict | None]:
+    """(the run's model spec, the --config file's raw values, the saved config of the checkpoint a --resume
+    continues, checked, or None). The model is, first found: --model as typed (a plug-in is imported here, the only
+    code that ever is), the --config file's, the checkpoint's on --resume, the --preset's, the tutorial's. A --config
+    file or a checkpoint that names a plug-in the user did not type is refused: no code named in a file runs."""
+    early = _early_values(argv)
+    try:
+        from_file = read_json(early["config"]) if "config" in early else {}
+    except ConfigError as error:
+        parser.error(str(error))
+    typed = early.get("model")
+    if typed is not None:
+        if not is_plugin_name(typed) and typed not in REGISTRY:
+            parser.error(f"argument --model: invalid choice: {typed!r} (choose from {', '.join(REGISTRY)}, or "
+                         "FILE.py:Class)")
+        try:
+            model_spec(typed)
+        except PluginError as error:
+            parser.error(str(error))
+    named = typed if typed is not None else from_file.get("model")
+    if typed is None and named is not None and (not isinstance(named, str) or named not in REGISTRY):
+        parser.error(f"--config {early['config']}: model {named!r} is not a registered model" +
+                     (f"; a plug-in is imported only when typed: pass --model {named}" if is_plugin_name(named)
+                      else f" ({', '.join(REGISTRY)})"))
     saved = None
-    if saved_config is not None and given.get("resume"):
-        run_dir = given.get("run_dir", DEFAULTS["run_dir"])
+    resume = early.get("resume", from_file.get("resume", False))
+    if saved_config is not None and resume not in (False, None) and str(resume).lower() not in (
+            "0", "false", "no", "n", "off"):
+        run_dir = early.get("run_dir", from_file.get("run_dir", DEFAULTS["run_dir"]))
         saved = saved_config(run_dir)
         try:
             saved = None if saved is None else checked_values(saved, f"the config saved in {run_dir}'s checkpoint")
         except ConfigError as error:  # not a flag's fault: exit 1, as for any unusable checkpoint
             raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
                                   "--run_dir") from None
-        if saved is not None and "model" in given and given["model"] != saved.get("model", "tutorial"):
-            parser.error(f"--model {given['model']}: the checkpoint in {run_dir} holds a "
-                         f"{saved.get('model', 'tutorial')} model; resume with it (leave --model out), or choose "
-                         "another --run_dir")
-    base = with_defaults(saved) if saved is not None else DEFAULTS
+        if saved is not None:
+            theirs = saved.get("model", "tutorial")
+            if named is not None and named != theirs:
+                parser.error(f"--model {named}: the checkpoint in {run_dir} holds a {theirs} model; resume with it "
+                             "(leave --model out), or choose another --run_dir")
+            if named is None and is_plugin_name(theirs):
+                parser.error(f"the checkpoint in {run_dir} holds the plug-in model {theirs}, whose code is imported "
+                             f"only when typed: resume with --model {theirs}")
+            named = theirs
+    preset = early.get("preset", from_file.get("preset"))
+    if named is None and preset_owner(preset) is not None:
+        named = preset_owner(preset).name
+    try:
+        return model_spec(named if named is not None else "tutorial"), from_file, saved
+    except ValueError as error:  # a saved model no longer registered
+        raise CheckpointError(f"the checkpoint's {error}") from None
+
+
+def parse_config(argv=None, saved_config=None) -> Config:
+    """Parse `argv` (default sys.argv[1:]) into a checked Config of the run's model (config_class); unknown flags,
+    unknown --config keys and bad values exit with status 2.
+
+    Two stages: choose_model reads what decides the model (--model, --config's "model", the checkpoint on --resume,
+    --preset), then the model's parser reads every flag. saved_config(run_dir), when given, is called for a
+    --resume: it returns the config dict saved in the checkpoint the run will continue from (None if there is none),
+    whose values then replace the defaults, so that `train.py --run_dir R --resume` alone continues with the saved
+    values; a saved value of the wrong type is a CheckpointError, a --model other than the saved one a flag error
+    naming both. The --config file and typed flags override them; train.py warns about the values that changed and
+    refuses a changed model.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spec, from_file, saved = choose_model(argv, saved_config, build_parser())
+    parser = build_parser(spec)
+    typed = typed_values(argv, parser, spec)
+    path = typed.pop("config", None)
+    try:
+        given = {**(read_config_file(path, spec, from_file) if path is not None else {}), **typed}
+    except ConfigError as error:
+        parser.error(str(error))
+    if saved is not None:
+        try:
+            saved = checked_values(saved, "the config saved in the checkpoint", config_class(spec))
+        except ConfigError as error:  # the model's own fields, checked once the model is known
+            raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
+                                  "--run_dir") from None
+    base = with_defaults(saved, spec) if saved is not None else dataclasses.asdict(config_class(spec)())
+    base["model"] = spec.name
     preset = given.get("preset", base["preset"])
-    if preset is not None and saved is None:
-        base = {**base, **preset_values(preset)}  # a resumed run's saved values already hold its preset's
+    if preset is not None and saved is None and preset in spec.presets:
+        base = {**base, **spec.presets[preset]}  # a resumed run's saved values already hold its preset's
     if saved is not None and "use_amp" in given and "amp" not in given:
         base = {**base, "amp": "auto"}  # the saved amp is the one --use_amp resolved to: the typed --use_amp decides
-    cfg = Config(**{**base, **given})
     try:
+        cfg = config_class(spec)(**{**base, **given})
         check_config(cfg)
     except ConfigError as error:
         parser.error(str(error))
@@ -451,10 +540,3 @@ def resolve_config(cfg: Config, device_type: str, bf16_supported: bool) -> Confi
     num_val = cfg.num_val if cfg.num_val is not None else default_num_val(cfg.num_train)
     cudnn_benchmark = cfg.cudnn_benchmark if cfg.cudnn_benchmark is not None else device_type == "cuda"
     return dataclasses.replace(cfg, amp=amp, use_amp=None, num_val=num_val, cudnn_benchmark=cudnn_benchmark)
-
-
-# Fields that define each model's parameters (or how they are used): a resumed run must keep them. Not
-# channels_last: the same parameters in another memory layout.
-MODEL_FIELDS = {"tutorial": ("model", "n_hidden_dim", "kernel_size", "peephole", "in_chan"),
-                "openstl_convlstm": ("model", "n_hidden_dim", "num_layers", "kernel_size", "patch_size", "layer_norm",
-                                     "cell_output", "in_chan")}
