@@ -47,7 +47,7 @@ from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.load import checked_config, load_model
 from convlstm.model import forecast, model_config, model_from_config
-from convlstm.models import get_spec
+from convlstm.models import get_spec, named_class
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.checkpoint import CheckpointError, check_weights, read_checkpoint
@@ -99,6 +99,10 @@ def build_parser():
     p.add_argument("--cell_output", default=None, choices=CELL_OUTPUTS,
                    help="OpenSTL's cell: tanh_c (default, OpenSTL today) or g (v0.2.0's h = o * g, the cell of its "
                         "published Moving MNIST rows and released weights)")
+    p.add_argument("--model", default=None,
+                   help="the model of a checkpoint that names a plug-in, named again as train.py's --model FILE.py:Class or "
+                        "package.module:Class (code named in a checkpoint is never imported); a registered name checks "
+                        "the checkpoint holds that model")
     p.add_argument("--num_samples", type=int, default=4, help="sequences shown in samples.png and samples.gif")
     p.add_argument("--save_predictions", action="store_true", help="also write predictions.npz")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out_dir")
@@ -126,14 +130,15 @@ def check_out_dir(out_dir, overwrite):
             raise EvalError(str(error)) from None
 
 
-def load_checkpoint(path, channels=None, cell_output=None):
+def load_checkpoint(path, channels=None, cell_output=None, model_class=None):
     """(config dict, model state_dict, checkpoint dict), read with weights_only=True. Weights alone (a bare
     state_dict, the tutorial's Lightning checkpoint, OpenSTL's own; convlstm.load_model) get their authors' Moving
     MNIST configuration: 10 in, 10 out, 64x64 (OpenSTL's layer norm: its frame size)."""
     try:
         ckpt = read_checkpoint(path)
         if isinstance(ckpt, dict) and "config" not in ckpt and "model" not in ckpt:
-            model = load_model(path, backend="torch", channels=channels, cell_output=cell_output)
+            model = load_model(path, backend="torch", channels=channels, cell_output=cell_output,
+                               model_class=model_class)
             config = {"image_size": 64, **model_config(model), "n_steps_past": model.info.n_in,
                       "n_steps_ahead": model.info.n_out, "backend": "auto"}
             size = model.info.frame_size
@@ -148,20 +153,16 @@ def load_checkpoint(path, channels=None, cell_output=None):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise EvalError(f"{path} is not a train.py checkpoint: expected a dict with a 'model' state_dict and a "
                         f"'config' dict, found {found}")
-    try:
-        required = (*get_spec(ckpt["config"].get("model")).config_keys, *REQUIRED_CONFIG)
-    except ValueError as e:
-        raise EvalError(f"checkpoint {path}: {e}") from None
-    missing = [key for key in required if key not in ckpt["config"]]
+    try:  # the model's keys (a plug-in's spec registered from model_class), then the lengths
+        _, config = checked_config(ckpt["config"], path, channels, cell_output, model_class)
+    except CheckpointError as e:
+        raise EvalError(str(e)) from None
+    missing = [key for key in REQUIRED_CONFIG if key not in ckpt["config"]]
     if missing:
         raise EvalError(f"checkpoint {path}: its config lacks {', '.join(missing)}")
     not_tensors = [key for key, value in ckpt["model"].items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise EvalError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a tensor)")
-    try:
-        _, config = checked_config(ckpt["config"], path, channels, cell_output)
-    except CheckpointError as e:
-        raise EvalError(str(e)) from None
     return config, ckpt["model"], ckpt
 
 
@@ -320,7 +321,11 @@ def run(args):
     if args.num_samples < 1:
         raise EvalError(f"--num_samples must be at least 1, got {args.num_samples}")
     check_out_dir(args.out_dir, args.overwrite)
-    config, state_dict, ckpt = load_checkpoint(args.checkpoint, args.openstl_channels, args.cell_output)
+    try:
+        model_class = named_class(args.model)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    config, state_dict, ckpt = load_checkpoint(args.checkpoint, args.openstl_channels, args.cell_output, model_class)
     dataset, data_info = build_dataset(args, config, ckpt)
     if args.save_predictions:  # pred and target of every sequence, gathered and concatenated on rank 0
         shape = ckpt.get("frame_shape") or (config["in_chan"], config["image_size"], config["image_size"])

@@ -41,6 +41,7 @@ from convlstm.data.windows import parse_size, to_frames
 from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
 from convlstm.model import check_frame_size, forecast
+from convlstm.models import named_class
 from convlstm.openstl import CELL_OUTPUTS
 from convlstm.checkpoint import CheckpointError
 
@@ -62,6 +63,10 @@ def build_parser():
                    help="frame channels of OpenSTL's own weights, which give only patch_size^2 x channels (default 1)")
     p.add_argument("--cell_output", default=None, choices=CELL_OUTPUTS,
                    help="OpenSTL's cell: tanh_c (default) or g (v0.2.0's, of its released weights)")
+    p.add_argument("--model", default=None,
+                   help="the model of a checkpoint that names a plug-in, named again as train.py's --model FILE.py:Class or "
+                        "package.module:Class (code named in a checkpoint is never imported); a registered name checks "
+                        "the checkpoint holds that model")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (same names replaced)")
@@ -125,7 +130,12 @@ def prepare(args):
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         raise PredictError(f"--out {args.out} is not empty; pass --overwrite to write into it or choose another")
     check_writable_dir(args.out, "--out")  # under a file, in /proc, on a read-only disk: told before the compute
-    model = load_model(args.checkpoint, device=device, channels=args.openstl_channels, cell_output=args.cell_output)
+    try:
+        model_class = named_class(args.model)
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    model = load_model(args.checkpoint, device=device, channels=args.openstl_channels, cell_output=args.cell_output,
+                       model_class=model_class)
     info, config = model.info, model.info.config or {}
     source = open_source(args.input, layout=args.layout, channels=args.channels or config.get("channels"),
                          min_length=info.n_in)

@@ -38,7 +38,7 @@ from torch import nn
 
 from .budget import MAX_INT
 from .checkpoint import CheckpointError, check_weights, read_checkpoint
-from .models import REGISTRY, class_name, get_spec, is_plugin_name, spec_for_class
+from .models import REGISTRY, class_name, get_spec, is_plugin_name, not_named, spec_for_class
 from .ops.lstm_gates.backends import resolve
 from .openstl import CELL_OUTPUTS
 
@@ -106,8 +106,8 @@ def load_model(path, device="cpu", backend=None, channels=None, cell_output=None
         kind, weights = ("lightning", state["state_dict"]) if _is_lightning(state) else ("state_dict", state)
         stripped, config = _strip_prefix(weights), None
         spec, model, frame_size, in_chan = _from_weights(stripped, backend, path, channels, cell_output, model_class)
-        if kind == "lightning" and stripped is weights and spec.name == "openstl_convlstm":
-            kind = "openstl"  # OpenSTL's own .pth: its state_dict without Lightning's "model." prefix
+        if kind == "lightning" and stripped is weights and spec.container:
+            kind = spec.container  # OpenSTL's own .pth: its state_dict without Lightning's "model." prefix
         weights = stripped
     check_weights(model, weights, path)
     model.load_state_dict(weights)
@@ -130,6 +130,8 @@ def checked_config(config: dict, path, channels=None, cell_output=None, model_cl
             if class_name(name) != getattr(model_class, "__name__", None):
                 raise ValueError(f"its model is the plug-in {name}, not {getattr(model_class, '__name__', model_class)}")
             spec = spec_for_class(model_class, name)
+        elif is_plugin_name(name):  # registered in this process or not: the caller names it
+            raise not_named(name)
         else:
             spec = get_spec(name)
             if model_class is not None and model_class is not spec.model_class:

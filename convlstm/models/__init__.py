@@ -37,10 +37,15 @@ def get_spec(name) -> ModelSpec:
     name = DEFAULT_MODEL if name is None else name
     if not isinstance(name, str) or name not in REGISTRY:
         if is_plugin_name(name):
-            raise PluginError(f"model {name!r} is a plug-in, whose code is imported only when you name it: pass "
-                              f"--model {name} (load_model(..., model_class=...))")
+            raise not_named(name)
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name]
+
+
+def not_named(name) -> PluginError:
+    """The refusal of a plug-in a checkpoint or a file names but the user did not."""
+    return PluginError(f"model {name!r} is a plug-in, whose code is imported only when you name it: pass --model "
+                       f"{name} (load_model(..., model_class=...))")
 
 
 def spec_of(model: nn.Module) -> ModelSpec:
@@ -130,7 +135,7 @@ def _plugin_spec(name, cls, options) -> ModelSpec:
 
     spec = dict(name=name, model_class=cls, build=build, summary=options["help"] or f"{cls.__name__} (a plug-in)",
                 fields=own, weight_fields=tuple(key for key in taken + list(own)
-                                                if key not in ("backend", "n_steps_past", "n_steps_ahead")),
+                                                if key not in ("backend", "n_steps_past", "n_steps_ahead", "in_chan")),
                 config_keys=tuple(key for key in taken if key not in ("backend", "frame_shape")),
                 unused_parameters=options["unused_parameters"], plugin=True)
     if options["forecast"] is not None:
@@ -138,6 +143,12 @@ def _plugin_spec(name, cls, options) -> ModelSpec:
     if options["objective"] is not None:
         spec["objective"] = options["objective"]
     return ModelSpec(**spec)
+
+
+def named_class(name):
+    """The class of the --model evaluate.py or predict.py were given (a plug-in is imported here, as typed), or
+    None when none was: what load_model checks the checkpoint's model against. ValueError (one line) otherwise."""
+    return None if name is None else model_spec(name).model_class
 
 
 def make_objective(cfg, frame_shape, rank: int):

@@ -222,4 +222,5 @@ SPEC = ModelSpec(
                                   "cell_output"),
     config_keys=("n_hidden_dim", "in_chan", "kernel_size", "n_steps_past", "n_steps_ahead"), check=check,
     from_weights=from_weights, config_of=config_of, input_problem=input_problem, objective=OpenSTLObjective,
-    presets={name: preset_values(name) for name in PRESETS}, unused_parameters=True, load_options=("cell_output",))
+    presets={name: preset_values(name) for name in PRESETS}, unused_parameters=True, load_options=("cell_output",),
+    container="openstl")

@@ -104,6 +104,7 @@ class ModelSpec:
     presets: Mapping[str, dict] = field(default_factory=dict)
     unused_parameters: bool = False
     load_options: tuple = ()
+    container: Optional[str] = None  # load_model's kind for its authors' own {"state_dict": ...} file (no "model.")
     plugin: bool = False
 
     def defaults(self) -> dict:

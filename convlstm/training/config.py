@@ -443,7 +443,8 @@ def choose_model(argv, saved_config, parser) -> tuple[ModelSpec, dict, dict | No
         except PluginError as error:
             parser.error(str(error))
     named = typed if typed is not None else from_file.get("model")
-    if typed is None and named is not None and (not isinstance(named, str) or named not in REGISTRY):
+    if typed is None and named is not None and (not isinstance(named, str) or is_plugin_name(named)
+                                                 or named not in REGISTRY):
         parser.error(f"--config {early['config']}: model {named!r} is not a registered model" +
                      (f"; a plug-in is imported only when typed: pass --model {named}" if is_plugin_name(named)
                       else f" ({', '.join(REGISTRY)})"))
