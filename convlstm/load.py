@@ -38,7 +38,7 @@ from torch import nn
 
 from .budget import MAX_INT
 from .checkpoint import CheckpointError, check_weights, read_checkpoint
-from .models import REGISTRY, class_name, get_spec, is_plugin_name, not_named, spec_for_class
+from .models import DEFAULT_MODEL, REGISTRY, class_name, get_spec, is_plugin_name, not_named, spec_for_class
 from .ops.lstm_gates.backends import resolve
 from .openstl import CELL_OUTPUTS
 
@@ -59,7 +59,7 @@ class ModelInfo:
     frame_size: tuple | None  # (H, W) it was trained on (train.py's frame_shape, else image_size; OpenSTL's layer
     #                           norm); None: unknown
     config: dict | None       # the train.py config; None for the other kinds
-    model: str = "tutorial"   # the registered name (convlstm.models), or the plug-in name the checkpoint stores
+    model: str = DEFAULT_MODEL  # the registered name (convlstm.models), or the plug-in name the checkpoint stores
     step: int | None = None   # a train.py checkpoint's optimizer step and epoch
     epoch: int | None = None
 
@@ -93,6 +93,10 @@ def load_model(path, device="cpu", backend=None, channels=None, cell_output=None
     step = epoch = None
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict):
         kind, weights, frame_shape = "train.py", state["model"], state.get("frame_shape")
+        not_tensors = [key for key, value in weights.items() if not isinstance(value, torch.Tensor)]
+        if not_tensors:
+            raise CheckpointError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a "
+                                  "tensor)")
         spec, config = checked_config(state["config"], path, channels, cell_output, model_class)
         step, epoch = state.get("step"), state.get("epoch")
         # Checkpoints from before own data (no frame_shape) were all Moving MNIST frames of image_size.
@@ -124,11 +128,12 @@ def checked_config(config: dict, path, channels=None, cell_output=None, model_cl
     """(spec, config) of a train.py checkpoint's config, with the caller's cell_output (a model whose spec lists it
     in load_options), after checking that it names a model (a plug-in: the one `model_class` is), has the keys that
     model needs, positive sizes, and (when given) `channels` frames: a CheckpointError otherwise."""
-    name = config.get("model", "tutorial")
+    name = config.get("model", DEFAULT_MODEL)
     try:
         if is_plugin_name(name) and model_class is not None:
             if class_name(name) != getattr(model_class, "__name__", None):
-                raise ValueError(f"its model is the plug-in {name}, not {getattr(model_class, '__name__', model_class)}")
+                given = getattr(model_class, "__name__", model_class)
+                raise ValueError(f"its model is the plug-in {name}, not {given}")
             spec = spec_for_class(model_class, name)
         elif is_plugin_name(name):  # registered in this process or not: the caller names it
             raise not_named(name)
@@ -157,7 +162,7 @@ def checked_config(config: dict, path, channels=None, cell_output=None, model_cl
 
 
 def _from_weights(weights, backend, path, channels, cell_output, model_class):
-    """(spec, model, frame size or None, input channels) of bare weights: the first registered spec (or model_class's) whose
+    """(spec, model, frame size or None, input channels) of bare weights: the first registered spec whose
     from_weights recognises them."""
     if model_class is not None:
         raise CheckpointError(f"checkpoint {path} holds weights alone, and a plug-in's sizes are not read from "

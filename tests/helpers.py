@@ -10,7 +10,7 @@ stops loading fails its cases instead of dropping out of a parametrized loop unn
 Each list is in the order "auto" prefers, the order `available_backends` gives.
 """
 import contextlib
-import importlib.util
+import importlib
 import os
 import pathlib
 import socket
@@ -78,11 +78,8 @@ def device_backend_cases(backends=("torch", "triton", "cuda", "cpu_twin"), devic
 
 
 def load_script(name):
-    """A script at the repository's root (train.py, ...) as a module, without running its __main__ block."""
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_script", REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The body of a script at the repository's root (train.py, ...): its module in convlstm/cli/."""
+    return importlib.import_module(f"convlstm.cli.{name.removesuffix('.py')}")
 
 
 # One module for every test file: a test that monkeypatches train_script's names patches those main() uses.

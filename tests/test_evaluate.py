@@ -1,6 +1,5 @@
 """evaluate.py end to end: outputs, numbers recomputed independently, torchrun sharding, every bad-input path."""
 import errno
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from convlstm.data import MovingMNIST
 from convlstm.evaluation import plots
 from convlstm.evaluation.metrics import METRIC_NAMES, frame_metrics
 from convlstm.model import EncoderDecoderConvLSTM
-from helpers import unwritable_output
+from helpers import load_script, unwritable_output
 
 EVALUATE = Path(__file__).resolve().parents[1] / "evaluate.py"
 TIMEOUT = 180
@@ -48,11 +47,8 @@ def run_evaluate(*args, torchrun=0, cwd=None):
 
 
 def load_evaluate_module():
-    """evaluate.py as a module, to call main() in this process."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", EVALUATE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """evaluate.py's body (convlstm.cli.evaluate), to call main() in this process."""
+    return load_script("evaluate.py")
 
 
 def moving_squares_file(path, num=3, frames=20, size=64):
@@ -177,7 +173,7 @@ def test_overwrite_replaces_results_and_drops_stale_predictions(tmp_path, capsys
     assert (out / "predictions.npz").exists()
     with pytest.raises(SystemExit) as refused:
         evaluate.main(base)
-    assert refused.value.code == 2
+    assert refused.value.code == 1  # an error, as train.py and predict.py: not a bad flag
     assert "already holds results" in capsys.readouterr().err
     (out / "metrics.json").write_text("{}")
     evaluate.main([*base, "--overwrite"])
@@ -208,7 +204,8 @@ def make_bad_case(case, d):
         return ["--checkpoint", d / "notes.pt", *out], f"checkpoint {d / 'notes.pt'} is unreadable (UnpicklingError"
     if case == "bare_tensor_checkpoint":
         torch.save(torch.zeros(3), d / "t.pt")
-        return ["--checkpoint", d / "t.pt", *out], "is not a train.py checkpoint: expected a dict"
+        return ["--checkpoint", d / "t.pt", *out], "t.pt is not a checkpoint of EncoderDecoderConvLSTM or " \
+                                                   "OpenSTLConvLSTM: expected a train.py checkpoint"
     if case == "config_lacks_keys":
         config = {k: v for k, v in TINY.items() if k not in ("n_hidden_dim", "kernel_size")}
         torch.save({"model": tiny_model(TINY).state_dict(), "config": config}, d / "c.pt")
@@ -281,8 +278,8 @@ def bad_runs(tmp_path_factory):
     return runs
 
 
-def assert_one_error_line(returncode, stderr, expected):
-    assert returncode == 2, stderr
+def assert_one_error_line(returncode, stderr, expected, code=2):
+    assert returncode == code, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("evaluate.py: error: ") and expected in lines[0], lines[0]
@@ -302,7 +299,8 @@ def test_bad_input_main_exits_with_one_error_line(case, tmp_path, capsys):
     args, expected = make_bad_case(case, tmp_path)
     with pytest.raises(SystemExit) as exited:
         evaluate.main([str(a) for a in args])
-    assert_one_error_line(exited.value.code, capsys.readouterr().err, expected)
+    assert_one_error_line(exited.value.code, capsys.readouterr().err, expected,
+                          code=1 if case == "existing_results" else 2)
     assert not (tmp_path / "out" / "per_frame.png").exists()
 
 
@@ -345,7 +343,7 @@ def test_unwritable_out_dir_is_one_line_before_any_compute(case, tmp_path, monke
     ckpt = save_checkpoint(tmp_path / "tiny.pt")
     out, expected = unwritable_output(case, tmp_path, monkeypatch, "--out_dir", "eval")
     monkeypatch.delenv("RANK", raising=False)  # one process: rank 0, which checks
-    for name in ("load_checkpoint", "build_dataset", "evaluate_shard"):
+    for name in ("open_model", "build_dataset", "evaluate_shard"):
         monkeypatch.setattr(evaluate, name, fail_if_called)
     with pytest.raises(SystemExit) as exited:
         evaluate.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--num_test", "2", "--device", "cpu"])

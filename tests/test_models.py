@@ -176,3 +176,19 @@ def test_the_readmes_plugin_commands_run_as_written(plugin_file, tmp_path):
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
     assert torch.load(tmp_path / "runs/mine/checkpoints/latest.pt", weights_only=True)["step"] == 16
     assert json.loads((tmp_path / "eval/mine/metrics.json").read_text())["num_sequences"] == 16
+
+
+def test_no_model_is_named_outside_its_file_and_inference_never_imports_training():
+    """The issue's bar: outside convlstm/models/ no line compares a model's name or tests a model's class (in the
+    package and the scripts); loading, evaluating and predicting import nothing of convlstm.training."""
+    name = r"""["'](?:tutorial|openstl_convlstm)["']"""
+    classes = r"isinstance\([^)]*(?:OpenSTLConvLSTM|EncoderDecoderConvLSTM)\)"
+    compares = re.compile(rf"[=!]=\s*{name}|{name}\s*[=!]=|{classes}")
+    files = [p for p in (REPO / "convlstm").rglob("*.py") if "models" not in p.relative_to(REPO).parts]
+    found = [f"{p.relative_to(REPO)}:{n}" for p in files + [REPO / f"{s}.py" for s in ("train", "evaluate", "predict")]
+             for n, line in enumerate(p.read_text().splitlines(), 1) if compares.search(line)]
+    assert found == []
+    code = ("import sys, convlstm.load, convlstm.cli.evaluate, convlstm.cli.predict; "
+            "print([m for m in sys.modules if m.startswith('convlstm.training')])")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and shown.stdout.strip() == "[]", shown.stderr

@@ -1,7 +1,6 @@
 """OpenSTL's ConvLSTM through the toolkit's entry points: model_from_config and forecast for both models, load_model
 for each kind of OpenSTL file (outputs equal to the model the weights came from), evaluate.py and predict.py on a
 tiny OpenSTL checkpoint, and bad input as one line."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 from convlstm import EncoderDecoderConvLSTM, OpenSTLConvLSTM, forecast, load_model, model_from_config
 from convlstm.model import check_frame_size, model_config, preset_config, to_btchw
 from convlstm.checkpoint import CheckpointError
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # train.py's config keys for a tiny OpenSTL model: 2 layers of 4 channels, 2x2 patches of 16x16 grey frames.
@@ -29,10 +29,7 @@ def tiny_openstl(seed=0, **overrides):
 
 
 def import_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"{name}.py")
 
 
 def test_model_from_config_builds_each_model():

@@ -3,7 +3,6 @@ predict.py on an array and a video: its files, shapes and values; each bad input
 import argparse
 import dataclasses
 import errno
-import importlib.util
 import json
 import os
 import re
@@ -21,17 +20,14 @@ from convlstm.checkpoint import CheckpointError
 from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
 from convlstm.training.config import Config
-from helpers import unwritable_output
+from helpers import load_script, unwritable_output
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IN, N_OUT = 3, 2  # the train.py checkpoints'; the other kinds get the tutorial's 10 and 10
 
 
 def load_predict():
-    spec = importlib.util.spec_from_file_location("predict", ROOT / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predict.py")
 
 
 predict = load_predict()

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from convlstm import atomic
 from convlstm.training.config import parse_config, resolve_config
-from convlstm.training.distributed import ResumableSampler, SetupError, start_epoch
+from convlstm.runtime import SetupError
+from convlstm.training.distributed import ResumableSampler, start_epoch
 from helpers import TINY, assert_same_weights, nan_output_models, run, train_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from convlstm.model import model_from_config, to_btchw
 from convlstm.openstl import OpenSTLConvLSTMCell
 from convlstm.training.amp import Precision
 from convlstm.training.config import parse_config, resolve_config
-from convlstm.training.distributed import DistInfo, ResumableSampler, distributed
+from convlstm.runtime import DistInfo, distributed
+from convlstm.training.distributed import ResumableSampler
 from convlstm.training.logs import prediction_grid
 from helpers import TINY, assert_same_weights, device_backend_cases, gpu_test, run, single_process_group, train_script
 

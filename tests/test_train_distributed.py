@@ -142,7 +142,7 @@ def test_a_frame_found_bad_on_one_rank_stops_every_rank_together_in_one_line(run
 TEARDOWN_SCRIPT = """
 import os, sys, time
 import torch.distributed as dist
-from convlstm.training.distributed import all_ranks, distributed
+from convlstm.runtime import all_ranks, distributed
 
 def threads():
     return len(os.listdir("/proc/self/task"))

@@ -80,13 +80,14 @@ class ModelSpec:
     weight_fields: the config fields beyond "model" and "in_chan" that shape its weights or how they are used: a
     resumed run must keep them.
     from_weights(weights, backend, channels, cell_output): (the model a bare state_dict of it describes, the frame
-    size (H, W) its weights fix or None, its input channels), or None when the weights are not this model's (load_model tries each spec);
-    ValueError when they are but describe no model. config_of(model): the inverse of build.
-    input_problem(model, height, width): why the built model cannot take such frames, or None.
+    size (H, W) its weights fix or None, its input channels), or None when the weights are not this model's
+    (load_model tries each spec); ValueError when they are but describe no model. config_of(model): the inverse of
+    build. input_problem(model, height, width): why the built model cannot take such frames, or None.
     objective(cfg, frame_shape, rank): the training loss (train.py's objective protocol: masks, __call__,
-    logged_eta, state_dict, load_state_dict); None: ForecastMSE, the MSE of its forecast. forecast(model, x, n_out): x (B, n_in, C, H, W) -> (B, n_out, C, H, W).
-    presets: --preset name -> train.py flag values. unused_parameters: DDP must look for parameters forward never
-    uses. load_options: load_model's options (cell_output) that replace config keys of this model.
+    logged_eta, state_dict, load_state_dict); None: ForecastMSE, the MSE of its forecast.
+    forecast(model, x, n_out): x (B, n_in, C, H, W) -> (B, n_out, C, H, W). presets: --preset name -> train.py flag
+    values. unused_parameters: DDP must look for parameters forward never uses. load_options: load_model's options
+    (cell_output) that replace config keys of this model.
     """
     name: str
     model_class: type

@@ -108,8 +108,8 @@ def config_of(model):
 
 
 def from_weights(weights, backend, channels=None, cell_output=None):
-    """(the model a bare state_dict's shapes describe, None: any frame size, its input channels), or None: the first cell's conv (4 nf, in_chan + nf, kH, kW)
-    and the head (out_chan, nf, 1, 3, 3)."""
+    """(the model a bare state_dict's shapes describe, None: any frame size, its input channels), or None: the
+    first cell's conv (4 nf, in_chan + nf, kH, kW) and the head (out_chan, nf, 1, 3, 3)."""
     first, head = weights.get(FIRST_CONV), weights.get("decoder_CNN.weight")
     if not (isinstance(first, torch.Tensor) and first.dim() == 4 and isinstance(head, torch.Tensor)
             and head.dim() == 5):

@@ -28,7 +28,7 @@ def exit_code(signum: int) -> int:
 class Stopped(Exception):
     """The run stopped for a signal after a checkpoint; `code` is the exit status, `announce` whether this rank
     prints the message (rank 0). Every rank raises it after the same step (`agreed`), so they leave the process
-    group together (convlstm.training.distributed)."""
+    group together (convlstm.runtime)."""
 
     all_ranks = True
 

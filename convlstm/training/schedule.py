@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-SCHEDULES = ("constant", "cosine", "onecycle")
+from ..config import LR_SCHEDULES as SCHEDULES
 ONECYCLE_DIV = 25  # OneCycleLR's div_factor (torch's default, OpenSTL's): it starts at lr / 25
 
 

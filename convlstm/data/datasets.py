@@ -3,9 +3,9 @@
 (T, C, H, W) tensor in [0, 1] with T = n_steps_past + n_steps_ahead."""
 from __future__ import annotations
 
-from ..data import MovingMNIST
-from ..data.sources import DataError, open_source, scan_source, usable
-from ..data.windows import Windows, parse_size, split_sequences
+from .moving_mnist import MovingMNIST
+from .sources import DataError, open_source, scan_source, usable
+from .windows import Windows, parse_size, split_sequences
 
 
 def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
