@@ -95,7 +95,11 @@ setup(
         # PyAV decodes users' videos (mp4, avi) with FFmpeg's own decoders, in-process, from a wheel with no system
         # FFmpeg needed: nothing we would write by hand. Optional: arrays and frame folders need none of it.
         "video": ["av"],
-        "dev": ["pytest", "scikit-image", "av"],
+        # torch.onnx's exporter writes ONNX with onnxscript and onnx (convlstm export --format onnx); onnxruntime,
+        # the reference ONNX runtime, is the tests' oracle that the file gives the checkpoint's outputs.
+        "export": ["onnx", "onnxscript"],
+        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime"],
     },
+    entry_points={"console_scripts": ["convlstm=convlstm.cli.main:main"]},
     **cuda_extension_args(),
 )

@@ -253,8 +253,8 @@ class OpenSTLConvLSTM(nn.Module):
         # The ground truth OpenSTL places after the inputs is multiplied by a zero mask: zeros give the same values.
         images = torch.cat([x, x.new_zeros(batch, n_out, channels, height, width)], dim=1)
         frames = reshape_patch(images.permute(0, 1, 3, 4, 2), self.patch_size)  # (B, T, H/p, W/p, p*p*C)
-        mask = evaluation_mask(batch, (t_in, channels, height, width), self.patch_size, t_in, n_out,
-                              device=x.device, dtype=x.dtype)
+        # evaluation_mask's zeros, made in torch: a mask drawn in numpy fixes the batch size (torch.export).
+        mask = frames.new_zeros(batch, n_out - 1, *frames.shape[2:])
         next_frames = self._rollout(frames, mask, t_in, t_in + n_out, reverse=False)
         images = reshape_patch_back(next_frames[:, -n_out:], self.patch_size)  # (B, n_out, H, W, C)
         return images.permute(0, 1, 4, 2, 3).contiguous()

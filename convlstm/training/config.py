@@ -23,7 +23,13 @@ from ..ops.lstm_gates.backends import BACKENDS
 from .schedule import highest_lr
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in each flag's help, and the epilog's list of models as written."""
+    """Defaults in each flag's help, once: not where the help text says its default itself or the default is None
+    (it said "(default: detected where unambiguous) (default: None)"); the epilog's list of models as written."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _models_epilog() -> str:

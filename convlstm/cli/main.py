@@ -1,0 +1,48 @@
+"""`convlstm`, the installed command: `convlstm train|evaluate|predict|export ...` runs the same program as
+`python train.py ...` (each subcommand's --help lists its flags); `convlstm --version`. A subcommand's module is
+imported only when chosen, so evaluating never imports the training package."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("convlstm.cli.train", "train a model (train.py)"),
+    "evaluate": ("convlstm.cli.evaluate", "score a checkpoint against the baselines (evaluate.py)"),
+    "predict": ("convlstm.cli.predict", "predict the next frames of your sequences (predict.py)"),
+    "export": ("convlstm.cli.export", "write a checkpoint's forecast as ONNX or a torch.export program"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: convlstm {" + ",".join(COMMANDS) + "} ... | --version", "", "commands:"]
+    lines += [f"  {name:10s}{text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "convlstm COMMAND --help lists the command's flags."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return 0
+    if argv[:1] == ["--version"]:
+        from convlstm import __version__
+        print(f"convlstm {__version__}")
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv else "no command"
+        print(f"{usage()}\nconvlstm: error: {given} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    program, sys.argv[0] = sys.argv[0], f"convlstm {argv[0]}"  # argparse's prog in the subcommand's messages
+    try:
+        return module.main(argv[1:]) or 0
+    except SystemExit as stopped:  # evaluate.py's main and argparse end with sys.exit
+        return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+    finally:
+        sys.argv[0] = program
+
+
+if __name__ == "__main__":
+    sys.exit(main())
