@@ -24,6 +24,39 @@ EXIT_ERROR = 1
 EXIT_BAD_FLAG = 2
 
 
+# A script writing to a file (a cluster job's log, CI) is never silent longer than this: a progress line (rate, ETA).
+PROGRESS_SECONDS = 60.0
+
+
+class Progress:
+    """How far a long loop is, for the scripts: a tqdm bar on a terminal; elsewhere (a file, a cluster log) a plain
+    line on stderr every PROGRESS_SECONDS, with the count, the rate and what is left. Rank 0 alone speaks."""
+
+    def __init__(self, total: int, unit: str, prog: str, enabled: bool = True):
+        import sys
+        from tqdm import tqdm
+        self.total, self.unit, self.prog, self.every, self.done = total, unit, prog, PROGRESS_SECONDS, 0
+        self.enabled = enabled and launch_rank() == 0
+        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                        disable=not (self.enabled and sys.stderr.isatty()))
+        self.lines = self.enabled and self.bar.disable
+        self.start = self.last = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        import sys
+        self.done += count
+        self.bar.update(count)
+        now = time.perf_counter()
+        if self.lines and now - self.last >= self.every and self.done < self.total:
+            self.last, rate = now, self.done / max(now - self.start, 1e-9)
+            left = datetime.timedelta(seconds=round((self.total - self.done) / max(rate, 1e-9)))
+            print(f"{self.prog}: {self.done}/{self.total} {self.unit}s, {rate:.1f}/s, {left} left", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def add_loading_flags(parser) -> None:
     """What a checkpoint's weights cannot say, for evaluate.py and predict.py (convlstm.load_model's options)."""
     from .openstl import CELL_OUTPUTS

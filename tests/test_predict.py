@@ -19,7 +19,7 @@ from convlstm import EncoderDecoderConvLSTM, load_model
 from convlstm.checkpoint import CheckpointError
 from convlstm.evaluation.plots import save_prediction_gif
 from convlstm.model import model_from_config, to_btchw
-from convlstm.training.config import Config
+from convlstm.config import Config
 from helpers import load_script, unwritable_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,3 +308,15 @@ def test_a_sequence_name_of_253_characters_is_cut_in_file_names(tmp_path):
     assert summary["sequences"][0]["name"] == name and len(name) == 253
     assert (summary["sequences"][0]["strip"], summary["sequences"][0]["gif"]) == (
         os.path.join("strips", stem + ".png"), os.path.join("gifs", stem + ".gif"))
+
+
+def test_predict_speaks_every_progress_period_when_its_output_is_a_file(tmp_path, monkeypatch, capsys):
+    """Not on a terminal: plain lines (count, rate, time left) instead of a bar, here one per batch."""
+    import convlstm.runtime as runtime
+    monkeypatch.setattr(runtime, "PROGRESS_SECONDS", 0.0)
+    predict = load_predict()
+    train_checkpoint(tmp_path / "ckpt.pt", frame_shape=(1, 16, 16))
+    model = load_model(tmp_path / "ckpt.pt")
+    predict.predict_all(model, torch.device("cpu"), torch.rand(5, model.info.n_in, 1, 16, 16), 2, batch_size=2)
+    err = capsys.readouterr().err
+    assert re.findall(r"predict.py: (\d)/5 sequences, [\d.]+/s, \S+ left", err) == ["2", "4"], err

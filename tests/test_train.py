@@ -6,6 +6,7 @@ torchrun launches live in test_train_distributed.py.
 """
 import json
 import os
+import re
 import urllib.request
 
 import pytest
@@ -68,7 +69,7 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/sequences_per_s"):
-        assert [e.step for e in events.Scalars(tag)] == [2, 4], tag
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 4], tag  # 1: an early report (logs.EARLY_STEPS)
     assert events.Scalars("train/lr")[0].value == pytest.approx(1e-4)
     assert events.Scalars("val/loss")[0].value == pytest.approx(state["val_loss"])
     for name in METRIC_NAMES:
@@ -408,3 +409,16 @@ def test_process_group_is_destroyed_when_training_raises(monkeypatch):
             assert torch.distributed.is_initialized() and info.world_size == 1
             raise KeyError("boom")
     assert not torch.distributed.is_initialized()
+
+
+def test_the_log_speaks_early_and_by_time(tmp_path, monkeypatch):
+    """Reports after steps 1 and 10 and every --log_every, and a progress line (rate, ETA) once PROGRESS_SECONDS
+    pass without a line: a log in a file is never silent for long."""
+    import convlstm.training.logs as logs
+    monkeypatch.setattr(logs, "PROGRESS_SECONDS", 0.0)
+    assert run(tmp_path / "run", "--max_steps", "12", "--log_every", "50") == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert re.findall(r"step (\d+)/12 epoch \d+ loss", log) == ["1", "10", "12"]
+    running = re.findall(r"step (\d+)/12 epoch \d+ running: rank 0's loss [\d.]+ over its last \d+ steps, [\d.]+ "
+                         r"sequences/s ETA", log)
+    assert running == [str(step) for step in range(2, 12) if step != 10]

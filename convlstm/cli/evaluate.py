@@ -53,8 +53,8 @@ from convlstm.ops.lstm_gates.backends import BACKENDS, resolve
 from convlstm.checkpoint import CheckpointError
 from convlstm.config import DEVICES, Config
 from convlstm.data.datasets import build_datasets
-from convlstm.runtime import (EXIT_BAD_FLAG, EXIT_ERROR, SetupError, add_frame_flags, add_loading_flags, distributed,
-                              first_failure, launch_rank)
+from convlstm.runtime import (EXIT_BAD_FLAG, EXIT_ERROR, Progress, SetupError, add_frame_flags, add_loading_flags,
+                              distributed, first_failure, launch_rank)
 
 OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
 REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's spec.config_keys
@@ -221,6 +221,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
     samples, preds, targets = [], [], []
     batches = iter(DataLoader(Subset(dataset, indices), batch_size=min(batch_size, max(1, len(indices))),
                               shuffle=False))
+    progress = Progress(len(indices), "sequence", "evaluate.py")  # rank 0's shard: the others go as fast
     with torch.inference_mode():
         while True:
             try:  # bad data found only when read (a truncated PNG): its line, for every rank to agree on
@@ -228,7 +229,9 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
             except StopIteration:
                 break
             except DataError as e:
+                progress.close()
                 return None, error_line(e)
+            progress.update(len(batch))
             x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
             pred = forecast(model, x, n_ahead)  # (B, T_out, C, H, W)
             totals["model"].add(frame_metrics(pred, y))
@@ -239,6 +242,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
             if keep_predictions:
                 preds.append(pred.float().cpu().numpy())
                 targets.append(y.float().cpu().numpy())
+    progress.close()
     samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
     return (totals, samples, preds, targets), None
 

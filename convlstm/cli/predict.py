@@ -43,7 +43,7 @@ from convlstm.load import load_model
 from convlstm.model import check_frame_size, forecast
 from convlstm.models import named_class
 from convlstm.checkpoint import CheckpointError
-from convlstm.runtime import EXIT_ERROR, SetupError, add_frame_flags, add_loading_flags, pick_device
+from convlstm.runtime import EXIT_ERROR, Progress, SetupError, add_frame_flags, add_loading_flags, pick_device
 
 NAME_CHARS = 100  # of a sequence's name in its file names: with the index and ".png" well under 255 bytes
 
@@ -144,11 +144,13 @@ def prepare(args):
 
 def predict_all(model, device, inputs, n_out, batch_size):
     """float32 (N, n_out, C, H, W) in [0, 1]: the model's next n_out frames after each sequence of `inputs`."""
-    batches = []
+    batches, progress = [], Progress(len(inputs), "sequence", "predict.py")
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size].to(device)  # (B, n_in, C, H, W)
             batches.append(forecast(model, x, n_out).clamp(0, 1).float().cpu())  # (B, n_out, C, H, W)
+            progress.update(len(x))
+    progress.close()
     return torch.cat(batches).numpy()
 
 

@@ -515,8 +515,10 @@ def _train(cfg, info, state, backend, log, loaders, frame_shape, described, stop
             epoch_done, last_step = steps_left == 0, run.step == run.total_steps
             if epoch_done:
                 run.epoch, run.samples_seen = run.epoch + 1, 0
-            if run.step % cfg.log_every == 0 or last_step:
+            if run.reporter.due(run.step, cfg.log_every, last_step):
                 run.report(lr)
+            else:
+                run.reporter.progress(run.step, run.epoch)
             if (run.step % cfg.image_every == 0 or last_step) and info.is_main:
                 run.picture(batch)
             val_loss, val_metrics = run.validate(stop.failed_rank) if epoch_done or last_step else (None, None)

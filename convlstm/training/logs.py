@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import WriteError, write_file
+from ..runtime import PROGRESS_SECONDS
 
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
@@ -128,6 +129,12 @@ def save_picture(grid: torch.Tensor, path: str) -> None:
     write_file(path, lambda handle: image.save(handle, format="PNG"))
 
 
+# Reports after these steps as well as every --log_every: a user sees at once that the run goes, and its first ETA.
+EARLY_STEPS = (1, 10)
+# Between reports rank 0 writes a progress line once PROGRESS_SECONDS (convlstm.runtime) pass without one: a log in a
+# file was silent 4 min 47 s before the first line at --log_every 100 on a loaded 2-core machine.
+
+
 class Reporter:
     """Rank 0's view of training: progress bar, train.log lines, TensorBoard scalars and pictures.
 
@@ -144,8 +151,24 @@ class Reporter:
         self.bar = progress_bar(total_steps, done_steps, is_main)
         self.sums = torch.zeros(2, device=device)  # (loss, gradient norm) summed since the last report
         self.steps, self.start = 0, time.perf_counter()
-        self.start_time = self.since_validation = self.start
+        self.start_time = self.since_validation = self.last_line = self.start
         self.picture_failed = False
+
+    def due(self, step: int, log_every: int, last_step: bool) -> bool:
+        """Whether optimizer step `step` is reported (the same answer on every rank: report is a collective)."""
+        return step % log_every == 0 or last_step or step in EARLY_STEPS
+
+    def progress(self, step: int, epoch: int) -> None:
+        """Rank 0, between reports: a line with the rate and the ETA once PROGRESS_SECONDS have passed without one.
+        No collective: the loss is rank 0's own, the steps since the last report its own."""
+        now = time.perf_counter()
+        if not self.is_main or now - self.last_line < PROGRESS_SECONDS or not self.steps:
+            return
+        self.last_line, seconds = now, now - self.start
+        eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
+        loss = (self.sums[0] / self.steps).item()
+        self.log.info(f"step {step}/{self.total_steps} epoch {epoch} running: rank 0's loss {loss:.6f} over its last "
+                      f"{self.steps} steps, {self.global_batch * self.steps / seconds:.1f} sequences/s ETA {eta}")
 
     def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.sums += torch.stack([loss.detach().float(), grad_norm.detach().float()])
@@ -161,6 +184,7 @@ class Reporter:
         eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
         self.sums.zero_()
         self.steps, self.start = 0, time.perf_counter()
+        self.last_line = self.start
         if not self.is_main:
             return
         self.bar.set_postfix(loss=f"{train_loss:.5f}", seq_per_s=f"{throughput:.1f}")
