@@ -288,7 +288,7 @@ def test_validation_is_a_tenth_of_an_epoch_by_default_and_the_log_says_how_long_
     assert num_val("--num_train", "24", "--num_val", "7") == 7
     without_num_val = TINY[:TINY.index("--num_val")] + TINY[TINY.index("--num_val") + 2:]
     assert train_script.main(without_num_val + ["--run_dir", str(tmp_path / "run"), "--max_steps", "6"]) == 0
-    assert re.search(r"step 6 epoch 1 validation loss [\d.]+ \(2 sequences in [\d.]+ s, \d+% of the wall time since "
+    assert re.search(r"step 6 epoch 1 validation loss [\d.]+ \(2 windows in [\d.]+ s, \d+% of the wall time since "
                      r"the start; mse", capsys.readouterr().err)
 
 

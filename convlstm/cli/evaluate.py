@@ -353,7 +353,10 @@ def evaluate_and_write(args, info):
 
 def print_table(results, out_dir):
     rows = [("model", results), *((f"baseline: {b}", results["baselines"][b]) for b in BASELINES)]
-    print(f"{results['num_sequences']} sequences, {results['n_steps_ahead']} predicted frames each")
+    # One vocabulary in the three scripts: a sequence is what the data holds (a video, an array's row, a frame
+    # folder), a window the n_in + n_out frames cut from one and scored; metrics.json keeps the tables' key.
+    print(f"{results['num_sequences']} windows of {results['n_steps_past']} + {results['n_steps_ahead']} frames "
+          f"scored ({results['n_steps_ahead']} predicted frames each)")
     print(f"{'':20s}" + "".join(f"{name:>12s}" for name in METRIC_NAMES))
     for label, r in rows:
         print(f"{label:20s}" + "".join(f"{r[name]:12.4f}" for name in METRIC_NAMES))

@@ -50,7 +50,7 @@ from convlstm.checkpoint import (ELASTIC_RUN_ID_FILE, CheckpointError, check_wei
                                  is_checkpoint_name, load_checkpoint, rng_state, save_checkpoint, saved_config,
                                  sweep_temp_files, write_config, write_elastic_run_id)
 from convlstm.checkpoint import restore as restore_state
-from convlstm.training.config import parse_config, resolve_config, with_defaults
+from convlstm.training.config import describe_config, parse_config, resolve_config, with_defaults
 from convlstm.data.datasets import build_datasets
 from convlstm.runtime import (EXIT_ERROR, SetupError, all_ranks, all_reduce, broadcast_object, distributed,
                               launch_rank, restart_count)
@@ -391,7 +391,8 @@ class Run:
         cfg, log = self.cfg, self.log
         write_elastic_run_id(cfg.run_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
         write_config(cfg.run_dir, dataclasses.asdict(cfg))
-        log.info(f"config: {dataclasses.asdict(cfg)}")
+        for line in describe_config(cfg):  # what applies, by group; config.json holds every field
+            log.info(line)
         accumulated = f" ({cfg.batch_size} per process x {cfg.grad_accum} accumulated)" if cfg.grad_accum > 1 else ""
         log.info(f"{self.info.world_size} process(es) on {self.device.type}, global batch {self.global_batch}"
                  f"{accumulated}, amp {cfg.amp}, gate backend {backend}, lr schedule {cfg.lr_schedule} over "

@@ -28,7 +28,8 @@ def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
                       seed=cfg.seed, generator=cfg.generator)
         train_set = MovingMNIST("train", cfg.num_train, **common)
         val_set = MovingMNIST("test", cfg.num_val, **common)
-        described = f"Moving MNIST generated ({cfg.num_train} train, {cfg.num_val} validation sequences)"
+        described = f"Moving MNIST generated ({cfg.num_train} training, {cfg.num_val} validation sequences of one " \
+                    "window each)"
     else:
         train_set, val_set, described = _own_data(cfg, length)
         check(train_set.frame_shape, len(train_set))
@@ -61,8 +62,8 @@ def _own_data(cfg, length):
                         f"into training and --val_fraction {cfg.val_fraction} held-out ones; give --val_data")
     train_set, val_set = Windows(source, sequences=kept, **windows), Windows(source, sequences=held, **windows)
     return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows) for training, " \
-                               f"{len(held)} ({len(val_set)} windows) held out by --val_fraction {cfg.val_fraction}" \
-                               f"{scanned}"
+                               f"{len(held)} sequences ({len(val_set)} windows) held out by --val_fraction " \
+                               f"{cfg.val_fraction}{scanned}"
 
 
 def _check(dataset, length, what):

@@ -305,6 +305,32 @@ def parse_config(argv=None, saved_config=None) -> Config:
     return cfg
 
 
+# Fields that apply only with Moving MNIST (no --data), only with --data, or only under one schedule: the log leaves
+# out those that do not apply to the run.
+MOVING_MNIST_ONLY = ("digits", "num_train", "image_size", "num_digits", "generator")
+OWN_DATA_ONLY = ("val_data", "val_fraction", "layout", "stride", "channels", "resize", "skip_bad_data")
+SCHEDULE_ONLY = {"warmup_steps": ("constant", "cosine"), "min_lr": ("cosine",), "onecycle_final_div": ("onecycle",)}
+
+
+def describe_config(cfg: Config, width: int = 118) -> list:
+    """The run's values as train.log shows them: a line or a few per --help group, `name value` pairs, without the
+    fields that do not apply (Moving MNIST's with --data, --data's without, another schedule's, unset Nones)."""
+    skip = set(MOVING_MNIST_ONLY if cfg.data is not None else OWN_DATA_ONLY)
+    skip |= {name for name, schedules in SCHEDULE_ONLY.items() if cfg.lr_schedule not in schedules}
+    lines = []
+    for group in GROUPS:
+        pairs = [f"{f.name} {getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+                 if f.metadata.get("group") == group and f.name not in skip and getattr(cfg, f.name) is not None]
+        line = f"config {group}:"
+        for pair in pairs:
+            if len(line) + len(pair) + 2 > width:
+                lines.append(line.rstrip(","))
+                line = "  "
+            line += f" {pair},"
+        lines.append(line.rstrip(","))
+    return lines
+
+
 def default_num_val(num_train: int) -> int:
     """A tenth of the training sequences, 1 to 1000: a forward pass over them costs about 3% of an epoch's training
     steps (forward and backward), where 1000 sequences after a 6-step run cost minutes on a CPU."""

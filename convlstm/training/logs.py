@@ -222,7 +222,7 @@ class Reporter:
         self.since_validation = now
         if self.is_main:
             table = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} sequences in "
+            self.log.info(f"step {step} epoch {epoch} validation loss {val_loss:.6f} ({num_val} windows in "
                           f"{seconds:.1f} s, {share:.0%} of the wall time since {since}; {table})")
             self.writer.add_scalar("val/loss", val_loss, step)
             self.writer.add_scalar("val/seconds", seconds, step)
