@@ -188,7 +188,9 @@ def test_predict_on_a_video_grey_resized(tmp_path):
     assert result.returncode == 0, result.stderr
     summary, _, _ = check_outputs(tmp_path / "out", 1, 10, 3, (1, 8, 12))
     assert summary["checkpoint_kind"] == "lightning"
-    assert summary["sequences"][0]["gif"] == os.path.join("gifs", "0_walk.mp4.gif")
+    assert summary["sequences"][0]["gif"] == os.path.join("gifs", "0_walk.gif")  # not 0_walk.mp4.gif
+    with Image.open(tmp_path / "out" / "gifs" / "0_walk.gif") as gif:  # 8x12 frames, enlarged to be seen
+        assert gif.size[0] >= 256
 
 
 @pytest.mark.parametrize("case", ["channels", "too_short", "missing_input", "out_not_empty", "missing_checkpoint"])
@@ -282,7 +284,7 @@ def test_full_disk_leaves_no_partial_file_and_an_earlier_run_as_it_was(tmp_path,
     with monkeypatch.context() as patched:
         patched.setattr(predict, "save_prediction_gif", no_space)
         assert predict.main(args) == 1
-    assert capsys.readouterr().err == f"predict.py: error: no space left writing {out / 'gifs' / '0_grey.npy_0.gif'}\n"
+    assert capsys.readouterr().err == f"predict.py: error: no space left writing {out / 'gifs' / '0_grey_0.gif'}\n"
     assert tree(out) == {}  # no predictions.npy, nothing staged
 
     assert predict.main(args) == 0

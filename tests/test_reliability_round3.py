@@ -215,7 +215,7 @@ def test_an_unwritable_file_of_the_run_dir_is_one_line_before_the_first_step(tmp
 def test_a_picture_that_cannot_be_written_mid_run_is_a_warning_not_a_lost_step(tmp_path, capsys, monkeypatch):
     from convlstm.training import logs
 
-    def fails(grid, path):
+    def fails(grid, path, *labels):
         raise logs.WriteError(f"cannot write {path}: Operation not permitted")
 
     monkeypatch.setattr(logs, "save_picture", fails)

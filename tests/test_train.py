@@ -78,7 +78,9 @@ def test_tiny_run_writes_checkpoint_tensorboard_log_and_picture(tmp_path, monkey
     assert [im.step for im in images] == [2, 4]
     # 3 rows and 20 frames of 16x16 with 2 pixels of padding: (3 * 18 + 2) x (20 * 18 + 2)
     assert (images[0].height, images[0].width) == (56, 362)
-    assert (run_dir / "predictions.png").stat().st_size > 0
+    from PIL import Image
+    with Image.open(run_dir / "predictions.png") as picture:  # the grid, with its rows named in a margin on the left
+        assert picture.size == (120 + 362, 56)
 
     log = (run_dir / "train.log").read_text()
     assert "step 4/4" in log and "validation loss" in log and "sequences/s" in log

@@ -46,6 +46,8 @@ from convlstm.checkpoint import CheckpointError
 from convlstm.runtime import EXIT_ERROR, Progress, SetupError, add_frame_flags, add_loading_flags, pick_device
 
 NAME_CHARS = 100  # of a sequence's name in its file names: with the index and ".png" well under 255 bytes
+# A file's extension at the end of a sequence's name, or before an array's index ("walk.mp4", "seqs.npy[3]").
+MEDIA_EXTENSION = re.compile(r"\.(?:mp4|avi|mov|mkv|webm|gif|npy|npz|png|jpe?g)(?=_\d+$|$)", re.IGNORECASE)
 
 
 def build_parser():
@@ -86,9 +88,10 @@ def read_inputs(source, n_in, resize):
 
 
 def file_stem(index, name, count):
-    """"3_walk_01.mp4" for sequence 3 of a folder: its index (unique, in order), then the name made file-safe and cut
-    to NAME_CHARS (a folder's name may have 255 bytes, too many with the index and ".png" before it)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:NAME_CHARS]
+    """"3_walk_01" for sequence 3 of a folder, walk_01.mp4: its index (unique, in order), then the name without a
+    media file's extension (no "3_walk_01.mp4.png"), made file-safe and cut to NAME_CHARS (a folder's name may have
+    255 bytes, too many with the index and ".png" before it)."""
+    safe = MEDIA_EXTENSION.sub("", re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._"))[:NAME_CHARS]
     return f"{index:0{len(str(count - 1))}d}_" + (safe or "sequence")
 
 

@@ -28,7 +28,7 @@ def plot_per_frame(curves, first_frame, path):
     curves: {label: {"per_frame": {metric: [value per predicted frame]}}} (e.g. the model and the baselines);
     first_frame: index (1-based, in the whole sequence) of the first predicted frame; path: the .png to write.
     """
-    fig = Figure(figsize=(4 * len(METRIC_NAMES), 3.4))
+    fig = Figure(figsize=(4 * len(METRIC_NAMES), 3.8))
     FigureCanvasAgg(fig)
     for ax, name in zip(fig.subplots(1, len(METRIC_NAMES)), METRIC_NAMES):
         for label, result in curves.items():
@@ -38,8 +38,10 @@ def plot_per_frame(curves, first_frame, path):
         ax.set_xlabel("frame")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.15, top=0.9, wspace=0.25)
+    # Below the plots, in one row: inside the first plot it hid the last-frame baseline's curve.
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(curves), fontsize=8,
+               frameon=False)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.24, top=0.9, wspace=0.25)
     fig.savefig(path, dpi=100)
 
 
@@ -123,12 +125,16 @@ def save_prediction_strip(inputs, predictions, path, gap=2):
     Image.fromarray(row).save(path)
 
 
+GIF_WIDTH = 256  # pixels at least: 32x32 frames made a 64x68 GIF, too small to see
+
+
 def save_prediction_gif(inputs, predictions, path, duration_ms=200):
-    """The inputs then the predictions, enlarged (nearest) 2x or more. The bar below grows each frame, grey then red:
-    it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a still prediction)."""
+    """The inputs then the predictions, enlarged (nearest) to GIF_WIDTH pixels or more. The bar below grows each
+    frame, grey then red: it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a
+    still prediction)."""
     frames = np.concatenate([_to_rgb_uint8(inputs), _to_rgb_uint8(predictions)])
     total, h, w = frames.shape[:3]
-    scale = max(2, -(-total // w))
+    scale = max(2, -(-total // w), -(-GIF_WIDTH // w))
     frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     images = []
     for t, frame in enumerate(frames):

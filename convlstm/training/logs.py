@@ -120,12 +120,25 @@ def prediction_grid(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, paddi
     return torch.cat([tiles[0]] + [tile[:, padding:] for tile in tiles[1:]], dim=1)  # share the padding rows
 
 
-def save_picture(grid: torch.Tensor, path: str) -> None:
-    """Write a (C, H, W) grid in [0, 1] as an 8-bit PNG (atomically, so a reader never sees half a file); a failure
-    is a convlstm.atomic.WriteError."""
-    from PIL import Image
+# predictions.png's rows (prediction_grid's), named in a margin left of them: the picture alone did not say which is which.
+ROW_LABELS = ("inputs, prediction", "inputs, truth", "squared error")
+LABEL_WIDTH = 120  # pixels of the margin
+
+
+def save_picture(grid: torch.Tensor, path: str, row_labels=(), padding: int = 2) -> None:
+    """Write a (C, H, W) grid in [0, 1] as an 8-bit PNG (atomically, so a reader never sees half a file), with
+    `row_labels` (one per row of equal height, `padding` pixels apart) in a white margin on its left; a failure is a
+    convlstm.atomic.WriteError."""
+    from PIL import Image, ImageDraw
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
     image = Image.fromarray(pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy())
+    if row_labels:
+        labelled = Image.new("RGB", (LABEL_WIDTH + image.width, image.height), "white")
+        labelled.paste(image.convert("RGB"), (LABEL_WIDTH, 0))
+        draw, row_height = ImageDraw.Draw(labelled), (image.height - padding) / len(row_labels)
+        for k, label in enumerate(row_labels):
+            draw.text((4, padding + k * row_height + row_height / 2), label, fill="black", anchor="lm")
+        image = labelled
     write_file(path, lambda handle: image.save(handle, format="PNG"))
 
 
@@ -207,7 +220,7 @@ class Reporter:
             grid = prediction_grid(x, y, y_hat)
             self.writer.add_image("predictions", grid, step)
             try:
-                save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE))
+                save_picture(grid, os.path.join(self.run_dir, PICTURE_FILE), ROW_LABELS)
             except WriteError as error:  # a picture is not worth a run (the start checked it can be written)
                 if not self.picture_failed:
                     self.log.warning(f"{error}; training goes on, the picture only in TensorBoard")
