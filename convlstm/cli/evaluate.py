@@ -108,10 +108,6 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    return build_parser().parse_args(argv)
-
-
 def check_out_dir(out_dir, overwrite):
     """Before any compute: --out_dir takes (new) results. Whether files can be made there is tried for real (under
     a file, in /proc, on a read-only disk), on rank 0 alone: ranks trying one new folder at once would remove it
@@ -364,7 +360,7 @@ def print_table(results, out_dir):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         run(args)
     except EvalError as e:

@@ -64,10 +64,6 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    return build_parser().parse_args(argv)
-
-
 class PredictError(ValueError):
     """Bad input, reported as one line."""
 
@@ -184,7 +180,7 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         model, device, source, inputs, n_out = prepare(args)
         predictions = predict_all(model, device, inputs, n_out, args.batch_size)
