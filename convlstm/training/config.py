@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import sys
+import textwrap
 
 from ..budget import oversized_int
 from ..checkpoint import CheckpointError
@@ -36,7 +37,8 @@ def _models_epilog() -> str:
     lines = ["models (--model NAME) and their own flags (train.py --model NAME --help shows them in full):"]
     for spec in REGISTRY.values():
         flags = ", ".join(f"--{name}" for name in spec.fields) or "none"
-        lines.append(f"  {spec.name}: {spec.summary}; flags: {flags}")
+        lines += textwrap.wrap(f"{spec.name}: {spec.summary}; flags: {flags}", width=100, initial_indent="  ",
+                               subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
 
 
