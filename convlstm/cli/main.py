@@ -1,17 +1,49 @@
 """`convlstm`, the installed command: `convlstm train|evaluate|predict|export ...` runs the same program as
-`python train.py ...` (each subcommand's --help lists its flags); `convlstm --version`. A subcommand's module is
-imported only when chosen, so evaluating never imports the training package."""
+`python train.py ...` (each subcommand's --help lists its flags); `convlstm bench NAME ...` runs
+benchmarks/bench_NAME.py of a checkout; `convlstm --version`. A subcommand's module is imported only when chosen, so
+evaluating never imports the training package."""
 from __future__ import annotations
 
 import importlib
+import pathlib
+import runpy
 import sys
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"  # a checkout's (pip install -e .)
 
 COMMANDS = {
     "train": ("convlstm.cli.train", "train a model (train.py)"),
     "evaluate": ("convlstm.cli.evaluate", "score a checkpoint against the baselines (evaluate.py)"),
     "predict": ("convlstm.cli.predict", "predict the next frames of your sequences (predict.py)"),
     "export": ("convlstm.cli.export", "write a checkpoint's forecast as ONNX or a torch.export program"),
+    "bench": (None, "run a benchmark of the checkout: convlstm bench NAME ... is python benchmarks/bench_NAME.py ..."),
 }
+
+
+def bench(argv) -> int:
+    """benchmarks/bench_<argv[0]>.py with the rest of argv, as `python benchmarks/bench_<name>.py` runs it."""
+    names = sorted(path.stem[len("bench_"):] for path in BENCHMARKS.glob("bench_*.py"))
+    if not names:
+        print(f"convlstm bench: error: no benchmarks/ beside the package ({BENCHMARKS}): the benchmarks come with a "
+              "checkout of the repository (pip install -e .)", file=sys.stderr)
+        return 1
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: convlstm bench {{{','.join(names)}}} ...  (convlstm bench NAME --help lists its flags)")
+        return 0 if argv else 2
+    if argv[0] not in names:
+        print(f"convlstm bench: error: no benchmark {argv[0]!r} (choose from {', '.join(names)})", file=sys.stderr)
+        return 2
+    path = BENCHMARKS / f"bench_{argv[0]}.py"
+    saved_path, saved_argv = list(sys.path), list(sys.argv)
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import benchutil and make_table beside them
+    sys.argv = [str(path), *argv[1:]]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as stopped:
+        return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+    finally:
+        sys.path[:], sys.argv[:] = saved_path, saved_argv
+    return 0
 
 
 def usage() -> str:
@@ -34,6 +66,8 @@ def main(argv=None) -> int:
         given = f"unknown command {argv[0]!r}" if argv else "no command"
         print(f"{usage()}\nconvlstm: error: {given} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    if argv[0] == "bench":
+        return bench(argv[1:])
     module = importlib.import_module(COMMANDS[argv[0]][0])
     program, sys.argv[0] = sys.argv[0], f"convlstm {argv[0]}"  # argparse's prog in the subcommand's messages
     try:
