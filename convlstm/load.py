@@ -98,7 +98,7 @@ def load_model(path, device="cpu", backend=None, channels=None, cell_output=None
             raise CheckpointError(f"checkpoint {path}: 'model' is not a state_dict ({not_tensors[0]!r} is not a "
                                   "tensor)")
         spec, config = checked_config(state["config"], path, channels, cell_output, model_class)
-        step, epoch = state.get("step"), state.get("epoch")
+        step, epoch, in_chan = state.get("step"), state.get("epoch"), config["in_chan"]
         # Checkpoints from before own data (no frame_shape) were all Moving MNIST frames of image_size.
         size = (frame_shape or [None] + [config.get("image_size")] * 2)[1:]
         frame_size = tuple(int(n) for n in size) if None not in size else None
@@ -116,7 +116,6 @@ def load_model(path, device="cpu", backend=None, channels=None, cell_output=None
     check_weights(model, weights, path)
     model.load_state_dict(weights)
     known = config or {}
-    in_chan = config["in_chan"] if config else in_chan
     model.info = ModelInfo(kind=kind, n_in=int(known.get("n_steps_past", DEFAULT_N_IN)),
                            n_out=int(known.get("n_steps_ahead", DEFAULT_N_OUT)), in_chan=in_chan,
                            out_chan=getattr(model, "out_chan", in_chan), frame_size=frame_size, config=config,

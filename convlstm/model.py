@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import REGISTRY, get_spec, spec_of, unwrap
+from .models import REGISTRY, get_spec, preset_spec, spec_of, unwrap
 from .models.tutorial import EncoderDecoderConvLSTM, to_btchw
 
 __all__ = ["EncoderDecoderConvLSTM", "model_from_config", "forecast", "model_config", "check_frame_size",
@@ -54,7 +54,7 @@ def check_frame_size(model: nn.Module, height: int, width: int) -> None:
 
 def preset_config(name: str) -> dict:
     """The train.py flag values of the preset `name` of any registered model (OpenSTL's "convlstm_s", "convlstm_l")."""
-    for spec in REGISTRY.values():
-        if name in spec.presets:
-            return dict(spec.presets[name])
-    raise KeyError(name)
+    spec = preset_spec(name)
+    if spec is None:
+        raise KeyError(name)
+    return dict(spec.presets[name])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ EXIT_ERROR = 1
 EXIT_BAD_FLAG = 2
 
 
+def terminal_bar(total: int, unit: str, enabled: bool, initial: int = 0):
+    """tqdm on stderr, only on a terminal: in a file (a cluster job's log, CI) its carriage-return redraws pile up into
+    one huge line per update, and the scripts write plain lines there instead."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
 # A script writing to a file (a cluster job's log, CI) is never silent longer than this: a progress line (rate, ETA).
 PROGRESS_SECONDS = 60.0
 
@@ -33,17 +42,13 @@ class Progress:
     line on stderr every PROGRESS_SECONDS, with the count, the rate and what is left. Rank 0 alone speaks."""
 
     def __init__(self, total: int, unit: str, prog: str, enabled: bool = True):
-        import sys
-        from tqdm import tqdm
         self.total, self.unit, self.prog, self.every, self.done = total, unit, prog, PROGRESS_SECONDS, 0
         self.enabled = enabled and launch_rank() == 0
-        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                        disable=not (self.enabled and sys.stderr.isatty()))
+        self.bar = terminal_bar(total, unit, self.enabled)
         self.lines = self.enabled and self.bar.disable
         self.start = self.last = time.perf_counter()
 
     def update(self, count: int) -> None:
-        import sys
         self.done += count
         self.bar.update(count)
         now = time.perf_counter()

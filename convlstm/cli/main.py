@@ -20,6 +20,11 @@ COMMANDS = {
 }
 
 
+def exit_status(stopped: SystemExit) -> int:
+    """The status a SystemExit ends the process with: its int, 0 for None, 1 for a message."""
+    return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+
+
 def bench(argv) -> int:
     """benchmarks/bench_<argv[0]>.py with the rest of argv, as `python benchmarks/bench_<name>.py` runs it."""
     names = sorted(path.stem[len("bench_"):] for path in BENCHMARKS.glob("bench_*.py"))
@@ -40,7 +45,7 @@ def bench(argv) -> int:
     try:
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as stopped:
-        return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+        return exit_status(stopped)
     finally:
         sys.path[:], sys.argv[:] = saved_path, saved_argv
     return 0
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
     try:
         return module.main(argv[1:]) or 0
     except SystemExit as stopped:  # evaluate.py's main and argparse end with sys.exit
-        return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+        return exit_status(stopped)
     finally:
         sys.argv[0] = program
 

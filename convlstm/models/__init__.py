@@ -92,11 +92,10 @@ def load_plugin(name: str) -> ModelSpec:
     except Exception as error:  # the user's code: any error in it is theirs to see, in one line
         raise PluginError(f"--model {name}: importing {where} failed: {type(error).__name__}: {error}") from None
     cls = getattr(module, attr, None)
-    options = getattr(cls, "__convlstm_spec__", None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module) or options is None:
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module) or not hasattr(cls, "__convlstm_spec__"):
         raise PluginError(f"--model {name}: {where} has no class {attr} decorated with "
                           "@convlstm.models.register_model")
-    return register(_plugin_spec(name, cls, options))
+    return spec_for_class(cls, name)
 
 
 def spec_for_class(cls, name: str) -> ModelSpec:
@@ -120,7 +119,7 @@ def _plugin_spec(name, cls, options) -> ModelSpec:
         if given is None and (parameter.default is parameter.empty
                               or type(parameter.default) not in (int, float, bool, str)):
             raise PluginError(f"--model {name}: {cls.__name__}.__init__'s {key} needs a default of type int, float, "
-                              "bool or str (it becomes the flag --{key}), or a Field in register_model(fields=...)")
+                              f"bool or str (it becomes the flag --{key}), or a Field in register_model(fields=...)")
         own[key] = given or Field(parameter.default, f"{cls.__name__}'s {key}")
     taken = [key for key in COMMON_KEYS + ("frame_shape",) if key in parameters]
 
@@ -157,11 +156,14 @@ def make_objective(cfg, frame_shape, rank: int):
     return ForecastMSE(spec.forecast, cfg) if spec.objective is None else spec.objective(cfg, frame_shape, rank)
 
 
-def model_spec(name, plugin_allowed=True) -> ModelSpec:
-    """The spec of a --model value as typed: a registered name, or (plugin_allowed) a plug-in to import."""
-    if is_plugin_name(name) and plugin_allowed:
-        return load_plugin(name)
-    return get_spec(name)
+def model_spec(name) -> ModelSpec:
+    """The spec of a --model value as typed: a registered name, or a plug-in to import."""
+    return load_plugin(name) if is_plugin_name(name) else get_spec(name)
+
+
+def preset_spec(name) -> ModelSpec | None:
+    """The registered model whose recipe --preset `name` is, or None."""
+    return next((spec for spec in REGISTRY.values() if name in spec.presets), None)
 
 
 # The package's models: a file each, registered here.

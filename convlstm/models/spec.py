@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.sequence import split_sequence
+
 # The config keys every model may read (train.py's common fields); a plug-in's __init__ takes those it names.
 COMMON_KEYS = ("in_chan", "n_hidden_dim", "kernel_size", "n_steps_past", "n_steps_ahead", "backend")
 
@@ -54,7 +56,7 @@ class ForecastMSE:
 
     def __call__(self, model, batch, mask):
         """batch (B, T, C, H, W) -> the MSE of frames [n_in, n_in + n_out) forecast from frames [0, n_in)."""
-        x, y = batch[:, :self.n_in], batch[:, self.n_in:self.n_in + self.n_out]
+        x, y = split_sequence(batch, n_in=self.n_in, n_out=self.n_out)
         return F.mse_loss(self.forecast(model, x, self.n_out).float(), y)
 
     def logged_eta(self):

@@ -19,7 +19,8 @@ from ..budget import oversized_int
 from ..checkpoint import CheckpointError
 from ..config import (AMP_MODES, DEFAULTS, DEVICES, GROUPS, LR_SCHEDULES, MAX_LR, PARSE, Config,
                       ConfigError, base_type, checked_values, config_class, with_defaults)
-from ..models import DEFAULT_MODEL, REGISTRY, ModelSpec, PluginError, get_spec, is_plugin_name, model_spec
+from ..models import (DEFAULT_MODEL, REGISTRY, ModelSpec, PluginError, get_spec, is_plugin_name, model_spec,
+                      preset_spec)
 from ..ops.lstm_gates.backends import BACKENDS
 from .schedule import highest_lr
 
@@ -124,13 +125,12 @@ def typed_values(argv, parser: argparse.ArgumentParser, spec: ModelSpec) -> dict
     for k, token in enumerate(extra):
         owner = _owner(token[2:], spec) if token.startswith("--") else None
         if owner is not None:
-            field_ = owner.fields[token[2:]]
+            kind = owner.fields[token[2:]].type_name()
             text = extra[k + 1] if k + 1 < len(extra) and not extra[k + 1].startswith("--") else None
-            value = True if text is None and field_.type_name() == "bool" else text
-            try:
-                value = PARSE[field_.type_name()](value) if value is not None and text is not None else value
+            try:  # the value as that model's parser would read it, for the message
+                value = PARSE[kind](text) if text is not None else (True if kind == "bool" else None)
             except (ValueError, argparse.ArgumentTypeError):
-                pass
+                value = text
             parser.error(f"--{token[2:]} {value!r}: applies to --model {owner.name} only")
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -178,7 +178,7 @@ def check_config(cfg: Config) -> None:
     need(bool(cfg.run_dir), "run_dir", "must name a directory")
     spec = model_spec(cfg.model)
     need(cfg.preset is None or cfg.preset in spec.presets, "preset",
-         f"is the recipe of --model {preset_owner(cfg.preset).name}" if cfg.preset in all_presets() else
+         f"is the recipe of --model {preset_spec(cfg.preset).name}" if cfg.preset in all_presets() else
          f"must be one of {', '.join(all_presets())}")
     problem = spec.check(cfg) if spec.check else None
     if problem:
@@ -193,10 +193,6 @@ def all_presets() -> list:
     return [name for spec in REGISTRY.values() for name in spec.presets]
 
 
-def preset_owner(name) -> ModelSpec | None:
-    return next((spec for spec in REGISTRY.values() if name in spec.presets), None)
-
-
 def _early_values(argv) -> dict:
     """The flags that decide the model, read before the model's own flags are known (typed, as text): --model,
     --preset, --config, --resume, --run_dir."""
@@ -209,6 +205,16 @@ def _early_values(argv) -> dict:
     except SystemExit:  # a flag without its value: the full parser says so
         return {}
     return {name: value for name, value in vars(values).items() if value is not None}
+
+
+def _checked_saved(saved, run_dir, cls) -> dict:
+    """checked_values of a checkpoint's saved config against the fields of `cls`; a bad value is not a flag's fault:
+    a CheckpointError (exit 1), as for any unusable checkpoint."""
+    try:
+        return checked_values(saved, f"the config saved in {run_dir}'s checkpoint", cls)
+    except ConfigError as error:
+        raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
+                              "--run_dir") from None
 
 
 def choose_model(argv, saved_config, parser) -> tuple[ModelSpec, dict, dict | None]:
@@ -242,12 +248,8 @@ def choose_model(argv, saved_config, parser) -> tuple[ModelSpec, dict, dict | No
             "0", "false", "no", "n", "off"):
         run_dir = early.get("run_dir", from_file.get("run_dir", DEFAULTS["run_dir"]))
         saved = saved_config(run_dir)
-        try:
-            saved = None if saved is None else checked_values(saved, f"the config saved in {run_dir}'s checkpoint")
-        except ConfigError as error:  # not a flag's fault: exit 1, as for any unusable checkpoint
-            raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
-                                  "--run_dir") from None
         if saved is not None:
+            saved = _checked_saved(saved, run_dir, Config)  # the common fields: "model" is read next
             theirs = saved.get("model", DEFAULT_MODEL)
             if named is not None and named != theirs:
                 parser.error(f"--model {named}: the checkpoint in {run_dir} holds a {theirs} model; resume with it "
@@ -256,13 +258,16 @@ def choose_model(argv, saved_config, parser) -> tuple[ModelSpec, dict, dict | No
                 parser.error(f"the checkpoint in {run_dir} holds the plug-in model {theirs}, whose code is imported "
                              f"only when typed: resume with --model {theirs}")
             named = theirs
-    preset = early.get("preset", from_file.get("preset"))
-    if named is None and preset_owner(preset) is not None:
-        named = preset_owner(preset).name
+    recipe = preset_spec(early.get("preset", from_file.get("preset")))
+    if named is None and recipe is not None:
+        named = recipe.name
     try:
-        return model_spec(named if named is not None else DEFAULT_MODEL), from_file, saved
+        spec = model_spec(named if named is not None else DEFAULT_MODEL)
     except ValueError as error:  # a saved model no longer registered
         raise CheckpointError(f"the checkpoint's {error}") from None
+    if saved is not None:  # the model's own fields, checked once the model is known
+        saved = _checked_saved(saved, run_dir, config_class(spec))
+    return spec, from_file, saved
 
 
 def parse_config(argv=None, saved_config=None) -> Config:
@@ -286,12 +291,6 @@ def parse_config(argv=None, saved_config=None) -> Config:
         given = {**(read_config_file(path, spec, from_file) if path is not None else {}), **typed}
     except ConfigError as error:
         parser.error(str(error))
-    if saved is not None:
-        try:
-            saved = checked_values(saved, "the config saved in the checkpoint", config_class(spec))
-        except ConfigError as error:  # the model's own fields, checked once the model is known
-            raise CheckpointError(f"{error}: the checkpoint was edited or damaged; move it away, or choose another "
-                                  "--run_dir") from None
     base = with_defaults(saved, spec) if saved is not None else dataclasses.asdict(config_class(spec)())
     base["model"] = spec.name
     preset = given.get("preset", base["preset"])

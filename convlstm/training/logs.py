@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import WriteError, write_file
-from ..runtime import PROGRESS_SECONDS
+from ..runtime import PROGRESS_SECONDS, terminal_bar
 
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
@@ -75,11 +75,9 @@ def close_logger(logger: logging.Logger) -> None:
 
 
 def progress_bar(total_steps: int, done_steps: int, enabled: bool):
-    """tqdm over optimizer steps: tqdm itself gives the rate and the ETA; the loop adds loss and sequences/s.
-    Only on a terminal: in a file (a cluster job's log, CI) tqdm's carriage-return redraws pile up into one huge
-    line per update, and the train.log lines carry the same loss, rate and ETA."""
-    return tqdm(total=total_steps, initial=done_steps, disable=not (enabled and sys.stderr.isatty()), unit="step",
-                dynamic_ncols=True, file=sys.stderr)
+    """tqdm over optimizer steps (runtime.terminal_bar: a terminal only): tqdm itself gives the rate and the ETA; the
+    loop adds loss and sequences/s. In a file the train.log lines carry the same loss, rate and ETA."""
+    return terminal_bar(total_steps, "step", enabled, initial=done_steps)
 
 
 def tensorboard_writer(run_dir: str, enabled: bool):
@@ -177,11 +175,16 @@ class Reporter:
         now = time.perf_counter()
         if not self.is_main or now - self.last_line < PROGRESS_SECONDS or not self.steps:
             return
-        self.last_line, seconds = now, now - self.start
-        eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
+        self.last_line = now
+        throughput, eta = self._pace(step, now - self.start)
         loss = (self.sums[0] / self.steps).item()
         self.log.info(f"step {step}/{self.total_steps} epoch {epoch} running: rank 0's loss {loss:.6f} over its last "
-                      f"{self.steps} steps, {self.global_batch * self.steps / seconds:.1f} sequences/s ETA {eta}")
+                      f"{self.steps} steps, {throughput:.1f} sequences/s ETA {eta}")
+
+    def _pace(self, step: int, seconds: float):
+        """(sequences/s over the steps since the last report, the time the run's other steps take at that rate)."""
+        eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
+        return self.global_batch * self.steps / seconds, eta
 
     def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.sums += torch.stack([loss.detach().float(), grad_norm.detach().float()])
@@ -192,9 +195,7 @@ class Reporter:
         """`lr`: the learning rate of the step just taken (optimizer step `step`, counted from 1); `sampling_eta`:
         OpenSTL's share of true frames fed in training at that step (None: not scheduled sampling)."""
         train_loss, grad_norm = (all_reduce(self.sums.clone()) / (self.world_size * self.steps)).tolist()
-        seconds = time.perf_counter() - self.start
-        throughput = self.global_batch * self.steps / seconds
-        eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / self.steps))
+        throughput, eta = self._pace(step, time.perf_counter() - self.start)
         self.sums.zero_()
         self.steps, self.start = 0, time.perf_counter()
         self.last_line = self.start
