@@ -42,7 +42,8 @@ def exported_program(model: nn.Module, n_out: int | None = None) -> torch.export
     shape (batch, info.n_in, info.in_chan, H, W) with (H, W) the training frame size (64x64 when unknown)."""
     info = model.info
     height, width = info.frame_size or (64, 64)
-    example = torch.rand(EXAMPLE_BATCH, info.n_in, info.in_chan, height, width)
+    device = next(model.parameters()).device  # the program runs where it was traced (its zero states are made there)
+    example = torch.rand(EXAMPLE_BATCH, info.n_in, info.in_chan, height, width, device=device)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         return torch.export.export(Forecast(model.eval(), n_out or info.n_out), (example,),
