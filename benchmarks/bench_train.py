@@ -9,10 +9,7 @@ preset at OpenSTL's batch 16). Configurations: default tutorial on cuda, cpu on 
 a minute). For backends torch (the eager reference), auto unless it is a fused one, the fused ones x compile off/on
 (of each cell) x channels_last off/on x amp none/bf16. Reports the median step time and IQR, sequences/s, peak
 memory, and the model's FLOPs (count_flops: convolutions, 2 per multiply-add, forward per sequence and forward +
-backward per step) with the rate they make.
---modes infer adds inference, in OpenSTL's convention (its measure_throughput, the "FPS" of its tables): the model's
-forward under torch.no_grad on random data, OpenSTL's model on all 20 patch frames with an all-ones mask, at batch
-100 where the frames are 64x64 (INFER_BATCH; smaller configurations keep their batch); sequences/s.
+backward per step) with the rate they make. Inference, in OpenSTL's convention, is bench_inference's.
 """
 from __future__ import annotations
 
@@ -43,8 +40,6 @@ OPENSTL_CONFIGS = {
     "quick": dict(batch=2, model="openstl_convlstm", n_hidden_dim=8, num_layers=2, kernel_size=3, patch_size=2,
                   n_steps_past=4, n_steps_ahead=4, image_size=16)}
 AMPS = ("none", "bf16")
-MODES = ("train", "infer")
-INFER_BATCH = {"tutorial": 100}  # OpenSTL's measure_throughput: batch 100 below 128x128 frames
 # First losses may differ by convolution algorithms (TF32 on a GPU) and, under bf16, by where they round.
 LOSS_RTOL = {"none": 1e-3, "bf16": 2e-2}
 
@@ -108,24 +103,6 @@ def make_openstl_step(model, optimizer, frames, mask, amp, device):
     return step, losses
 
 
-def make_infer(model_name, model, data, amp, device):
-    """One inference call in OpenSTL's convention (no gradients; OpenSTL's model on every patch frame with an
-    all-ones mask, as its measure_throughput feeds it) and the list of the losses it gives against the batch."""
-    model.eval()
-    losses = []
-
-    def infer():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            if model_name == "tutorial":
-                x, target = data
-                loss = F.binary_cross_entropy(model(x, future_seq=target.shape[2]).float(), target)
-            else:
-                frames, mask = data
-                _, loss = model(frames, torch.ones_like(mask))
-        losses.append(loss.detach())
-    return infer, losses
-
-
 def count_flops(model_name, config):
     """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter.FlopCounterMode on
     the meta device (shapes only: free, whatever the size), with backend torch and no autocast: convolutions and
@@ -146,16 +123,12 @@ def count_flops(model_name, config):
                 flop_per_step=forward.get_total_flops() + backward.get_total_flops())
 
 
-def measure(model_name, mode, backend, amp, compile_on, channels_last, config, batch, device, args,
-            reference_losses, flops):
-    """One case at `config` with `batch` sequences (INFER_BATCH's for inference)."""
+def measure(model_name, backend, amp, compile_on, channels_last, config, device, args, reference_losses, flops):
+    """One case at `config`."""
     torch._dynamo.reset()  # each case compiles afresh
-    config = dict(config, batch=batch)
     builder = build if model_name == "tutorial" else build_openstl
     model, optimizer, *data = builder(backend, config, device, compile_on, channels_last, args.compile_backend)
-    if mode == "infer":
-        step, losses = make_infer(model_name, model, data, amp, device)
-    elif model_name == "tutorial":
+    if model_name == "tutorial":
         step, losses = make_step(model, optimizer, *data, amp, device)
     else:
         step, losses = make_openstl_step(model, optimizer, *data, amp, device)
@@ -168,15 +141,13 @@ def measure(model_name, mode, backend, amp, compile_on, channels_last, config, b
         raise FloatingPointError(f"non-finite loss in the training step: {loss.tolist()}")
     first = loss[0].item()  # every case of a model starts from the same weights and data: its first loss is the
     if backend == "torch" and not compile_on and not channels_last:  # reference's
-        reference_losses[model_name, mode, amp] = first
-    elif (model_name, mode, amp) in reference_losses:
-        torch.testing.assert_close(first, reference_losses[model_name, mode, amp], rtol=LOSS_RTOL[amp], atol=0,
+        reference_losses[model_name, amp] = first
+    elif (model_name, amp) in reference_losses:
+        torch.testing.assert_close(first, reference_losses[model_name, amp], rtol=LOSS_RTOL[amp], atol=0,
                                    msg=lambda diff: f"first loss against the eager reference's: {diff}")
-    if (model_name, batch) not in flops:  # flop_per_step is of the batch
-        flops[model_name, batch] = count_flops(model_name, config)
-    counted = flops[model_name, batch]
-    if mode == "infer":  # the forward alone
-        counted = dict(counted, flop_per_step=counted["gflop_fwd_per_seq"] * 1e9 * batch)
+    if model_name not in flops:
+        flops[model_name] = count_flops(model_name, config)
+    counted = flops[model_name]
     return [dict(backend_resolved=convlstm.ops.lstm_gates.resolve(backend, device)[0], ms=ms, ms_iqr=iqr,
                 seq_per_s=config["batch"] / ms * 1e3, peak_mem_mb=peak, loss_first=first, loss=loss[-1].item(),
                 **counted, tflop_per_s=counted["flop_per_step"] / ms / 1e9, batch=config["batch"])]
@@ -193,8 +164,6 @@ def main(argv=None):
     parser.add_argument("--channels-last", type=benchutil.comma_list(("off", "on")), help="default off,on; --quick off")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend")
     parser.add_argument("--seconds", type=float, default=1.5, help="time each case for this long (default 1.5)")
-    parser.add_argument("--modes", type=benchutil.comma_list(MODES), default=["train"],
-                        help="train (default), infer (OpenSTL's inference convention) or train,infer")
 
     def available(device):
         fused = benchutil.fused_backends(device)
@@ -212,17 +181,14 @@ def main(argv=None):
     compiles = [c == "on" for c in args.compile or (["off"] if args.quick else ["off", "on"])]
     layouts = [c == "on" for c in args.channels_last or (["off"] if args.quick else ["off", "on"])]
     amps = sorted(args.amp or AMPS, key=lambda amp: amp != "bf16")
-    grid = sorted(itertools.product(compiles, models, args.modes, amps, args.backends, layouts),
-                  key=lambda case: (case[0], case[0] and case[4] == "torch"))
+    grid = sorted(itertools.product(compiles, models, amps, args.backends, layouts),
+                  key=lambda case: (case[0], case[0] and case[3] == "torch"))
     reference_losses, flops = {}, {}
-
-    def batch(name, mode):
-        return INFER_BATCH.get(config_name, configs[name]["batch"]) if mode == "infer" else configs[name]["batch"]
-    cases = [([dict(model=name, **({} if args.modes == ["train"] else dict(mode=mode)), backend=backend, amp=amp,
-                    compile=compile_on, channels_last=channels_last, config=configs[name])],
-              functools.partial(measure, name, mode, backend, amp, compile_on, channels_last, configs[name],
-                                batch(name, mode), device, args, reference_losses, flops))
-             for compile_on, name, mode, amp, backend, channels_last in grid]
+    cases = [([dict(model=name, backend=backend, amp=amp, compile=compile_on, channels_last=channels_last,
+                    config=configs[name])],
+              functools.partial(measure, name, backend, amp, compile_on, channels_last, configs[name], device, args,
+                                reference_losses, flops))
+             for compile_on, name, amp, backend, channels_last in grid]
     return benchutil.run_cases(cases, args, head)
 
 

@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # The GPU check a session with a device machine runs (an H100 by default), in parts that fit one call of about
-# 6 minutes, with time left in the session's 15 minutes for one rerun of what failed. Prepare on the development
+# 6.5 minutes, with time left in the session's 15 minutes for one rerun of what failed. Prepare on the development
 # machine with `bash benchmarks/gpu_prepare.sh`, which prints the exact device call; then, there:
 #
 #     bash benchmarks/gpu_session.sh                                  # every part
 #     GPU_SESSION_PARTS=tests,train bash benchmarks/gpu_session.sh    # the rerun of some
 #
-# Parts, each in a time box (seconds; a variable with its default; build + boxes <= 360, checked by
+# Parts, each in a time box (seconds; a variable with its default; build + boxes <= 390, checked by
 # tests/test_benchmarks.py), in this order:
-#   build    GPU_SESSION_BOX_BUILD=85    pip install -e . building the CUDA extension (sm_90+PTX), else the plain
+#   build    GPU_SESSION_BOX_BUILD=75    pip install -e . building the CUDA extension (sm_90+PTX), else the plain
 #                                        checkout on PYTHONPATH; then cuda and triton must match lstm_gates_ref
-#   tests    GPU_SESSION_BOX_TESTS=70    pytest -m gpu (every test that needs a GPU, by its marker), 6 workers
-#   gates    GPU_SESSION_BOX_GATES=55    bench_gates at the largest shape, fp32 and bf16, both layouts: fused
+#   tests    GPU_SESSION_BOX_TESTS=60    pytest -m gpu (every test that needs a GPU, by its marker), 6 workers
+#   gates    GPU_SESSION_BOX_GATES=50    bench_gates at the largest shape, fp32 and bf16, both layouts: fused
 #                                        backends against eager and torch.compile, as a share of the copy rate
-#   train    GPU_SESSION_BOX_TRAIN=35    bench_train, the tutorial's step in bf16, fused against eager, channels_last
+#   train    GPU_SESSION_BOX_TRAIN=30    bench_train, the tutorial's step in bf16, fused against eager, channels_last
 #                                        off and on (sequences/s, peak memory)
-#   openstl  GPU_SESSION_BOX_OPENSTL=75  bench_train, OpenSTL's ConvLSTM-S: training step and inference (OpenSTL's
-#                                        convention), fp32 and bf16, fused against eager
-#   profile  GPU_SESSION_BOX_PROFILE=30  profile_train: the tutorial's bf16 step, top kernels by time per backend
+#   openstl  GPU_SESSION_BOX_OPENSTL=40  bench_train, OpenSTL's ConvLSTM-S training step, fp32 and bf16, fused
+#                                        against eager
+#   profile  GPU_SESSION_BOX_PROFILE=25  profile_train: the tutorial's bf16 step, top kernels by time per backend
+#   inference GPU_SESSION_BOX_INFERENCE=110  bench_inference, ConvLSTM-S then the Quickstart's model in OpenSTL's
+#                                        convention (batch 100, fp32, 100 calls, CUDA events): eager, fused,
+#                                        torch.export, onnxruntime (where it has the CUDA provider), torch.compile
 # Each part ends PASS, FAIL, or INCOMPLETE (its time box ran out before every case ran; the cases that ran passed:
-# no failure). Every part runs even if an earlier one failed. Files under $OUT (6 at most; the device tool brings
+# no failure). Every part runs even if an earlier one failed. Files under $OUT (7 at most; the device tool brings
 # back 8): summary.txt (one screen: versions, each part's status, test counts, targets, top kernels), session.log
-# (every part's output), gates_cuda.json, train_cuda.json, openstl_cuda.json, profile_cuda.json. Exit 0 when every
+# (every part's output), gates_cuda.json, train_cuda.json, openstl_cuda.json, profile_cuda.json,
+# inference_cuda.json. Exit 0 when every
 # part passed, 3 when none failed but some are INCOMPLETE, 1 when a part failed, 2 on a bad GPU_SESSION_PARTS.
 #
 # Afterwards, on the development machine: copy the JSON files into benchmarks/results/, run
@@ -33,11 +37,13 @@
 # every benchmark).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 2
-# Boxes from the first H100 run (2026-12-05), measured: build 35-60 s, tests 28-51, gates 37, train 21, openstl 44,
-# profile 18.
-: "${GPU_SESSION_BOX_BUILD:=85}" "${GPU_SESSION_BOX_TESTS:=70}" "${GPU_SESSION_BOX_GATES:=55}"
-: "${GPU_SESSION_BOX_TRAIN:=35}" "${GPU_SESSION_BOX_OPENSTL:=75}" "${GPU_SESSION_BOX_PROFILE:=30}"
-ALL_PARTS="build tests gates train openstl profile"
+# Boxes from the first H100 run (2026-12-05), measured: build 35-60 s, tests 28-51, gates 37, train 21, openstl 44
+# (with the inference cases now in their own part), profile 18. inference: not yet run on a GPU; estimated ConvLSTM-S
+# 6 ways x (3 + 100) calls of about 55 ms plus exports and a compile (its cases ordered so a cut loses the last).
+: "${GPU_SESSION_BOX_BUILD:=75}" "${GPU_SESSION_BOX_TESTS:=60}" "${GPU_SESSION_BOX_GATES:=50}"
+: "${GPU_SESSION_BOX_TRAIN:=30}" "${GPU_SESSION_BOX_OPENSTL:=40}" "${GPU_SESSION_BOX_PROFILE:=25}"
+: "${GPU_SESSION_BOX_INFERENCE:=110}"
+ALL_PARTS="build tests gates train openstl profile inference"
 PARTS=$(echo "${GPU_SESSION_PARTS:-$ALL_PARTS}" | tr ',' ' ')
 for part in $PARTS; do
     case " $ALL_PARTS " in *" $part "*) ;; *) echo "GPU_SESSION_PARTS: unknown part '$part' (parts: $ALL_PARTS)" >&2
@@ -182,12 +188,13 @@ wants gates && bench gates "$GPU_SESSION_BOX_GATES" bench_gates.py --dtypes fp32
 wants train && bench train "$GPU_SESSION_BOX_TRAIN" bench_train.py --models tutorial --amp bf16 --compile off \
     $(full --channels-last off,on --seconds 0.5)
 # shellcheck disable=SC2046
-wants openstl && bench openstl "$GPU_SESSION_BOX_OPENSTL" bench_train.py --models openstl_convlstm --modes train,infer \
-    --amp none,bf16 --compile off $(full --seconds 0.5)
+wants openstl && bench openstl "$GPU_SESSION_BOX_OPENSTL" bench_train.py --models openstl_convlstm --amp none,bf16 \
+    --compile off $(full --seconds 0.5)
 wants profile && bench profile "$GPU_SESSION_BOX_PROFILE" profile_train.py
+wants inference && bench inference "$GPU_SESSION_BOX_INFERENCE" bench_inference.py
 rm -f "$OUT"/*.tmp  # a half-written JSON of a benchmark stopped by its box; the complete one beside it counts
 
-results=$(ls "$OUT"/{gates,train,openstl,profile}_"$DEVICE".json 2>/dev/null)
+results=$(ls "$OUT"/{gates,train,openstl,profile,inference}_"$DEVICE".json 2>/dev/null)
 if [ -n "$results" ]; then
     note "targets:"
     # shellcheck disable=SC2086

@@ -170,11 +170,38 @@ def test_bench_data_quick(tmp_path):
     assert [r["frame_shape"] for r in loaders] == [[1, 64, 64]] * 2 + [[3, 64, 64]] * 2
 
 
+def test_bench_inference_quick(tmp_path):
+    """Both models' forecast, 4 frames in and 4 out, each way the CPU runs it: the eager reference, torch.compile
+    (aot_eager here: Inductor's compile is tens of seconds), the torch.export program and the ONNX file in
+    onnxruntime; every way's output matches the reference's before it is timed; sequences/s in OpenSTL's convention."""
+    head, results = quick_run("bench_inference.py", tmp_path, "--compile-backend", "aot_eager")
+    ways = ("torch", "export", "onnxruntime", "compile")
+    assert head["kind"] == "inference" and (head["reps"], head["warmup"]) == (3, 3) and head["not_run"] == {}
+    assert [(r["config"], r["model"], r["backend"]) for r in results] == [
+        (config, model, way) for config, model in (("quick", "openstl_convlstm"), ("quick_tutorial", "tutorial"))
+        for way in ways]
+    for r in results:
+        assert r["status"] == "ok" and r["batch"] == 2 and r["reps"] == 3, r
+        assert_positive(r, "ms", "seq_per_s", "x_reference", "gflop_fwd_per_seq", "tflop_per_s", "setup_s")
+        assert 0 <= r["max_abs_err"] <= 1e-4 and r["ms_iqr"] >= 0
+        eager = next(e for e in results if e["config"] == r["config"] and e["backend"] == "torch")
+        assert r["x_reference"] == pytest.approx(r["seq_per_s"] / eager["seq_per_s"])
+        assert r["tflop_per_s"] == pytest.approx(r["gflop_fwd_per_seq"] * r["seq_per_s"] / 1e3)
+    # By hand, 7 steps of OpenSTL's 2 layers of 8 (2x2 patches: 4 channels on an 8x8 grid, 3x3) and its 1x1
+    # conv_last; the tutorial's nf 4 at 16x16: 4 steps of its first encoder cell (1 + 4 -> 16), 12 of the other
+    # three (8 -> 16) and its head (4 -> 1) over 4 frames.
+    openstl = 7 * (conv_macs(32, 4 + 8 + 8 + 8, 3, 64) + conv_macs(4, 8, 1, 64))
+    tutorial = 4 * conv_macs(16, 5, 3, 256) + 12 * conv_macs(16, 8, 3, 256) + 4 * conv_macs(1, 4, 3, 256)
+    assert results[0]["gflop_fwd_per_seq"] == pytest.approx(2 * openstl / 1e9, rel=1e-12)
+    assert results[4]["gflop_fwd_per_seq"] == pytest.approx(2 * tutorial / 1e9, rel=1e-12)
+
+
 def test_make_table_renders_the_committed_results():
     """benchmarks/README.md's generated part is what make_table makes of benchmarks/results/ (run
     `python benchmarks/make_table.py --write` after adding a results file)."""
     runs = make_table.load(sorted((BENCH / "results").glob("*.json")))
-    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory", "data", "profile"}
+    assert {run["header"]["kind"] for run in runs} == {"gates", "train", "dispatch", "memory", "data", "profile",
+                                                            "inference"}
     readme = (BENCH / "README.md").read_text()
     assert readme.split(make_table.BEGIN + "\n", 1)[1].split(make_table.END, 1)[0] == make_table.render(runs)
 
@@ -198,36 +225,50 @@ def test_gate_targets_judge_the_worst_case_of_the_largest_shape():
              gate("cuda", "bf16", 1.0, 0.90),  # the fastest fused backend is the one judged
              gate("torch", "fp32", 8.0, 0.2), gate("compile", "fp32", 2.2, 0.7), gate("cuda", "fp32", 1.9, 0.81),
              gate("cuda", "fp32", 0.5, 0.10, shape=(12, 64, 64, 64))]  # a smaller shape is not judged
-    copy, eager, compiled, _ = make_table.targets([run_of("gates", gates)]).splitlines()
+    copy, eager, compiled, *_ = make_table.targets([run_of("gates", gates)]).splitlines()
     assert copy.startswith("- **not met**: gate fwd+bwd >= 85% of copy") and "worst 81% (fp32 nchw cuda" in copy
     assert eager.startswith("- **met**: gate fwd+bwd >= 3x eager") and "worst 4.00x (bf16 nchw cuda" in eager
     assert compiled.startswith("- **not met**: gate fwd+bwd >= 1.2x torch.compile") and "worst 1.16x" in compiled
     quick = run_of("gates", gates)
     quick["header"]["quick"] = True  # a smoke run's numbers are not judged
-    assert make_table.targets([quick, run_of("gates", gates, device="cpu")]).count("**not measured**") == 4
+    assert make_table.targets([quick, run_of("gates", gates, device="cpu")]).count("**not measured**") == 5
 
 
 def test_train_target_needs_speed_and_memory_in_one_case():
     results = [train("torch", 10.0, 1000.0), train("torch", 30.0, 100.0, amp="none"),  # another amp: not judged
                train("cuda", 14.0, 500.0), train("cuda", 17.0, 650.0, compile_on=True)]
-    line = make_table.targets([run_of("train", results, config_name="tutorial")]).splitlines()[-1]
+    line = make_table.targets([run_of("train", results, config_name="tutorial")]).splitlines()[-2]
     assert line.startswith("- **met**: train step") and "cuda (cuda) compile=True" in line
     assert "1.70x seq/s, 65% memory" in line  # 1.4x (the other) is too slow
     results[-1]["peak_mem_mb"] = 800.0
-    line = make_table.targets([run_of("train", results, config_name="tutorial")]).splitlines()[-1]
+    line = make_table.targets([run_of("train", results, config_name="tutorial")]).splitlines()[-2]
     assert line.startswith("- **not met**: train step") and "fastest: cuda (cuda) compile=True" in line
-    line = make_table.targets([run_of("train", results, config_name="cpu")]).splitlines()[-1]
+    line = make_table.targets([run_of("train", results, config_name="cpu")]).splitlines()[-2]
     assert line.startswith("- **not measured**: train step")
     # two runs of the same cases: each run's best is reported, and a verdict that differs between them says so
     passing = [train("torch", 10.0, 1000.0), train("triton", 16.0, 600.0)]
     line = make_table.targets([run_of("train", results, config_name="tutorial"),
-                               run_of("train", passing, config_name="tutorial")]).splitlines()[-1]
+                               run_of("train", passing, config_name="tutorial")]).splitlines()[-2]
     assert line.startswith("- **met in 1 of 2 runs**: train step") and "fastest: cuda (cuda) compile=True" in line
     assert "best passing: triton (triton) compile=False channels_last=False: 1.60x seq/s, 60% memory" in line
 
 
+def test_inference_target_is_openstls_convlstm_s_figure():
+    """OpenSTL's 113 sequences/s (V100) for ConvLSTM-S, judged on the fastest way of a full GPU run."""
+    def record(backend, seq_per_s, config="convlstm_s"):
+        return dict(config=config, backend=backend, status="ok", seq_per_s=seq_per_s, batch=100)
+    slow = [record("torch", 90.0), record("cuda", 112.0), record("triton", 500.0, config="quickstart")]
+    line = make_table.targets([run_of("inference", slow)]).splitlines()[-1]
+    assert line.startswith("- **not met**: ConvLSTM-S inference >= 113 seq/s") and "fastest: cuda 112" in line
+    assert "eager: torch 90 seq/s" in line
+    line = make_table.targets([run_of("inference", slow + [record("triton", 1800.0)])]).splitlines()[-1]
+    assert line.startswith("- **met**: ConvLSTM-S") and "fastest: triton 1800 seq/s at batch 100" in line
+    assert make_table.targets([run_of("inference", slow, device="cpu")]).splitlines()[-1].startswith(
+        "- **not measured**: ConvLSTM-S")
+
+
 SESSION = BENCH / "gpu_session.sh"
-PARTS = ["build", "tests", "gates", "train", "openstl", "profile"]
+PARTS = ["build", "tests", "gates", "train", "openstl", "profile", "inference"]
 
 
 def session_boxes():
@@ -237,10 +278,10 @@ def session_boxes():
 
 
 def test_gpu_session_fits_the_device_time():
-    """One call of about 6 minutes in the session's 15 device minutes: every part has a box, build and boxes
-    together at most 360 s, and the call timeout gpu_prepare.sh prints covers them with each box's kill grace."""
+    """One call of about 6.5 minutes in the session's 15 device minutes: every part has a box, build and boxes
+    together at most 390 s, and the call timeout gpu_prepare.sh prints covers them with each box's kill grace."""
     boxes = session_boxes()
-    assert list(boxes) == PARTS and sum(boxes.values()) <= 360, boxes
+    assert list(boxes) == PARTS and sum(boxes.values()) <= 390, boxes
     prepare = (BENCH / "gpu_prepare.sh").read_text()
     assert "timeout=$((boxes + 10 * parts + 30))" in prepare and "--kill-after=10" in SESSION.read_text()
 
@@ -259,23 +300,25 @@ def run_session(tmp_path, **env):
 
 def test_gpu_session_dry_run_of_every_part(tmp_path):
     """Every part on the CPU: each PASSes, the gpu tests are collected (and skip here), every benchmark writes
-    its records, the summary ends ALL PARTS PASSED, and $OUT holds the 6 files the device brings back (it takes 8)."""
+    its records, the summary ends ALL PARTS PASSED, and $OUT holds the 7 files the device brings back (it takes 8)."""
     proc, out, summary = run_session(tmp_path)
     assert proc.returncode == 0, summary + proc.stderr
     for part in PARTS:
         assert re.search(rf"^{part} +PASS +exit +0 in +\d+s \(box {session_boxes()[part]}s\)$", summary, re.M), summary
     assert re.search(r"\d+ skipped, \d+ deselected", summary) and summary.rstrip().endswith("ALL PARTS PASSED")
     assert "**not measured**: gate fwd+bwd" in summary and re.search(r"^profile torch: step [\d.]+ ms", summary, re.M)
-    assert sorted(os.listdir(out)) == ["gates_cpu.json", "openstl_cpu.json", "profile_cpu.json", "session.log",
-                                       "summary.txt", "train_cpu.json"]
+    assert sorted(os.listdir(out)) == ["gates_cpu.json", "inference_cpu.json", "openstl_cpu.json", "profile_cpu.json",
+                                       "session.log", "summary.txt", "train_cpu.json"]
     runs = {name: json.loads((out / f"{name}_cpu.json").read_text()) for name in ("gates", "train", "openstl",
-                                                                                  "profile")}
+                                                                                  "profile", "inference")}
     assert {(r["dtype"], r["layout"]) for r in runs["gates"]["results"]} == {
         (d, layout) for d in ("fp32", "bf16") for layout in ("nchw", "channels_last")}
     assert {r["model"] for r in runs["train"]["results"]} == {"tutorial"}
-    # OpenSTL's model trained and inferred (OpenSTL's convention: its forward without gradients)
-    assert {(r["model"], r["mode"], r["amp"]) for r in runs["openstl"]["results"]} == {
-        ("openstl_convlstm", mode, amp) for mode in ("train", "infer") for amp in ("none", "bf16")}
+    assert {(r["model"], r["amp"]) for r in runs["openstl"]["results"]} == {
+        ("openstl_convlstm", amp) for amp in ("none", "bf16")}
+    # both models' forecast in OpenSTL's convention (the dry run: the eager way alone)
+    assert [(r["model"], r["backend"]) for r in runs["inference"]["results"]] == [("openstl_convlstm", "torch"),
+                                                                                  ("tutorial", "torch")]
     profile, = runs["profile"]["results"]
     assert profile["status"] == "ok" and profile["top"] and profile["kernel_ms"] > 0
     assert profile["top"][0]["category"] == "convolution"  # the tutorial's step is its convolutions
@@ -307,7 +350,7 @@ def test_gpu_session_time_box_ends_incomplete_not_failed(tmp_path):
 def test_gpu_session_refuses_an_unknown_part(tmp_path):
     proc, out, summary = run_session(tmp_path, GPU_SESSION_PARTS="build,bench")
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        "GPU_SESSION_PARTS: unknown part 'bench' (parts: build tests gates train openstl profile)")
+        "GPU_SESSION_PARTS: unknown part 'bench' (parts: build tests gates train openstl profile inference)")
 
 
 def test_the_gpu_marker_selects_every_gpu_case():
