@@ -24,6 +24,7 @@ encoder-decoder, nf 64, 64x64 grey). On a GPU the default leaves the tutorial's 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import importlib.util
@@ -64,6 +65,13 @@ REPS = {"cuda": 100, "cpu": 10, "quick": 3}
 WARMUP = 3  # compiles, autotunes, fills onnxruntime's and cuDNN's caches
 TOLERANCE = {"cpu": 1e-4, "cuda": 1e-2}  # max |output - eager's|; CUDA's float32 convolutions may run in TF32
 WAYS = ("torch", *FUSED, "export", "onnxruntime", "compile")
+
+
+def positive(text):
+    """argparse type: an int of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number of at least 1")
+    return int(text)
 
 
 def openstl_batch(side):
@@ -210,12 +218,10 @@ def main(argv=None):
     parser.add_argument("--backends", type=benchutil.comma_list(WAYS),
                         help="ways to run, comma-separated (default: torch, every fused backend that runs here, "
                              "export, onnxruntime, compile)")
-    parser.add_argument("--batch", type=int, help="sequences a call (default: OpenSTL's rule; 2 for 64x64 on cpu)")
-    parser.add_argument("--reps", type=int, help="timed calls (default: 100 on cuda, 10 on cpu, 3 with --quick)")
+    parser.add_argument("--batch", type=positive, help="sequences a call (default: OpenSTL's rule; 2 for 64x64 on cpu)")
+    parser.add_argument("--reps", type=positive, help="timed calls (default: 100 on cuda, 10 on cpu, 3 with --quick)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend")
     args, device = benchutil.parse(parser, argv, available)
-    if args.batch is not None and args.batch < 1 or args.reps is not None and args.reps < 1:
-        parser.error(f"--batch {args.batch} / --reps {args.reps}: must be at least 1")
     names = args.configs or DEFAULT_CONFIGS["quick" if args.quick else device.type]
     reps = args.reps or REPS["quick" if args.quick else device.type]
     problem = onnx_problem(device)

@@ -114,7 +114,9 @@ def test_the_installed_command_runs_each_script(capsys):
         assert convlstm_main([name, "--help"]) == 0
         assert flag in capsys.readouterr().out, name
     assert convlstm_main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
-    assert convlstm_main(["bench", "--help"]) == 0 and "{data,dispatch,gates,memory,train}" in capsys.readouterr().out
+    assert convlstm_main(["bench", "--help"]) == 0 and "{data,dispatch,gates,inference,memory,train}" in \
+        capsys.readouterr().out
+    assert convlstm_main(["bench"]) == 2 and "usage: convlstm bench {" in capsys.readouterr().err
     assert convlstm_main(["bench", "speed"]) == 2 and "no benchmark 'speed'" in capsys.readouterr().err
 
 

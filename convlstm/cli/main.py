@@ -32,8 +32,9 @@ def bench(argv) -> int:
         print(f"convlstm bench: error: no benchmarks/ beside the package ({BENCHMARKS}): the benchmarks come with a "
               "checkout of the repository (pip install -e .)", file=sys.stderr)
         return 1
-    if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: convlstm bench {{{','.join(names)}}} ...  (convlstm bench NAME --help lists its flags)")
+    if not argv or argv[0] in ("-h", "--help"):  # asked for: stdout, exit 0; a missing name: stderr, exit 2
+        print(f"usage: convlstm bench {{{','.join(names)}}} ...  (convlstm bench NAME --help lists its flags)",
+              file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] not in names:
         print(f"convlstm bench: error: no benchmark {argv[0]!r} (choose from {', '.join(names)})", file=sys.stderr)
