@@ -98,7 +98,10 @@ setup(
         # torch.onnx's exporter writes ONNX with onnxscript and onnx (convlstm export --format onnx); onnxruntime,
         # the reference ONNX runtime, is the tests' oracle that the file gives the checkpoint's outputs.
         "export": ["onnx", "onnxscript"],
-        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime"],
+        # Radar archives: xarray opens NetCDF lazily with labelled dimensions, CF time decoding and fill values (what
+        # a reader of our own would redo); netCDF4 is the reference NetCDF library (NetCDF3 and NetCDF4 files).
+        "nowcast": ["xarray", "netCDF4"],
+        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime", "xarray", "netCDF4"],
     },
     entry_points={"console_scripts": ["convlstm=convlstm.cli.main:main"]},
     **cuda_extension_args(),

@@ -43,7 +43,11 @@ from torch.utils.data import DataLoader, Subset
 from convlstm.atomic import WriteError, check_writable_dir, staged
 from convlstm.budget import BudgetError, check_fits, oversized_int
 from convlstm.data import MovingMNIST, split_sequence
+from convlstm.data.gridded import gridded_options
+from convlstm.data.sequence import split_valid
 from convlstm.data.sources import DataError, error_line, open_source, scan_source, usable
+from convlstm.data.units import Units, UnitsError
+from convlstm.evaluation.nowcast import DEFAULT_THRESHOLDS, NowcastScores
 from convlstm.data.windows import Windows, parse_size
 from convlstm.evaluation.metrics import CONVENTIONS, METRIC_NAMES, MetricTotals, frame_metrics
 from convlstm.load import load_model
@@ -56,7 +60,8 @@ from convlstm.data.datasets import build_datasets
 from convlstm.runtime import (EXIT_BAD_FLAG, EXIT_ERROR, Progress, SetupError, add_frame_flags, add_loading_flags,
                               distributed, first_failure, launch_rank)
 
-OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz")
+OUTPUT_FILES = ("metrics.json", "per_frame.png", "samples.png", "samples.gif", "predictions.npz", "csi_by_lead.png")
+SCORES = ("video", "nowcast")
 REQUIRED_CONFIG = ("n_steps_past", "n_steps_ahead")  # beside the model's spec.config_keys
 BASELINES = ("last_frame", "zeros")
 DEFAULT_NUM_TEST = 10000  # the size of the standard test file, so generated results compare with it
@@ -102,6 +107,15 @@ def build_parser():
                    help="MNIST IDX directory for the generated split (default: the checkpoint's --data, or the "
                         "embedded digits if it had none)")
     add_loading_flags(p)
+    p.add_argument("--variable", default=None, help="the variable of a NetCDF --data (default: the training one)")
+    p.add_argument("--scores", default="video", choices=SCORES,
+                   help="video: the Moving MNIST tables' metrics (MSE, MAE, SSIM, PSNR) against the baselines; "
+                        "nowcast: those and the nowcasting scores (CSI, POD, FAR, HSS, ETS, bias, CSI-M, FSS) per "
+                        "threshold and lead time against persistence, and csi_by_lead.png")
+    p.add_argument("--thresholds", default=None,
+                   help="rain thresholds for --scores nowcast, comma-separated, in mm/h for data in dBZ or mm/h "
+                        f"(default {','.join(map(str, DEFAULT_THRESHOLDS))}, HKO-7's); in the data's own units with "
+                        "--transform none (required then)")
     p.add_argument("--num_samples", type=int, default=4, help="sequences shown in samples.png and samples.gif")
     p.add_argument("--save_predictions", action="store_true", help="also write predictions.npz")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out_dir")
@@ -181,7 +195,8 @@ def build_dataset(args, config, trained):
                             f"--digits sets another MNIST directory): {e}") from None
         return dataset, {"source": "generated", "dataset": repr(dataset)}
     try:
-        source = open_source(args.data, layout=args.layout, channels=args.channels, min_length=seq_len)
+        source = open_source(args.data, layout=args.layout, channels=args.channels, min_length=seq_len,
+                             gridded=gridded_options(config, args.variable))
         bad, scanned = scan_source(source, args.skip_bad_data)
         dataset = Windows(source, seq_len, stride=args.stride, resize=parse_size(args.resize),
                           sequences=usable(source, bad, "--data"))
@@ -196,8 +211,9 @@ def build_dataset(args, config, trained):
         raise EvalError(f"--data {args.data} has frames of {dataset.frame_shape[1]}x{dataset.frame_shape[2]} but "
                         f"the checkpoint was trained on {size} (H x W): pass --resize {size}")
     skipped = {"skipped": list(bad.values())} if bad else {}  # by --skip_bad_data
+    step = {"step_minutes": source.step / 6e10} if getattr(source, "step", None) else {}  # a NetCDF archive's (ns)
     return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset),
-                                   **skipped}
+                                   **skipped, **step}
 
 
 def _first(args, dataset):
@@ -209,11 +225,48 @@ def _first(args, dataset):
     return Subset(dataset, range(args.num_test))
 
 
-def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples):
+def nowcast_scoring(args, config):
+    """(Units of the data or None, thresholds) for --scores nowcast, checked; (None, None) without it."""
+    if args.scores != "nowcast":
+        return None, None
+    try:
+        units = Units.from_config(config)
+    except UnitsError as e:
+        raise EvalError(f"checkpoint {args.checkpoint}: {e}") from None
+    if args.thresholds is None:
+        if units is None or units.kind == "none":
+            raise EvalError("--scores nowcast: the data have no rain rate (" + (
+                "--transform none" if units else "trained on frames in [0, 1]") + "): give --thresholds in their "
+                "units")
+        return units, DEFAULT_THRESHOLDS
+    try:
+        thresholds = tuple(float(part) for part in args.thresholds.split(","))
+    except ValueError:
+        raise EvalError(f"--thresholds {args.thresholds!r}: expected numbers such as 0.5,2,5") from None
+    if not thresholds or any(not math.isfinite(t) or t <= 0 for t in thresholds):
+        raise EvalError(f"--thresholds {args.thresholds!r}: each must be a positive number")
+    return units, thresholds
+
+
+def in_rain_units(units, frames):
+    """Frames on the models' [0, 1] scale in the units thresholds are in: mm/h for dBZ and mm/h data, the data's own
+    for --transform none, the [0, 1] scale itself without a transform."""
+    if units is None:
+        return frames
+    values = units.from_unit(frames)
+    return values if units.kind == "none" else units.rain_rate(values)
+
+
+def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples,
+                   nowcast=(None, None)):
     """((metric totals of the model and baselines over dataset[indices], samples, predictions and targets (with
-    keep_predictions)), None), or (None, the line of a read that failed)."""
+    keep_predictions), nowcast scores of the model and persistence (with nowcast's thresholds)), None), or (None,
+    the line of a read that failed). No-data pixels (NaN) are 0 in x, y and every prediction (out of the metrics'
+    sums) and out of the nowcast scores."""
     n_past, n_ahead = config["n_steps_past"], config["n_steps_ahead"]
     totals = {name: MetricTotals(n_ahead, device) for name in ("model", *BASELINES)}
+    units, thresholds = nowcast
+    scores = {name: NowcastScores(thresholds) for name in ("model", "persistence")} if thresholds else None
     samples, preds, targets = [], [], []
     batches = iter(DataLoader(Subset(dataset, indices), batch_size=min(batch_size, max(1, len(indices))),
                               shuffle=False))
@@ -228,10 +281,18 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
                 progress.close()
                 return None, error_line(e)
             progress.update(len(batch))
-            x, y = split_sequence(batch.to(device), n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
+            batch, valid = split_valid(batch.to(device))
+            x, y = split_sequence(batch, n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
+            valid = None if valid is None else valid[:, n_past:n_past + n_ahead]
             pred = forecast(model, x, n_ahead)  # (B, T_out, C, H, W)
+            pred = pred if valid is None else pred * valid
+            last = x[:, -1:].expand_as(y) if valid is None else x[:, -1:] * valid
             totals["model"].add(frame_metrics(pred, y))
-            totals["last_frame"].add(frame_metrics(x[:, -1:].expand_as(y), y))
+            totals["last_frame"].add(frame_metrics(last, y))
+            if scores is not None:  # in rain units; persistence is the last input frame
+                observed = in_rain_units(units, y)
+                scores["model"].update(in_rain_units(units, pred), observed, valid)
+                scores["persistence"].update(in_rain_units(units, last), observed, valid)
             totals["zeros"].add(frame_metrics(torch.zeros_like(y), y))
             if sum(len(s[0]) for s in samples) < num_samples:
                 samples.append((x.cpu(), y.cpu(), pred.cpu()))
@@ -240,7 +301,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
                 targets.append(y.float().cpu().numpy())
     progress.close()
     samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
-    return (totals, samples, preds, targets), None
+    return (totals, samples, preds, targets, scores), None
 
 
 def gather_predictions(preds, targets, shape, rank, world_size):
@@ -272,15 +333,20 @@ def write_outputs(args, results, samples, predictions, first_frame):
                "samples.gif": lambda path: save_gif(*samples, path)}
     if predictions is not None:
         writers["predictions.npz"] = lambda path: np.savez(path, pred=predictions[0], target=predictions[1])
+    if "nowcast" in results:
+        from convlstm.evaluation.nowcast import plot_csi_by_lead
+        nowcast = {name: results["nowcast"][name] for name in ("model", "persistence")}
+        writers["csi_by_lead.png"] = lambda path: plot_csi_by_lead(nowcast, path, results["data"].get("step_minutes"))
     try:
         with staged(args.out_dir) as stage:
             for name, write in writers.items():
                 stage.write(name, write)
     except WriteError as error:
         raise EvalError(str(error)) from None
-    npz = os.path.join(args.out_dir, "predictions.npz")
-    if predictions is None and os.path.exists(npz):  # --overwrite without --save_predictions: an old file would not
-        os.remove(npz)  # match these results, which are in place now
+    for name in ("predictions.npz", "csi_by_lead.png"):  # --overwrite without what wrote them: an old file would not
+        path = os.path.join(args.out_dir, name)  # match these results, which are in place now
+        if name not in writers and os.path.exists(path):
+            os.remove(path)
 
 
 def run(args):
@@ -321,14 +387,17 @@ def evaluate_and_write(args, info):
     n, world_size = len(dataset), info.world_size
     start, stop = -(-info.rank * n // world_size), -(-(info.rank + 1) * n // world_size)  # rank 0's never empty
     started = time.time()
+    nowcast = nowcast_scoring(args, config)
     results, failure = evaluate_shard(model, dataset, range(start, stop), config, args.batch_size, info.device,
-                                      args.save_predictions, args.num_samples)
+                                      args.save_predictions, args.num_samples, nowcast)
     failure = first_failure(failure, info)  # every rank stops, before the collectives below, if any rank's read failed
     if failure is not None:
         raise EvalError(f"--data: {failure}")
-    totals, samples, preds, targets = results
+    totals, samples, preds, targets, scores = results
     for name in totals:  # the same collectives in the same order on every rank
         totals[name].all_reduce()
+    for name in scores or ():
+        scores[name].all_reduce(config["n_steps_ahead"], info.device)
     predictions = None
     if args.save_predictions:
         shape = (config["n_steps_ahead"], *dataset[0].shape[1:])
@@ -343,6 +412,12 @@ def evaluate_and_write(args, info):
             "model_config": config, "device": str(info.device), "backend": backend, "world_size": world_size,
             "seconds": round(time.time() - started, 3), "conventions": CONVENTIONS,
         })
+        if scores:
+            units = nowcast[0]
+            results["nowcast"] = {"units": "mm/h" if units and units.kind != "none" else
+                                  "the data's own" if units else "the [0, 1] scale",
+                                  "transform": units and {"kind": units.kind, "zr_a": units.zr_a, "zr_b": units.zr_b},
+                                  **{name: scores[name].result() for name in scores}}
         write_outputs(args, results, samples, predictions, first_frame=config["n_steps_past"] + 1)
         print_table(results, args.out_dir)
 
@@ -356,6 +431,15 @@ def print_table(results, out_dir):
     print(f"{'':20s}" + "".join(f"{name:>12s}" for name in METRIC_NAMES))
     for label, r in rows:
         print(f"{label:20s}" + "".join(f"{r[name]:12.4f}" for name in METRIC_NAMES))
+    if "nowcast" in results:
+        nowcast = results["nowcast"]
+        print(f"CSI over all lead times, thresholds in {nowcast['units']} (csi_by_lead.png: per lead time)")
+        print(f"{'':20s}" + "".join(f"{'>= ' + format(t, 'g'):>9s}" for t in nowcast["model"]["thresholds"])
+              + f"{'CSI-M':>9s}")
+        for label in ("model", "persistence"):
+            r = nowcast[label]
+            cells = [*r["all_leads"]["csi"], r["csi_m"]["all_leads"]]
+            print(f"{label:20s}" + "".join(f"{'-' if v is None else format(v, '.4f'):>9s}" for v in cells))
     print(f"results in {out_dir}")
 
 

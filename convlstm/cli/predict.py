@@ -12,6 +12,7 @@ config; without one the tutorial's 10 and 10), at the frame size a train.py mode
 Into --out:
 
     predictions.npy        float32 (N, n_out, C, H, W) in [0, 1] (OpenSTL's model is unbounded: clipped)
+                           (a radar archive: in its units, mm/h or dBZ, NaN where the input has no data)
     inputs.npy             float32 (N, n_in, C, H, W) in [0, 1]: the frames the model read (after --resize)
     strips/<i>_<name>.png  one row per sequence: its inputs, a wider gap, the predictions
     gifs/<i>_<name>.gif    the inputs then the predictions; the bar below grows grey over inputs, red over predictions
@@ -36,7 +37,10 @@ import torch
 
 from convlstm.atomic import WriteError, check_writable_dir, staged
 from convlstm.budget import BudgetError, check_fits, oversized_int
+from convlstm.data.gridded import gridded_options
+from convlstm.data.sequence import split_valid
 from convlstm.data.sources import DataError, open_source
+from convlstm.data.units import Units
 from convlstm.data.windows import parse_size, to_frames
 from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
@@ -57,6 +61,7 @@ def build_parser():
     p.add_argument("--out", required=True, help="directory for the results (must be empty or new)")
     p.add_argument("--n_out", type=int, default=None, help="frames to predict (default: the checkpoint's)")
     add_frame_flags(p, "--input")
+    p.add_argument("--variable", default=None, help="the variable of a NetCDF --input (default: the training one)")
     add_loading_flags(p)
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -119,7 +124,7 @@ def prepare(args):
                        model_class=model_class)
     info, config = model.info, model.info.config or {}
     source = open_source(args.input, layout=args.layout, channels=args.channels or config.get("channels"),
-                         min_length=info.n_in)
+                         min_length=info.n_in, gridded=gridded_options(config, args.variable))
     if source.frame_shape[0] != info.in_chan:
         hint = (" (an array is read as stored)" if args.input.lower().endswith((".npy", ".npz"))
                 else f"; pass --channels {info.in_chan}" if info.in_chan in (1, 3) else "")
@@ -142,12 +147,16 @@ def prepare(args):
 
 
 def predict_all(model, device, inputs, n_out, batch_size):
-    """float32 (N, n_out, C, H, W) in [0, 1]: the model's next n_out frames after each sequence of `inputs`."""
+    """float32 (N, n_out, C, H, W) in [0, 1]: the model's next n_out frames after each sequence of `inputs`. Where the
+    last input frame has no data (NaN: outside a radar's range), so have the predictions; the model reads 0 there."""
     batches, progress = [], Progress(len(inputs), "sequence", "predict.py")
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            x = inputs[start:start + batch_size].to(device)  # (B, n_in, C, H, W)
-            batches.append(forecast(model, x, n_out).clamp(0, 1).float().cpu())  # (B, n_out, C, H, W)
+            x, valid = split_valid(inputs[start:start + batch_size].to(device))  # (B, n_in, C, H, W)
+            y = forecast(model, x, n_out).clamp(0, 1).float()  # (B, n_out, C, H, W)
+            if valid is not None:
+                y = y.masked_fill(~valid[:, -1:].expand_as(y), float("nan"))
+            batches.append(y.cpu())
             progress.update(len(x))
     progress.close()
     return torch.cat(batches).numpy()
@@ -161,8 +170,11 @@ def write_json(path, value):
 def write_outputs(args, model, device, source, inputs, predictions, n_out):
     """Every file into a staging folder in --out, moved into place once all are written (convlstm.atomic.staged).
     Returns the number of sequences."""
+    units = Units.from_config(model.info.config or {})  # a radar archive's: predictions in its units
+    values = predictions if units is None else units.from_unit(torch.from_numpy(predictions)).numpy()
+    predictions, inputs = np.nan_to_num(predictions), np.nan_to_num(inputs)  # the pictures' (no data: black)
     with staged(args.out) as stage:
-        stage.write("predictions.npy", lambda path: np.save(path, predictions))
+        stage.write("predictions.npy", lambda path: np.save(path, values))
         stage.write("inputs.npy", lambda path: np.save(path, inputs))
         sequences = []
         for i, (name, length) in enumerate(zip(source.names, source.lengths)):
@@ -173,7 +185,8 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
             sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
         summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "model": model.info.model,
                    "input": args.input, "n_in": model.info.n_in, "n_out": n_out, "device": str(device),
-                   "layout": "(N, T, C, H, W) in [0, 1]",
+                   "layout": "(N, T, C, H, W) in [0, 1]" if units is None else
+                             f"(N, T, C, H, W) in {units.name} (NaN: no data), inputs.npy in [0, 1]",
                    "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
         stage.write("predict.json", lambda path: write_json(path, summary))
     return len(sequences)

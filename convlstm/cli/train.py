@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from convlstm.atomic import WriteError, check_writable_dir
 from convlstm.budget import BudgetError, check_fits, training_bytes
 from convlstm.data import split_sequence
+from convlstm.data.sequence import split_valid
 from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
 from convlstm.load import load_model
@@ -73,11 +74,15 @@ INTERRUPTED = "interrupted; nothing saved since the last checkpoint"
 
 def predict(model, batch, cfg, precision):
     """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y): the
-    model's test-time forecast (OpenSTL's: its own outputs fed back, no true frame after the inputs)."""
+    model's test-time forecast (OpenSTL's: its own outputs fed back, no true frame after the inputs). No-data pixels
+    (NaN) are 0 in x, y and y_hat: out of the metrics' sums."""
+    batch, valid = split_valid(batch)
     x, y = split_sequence(batch, n_in=cfg.n_steps_past, n_out=cfg.n_steps_ahead)
     with precision.autocast():
-        y_hat = forecast(model, x, cfg.n_steps_ahead)
-    return x, y, y_hat.float()
+        y_hat = forecast(model, x, cfg.n_steps_ahead).float()
+    if valid is not None:
+        y_hat = y_hat * valid[:, cfg.n_steps_past:cfg.n_steps_past + cfg.n_steps_ahead]
+    return x, y, y_hat
 
 
 def next_batches(batches, count):
@@ -288,6 +293,8 @@ def make_data(cfg, info, train_set=None, val_set=None):
             model_from_config({**dataclasses.asdict(cfg), "in_chan": frame_shape[0]}, "torch", frame_shape)
     except ValueError as error:
         raise TrainingError(f"{error}: pick model flags that fit these frames, or --resize") from None
+    units = getattr(getattr(train_set, "source", None), "units", None)  # a NetCDF archive's, as resolved: stored
+    cfg = dataclasses.replace(cfg, transform=units.kind) if units is not None else cfg
     return dataclasses.replace(cfg, in_chan=frame_shape[0]), (train_set, val_set), frame_shape, described
 
 

@@ -41,7 +41,9 @@ def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
 
 
 def _own_data(cfg, length):
-    options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length)
+    gridded = dict(variable=cfg.variable, transform=cfg.transform, zr_a=cfg.zr_a, zr_b=cfg.zr_b,
+                   value_range=cfg.value_range)
+    options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length, gridded=gridded)
     windows = dict(length=length, stride=cfg.stride or length, resize=parse_size(cfg.resize))
     source = open_source(cfg.data, **options)
     bad, scanned = scan_source(source, cfg.skip_bad_data)
@@ -50,8 +52,8 @@ def _own_data(cfg, length):
         val_bad, val_scanned = scan_source(val_source, cfg.skip_bad_data)
         train_set = Windows(source, sequences=usable(source, bad, "--data"), **windows)
         val_set = Windows(val_source, sequences=usable(val_source, val_bad, "--val_data"), **windows)
-        return train_set, val_set, f"{cfg.data} ({len(train_set)} windows{scanned}), validation {cfg.val_data} " \
-                                   f"({len(val_set)} windows{val_scanned})"
+        return train_set, val_set, f"{cfg.data} ({len(train_set)} windows{scanned}{parts(train_set)}), validation " \
+                                   f"{cfg.val_data} ({len(val_set)} windows{val_scanned}{parts(val_set)})"
     if cfg.val_fraction == 0:
         raise DataError("--val_fraction 0 without --val_data leaves no validation sequences: give one of them")
     kept, held = split_sequences(len(source.lengths), cfg.val_fraction, cfg.seed)
@@ -61,9 +63,21 @@ def _own_data(cfg, length):
         raise DataError(f"--data {cfg.data}: the sequences left after --skip_bad_data's {len(bad)} do not split "
                         f"into training and --val_fraction {cfg.val_fraction} held-out ones; give --val_data")
     train_set, val_set = Windows(source, sequences=kept, **windows), Windows(source, sequences=held, **windows)
-    return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows) for training, " \
-                               f"{len(held)} sequences ({len(val_set)} windows) held out by --val_fraction " \
-                               f"{cfg.val_fraction}{scanned}"
+    return train_set, val_set, f"{cfg.data}: {len(kept)} sequences ({len(train_set)} windows{parts(train_set)}) " \
+                               f"for training, {len(held)} sequences ({len(val_set)} windows{parts(val_set)}) held " \
+                               f"out by --val_fraction {cfg.val_fraction}{scanned}"
+
+
+def parts(windows) -> str:
+    """For an archive split at gaps in time (convlstm.data.gridded), how many windows each part gave."""
+    if not hasattr(windows.source, "parts") or (len(windows.source.lengths) < 2 and not windows.source.short):
+        return ""
+    counts = {}
+    for sequence, _ in windows.index:
+        counts[sequence] = counts.get(sequence, 0) + 1
+    names, short = windows.source.names, windows.source.short
+    return f"; split at gaps in time: {', '.join(f'{names[i]} {counts.get(i, 0)}' for i in sorted(counts))}" + \
+        (f"; {short} part(s) shorter than a window left out" if short else "")
 
 
 def _check(dataset, length, what):

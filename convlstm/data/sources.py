@@ -19,6 +19,7 @@ import numpy as np
 LAYOUTS = ("NTCHW", "NTHWC", "NTHW", "TNHW")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
+GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf")
 STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H, W)
 
 
@@ -331,10 +332,19 @@ def _decode(path, channels):
     return clip[:, None] if channels == 1 else clip.transpose(0, 3, 1, 2)
 
 
-def open_source(path, layout=None, channels=None, min_length=None):
-    """The source `path` names: an .npy / .npz array, a video file, a folder of video files, or a folder of frame
-    folders. A file system error on the way (a symlink loop, a folder that cannot be listed) is a DataError."""
+def is_gridded(path) -> bool:
+    """Whether `path` names a NetCDF archive (convlstm.data.gridded)."""
+    return os.fspath(path).lower().endswith(GRIDDED_EXTENSIONS)
+
+
+def open_source(path, layout=None, channels=None, min_length=None, gridded=None):
+    """The source `path` names: an .npy / .npz array, a video file, a folder of video files, a folder of frame
+    folders, or a NetCDF archive (with `gridded`: GriddedSource's options, variable and transform). A file system
+    error on the way (a symlink loop, a folder that cannot be listed) is a DataError."""
     try:
+        if is_gridded(path):
+            from .gridded import GriddedSource  # xarray: only for NetCDF
+            return GriddedSource(os.fspath(path), **(gridded or {}), min_length=min_length)
         return _open_source(os.fspath(path), layout, channels, min_length)
     except OSError as error:
         raise DataError(f"{error.filename or path}: {error.strerror or error}") from error

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from ..data.sequence import masked_mse, split_valid
 from ..openstl import (CELL_OUTPUTS, PRESETS, OpenSTLConvLSTM, reserve_schedule_sampling_exp, reshape_patch,
                        schedule_sampling)
 from ..ops.lstm_gates.backends import FUSED
@@ -197,10 +198,15 @@ class OpenSTLObjective:
 
     def __call__(self, model, batch, mask):
         """batch (B, T, C, H, W) -> OpenSTL's loss: the MSE of frames 1 .. n_in + n_out - 1, each predicted from
-        the frames before it (true ones, or the model's own output where the mask is 0)."""
-        frames = reshape_patch(batch[:, :self.n_in + self.n_out].permute(0, 1, 3, 4, 2), self.patch)
-        _, loss = model(frames, mask.to(frames.dtype))  # frames (B, T, H/p, W/p, p*p*C)
-        return loss.float()
+        the frames before it (true ones, or the model's own output where the mask is 0); over the valid pixels only
+        where the batch has no-data pixels (NaN: 0 in the frames the model reads)."""
+        batch, valid = split_valid(batch[:, :self.n_in + self.n_out])
+        frames = reshape_patch(batch.permute(0, 1, 3, 4, 2), self.patch)  # (B, T, H/p, W/p, p*p*C)
+        next_frames, loss = model(frames, mask.to(frames.dtype), return_loss=valid is None)
+        if valid is None:
+            return loss.float()
+        valid = reshape_patch(valid.permute(0, 1, 3, 4, 2), self.patch)
+        return masked_mse(next_frames.float(), frames[:, 1:].float(), valid[:, 1:])
 
     def logged_eta(self):
         """eta for the log; None under reverse scheduled sampling. OpenSTL's eta keeps falling below 0 when

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data.sequence import split_sequence
+from ..data.sequence import masked_mse, split_sequence, split_valid
 
 # The config keys every model may read (train.py's common fields); a plug-in's __init__ takes those it names.
 COMMON_KEYS = ("in_chan", "n_hidden_dim", "kernel_size", "n_steps_past", "n_steps_ahead", "backend")
@@ -45,8 +44,9 @@ def call_forecast(model: nn.Module, x: torch.Tensor, n_out: int) -> torch.Tensor
 
 
 class ForecastMSE:
-    """The seq-to-seq objective (the tutorial's): the MSE of the next n_out frames forecast from the first n_in. No
-    masks, no state."""
+    """The seq-to-seq objective (the tutorial's): the MSE of the next n_out frames forecast from the first n_in, over
+    the valid pixels (no-data pixels, NaN in the batch, are 0 in the input and out of the loss). No sampling masks,
+    no state."""
 
     def __init__(self, forecast, cfg):
         self.forecast, self.n_in, self.n_out = forecast, cfg.n_steps_past, cfg.n_steps_ahead
@@ -56,8 +56,10 @@ class ForecastMSE:
 
     def __call__(self, model, batch, mask):
         """batch (B, T, C, H, W) -> the MSE of frames [n_in, n_in + n_out) forecast from frames [0, n_in)."""
+        batch, valid = split_valid(batch)
         x, y = split_sequence(batch, n_in=self.n_in, n_out=self.n_out)
-        return F.mse_loss(self.forecast(model, x, self.n_out).float(), y)
+        valid = None if valid is None else valid[:, self.n_in:self.n_in + self.n_out]
+        return masked_mse(self.forecast(model, x, self.n_out).float(), y, valid)
 
     def logged_eta(self):
         """The share of true frames fed in training (OpenSTL's eta) for the log; None: no scheduled sampling."""

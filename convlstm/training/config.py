@@ -17,6 +17,7 @@ import textwrap
 
 from ..budget import oversized_int
 from ..checkpoint import CheckpointError
+from ..data.sources import is_gridded
 from ..config import (AMP_MODES, DEFAULTS, DEVICES, GROUPS, LR_SCHEDULES, MAX_LR, PARSE, Config,
                       ConfigError, base_type, checked_values, config_class, with_defaults)
 from ..models import (DEFAULT_MODEL, REGISTRY, ModelSpec, PluginError, get_spec, is_plugin_name, model_spec,
@@ -310,6 +311,7 @@ def parse_config(argv=None, saved_config=None) -> Config:
 # out those that do not apply to the run.
 MOVING_MNIST_ONLY = ("digits", "num_train", "image_size", "num_digits", "generator")
 OWN_DATA_ONLY = ("val_data", "val_fraction", "layout", "stride", "channels", "resize", "skip_bad_data")
+GRIDDED_ONLY = ("variable", "transform", "zr_a", "zr_b", "value_range")  # a NetCDF --data's
 SCHEDULE_ONLY = {"warmup_steps": ("constant", "cosine"), "min_lr": ("cosine",), "onecycle_final_div": ("onecycle",)}
 
 
@@ -317,6 +319,7 @@ def describe_config(cfg: Config, width: int = 118) -> list:
     """The run's values as train.log shows them: a line or a few per --help group, `name value` pairs, without the
     fields that do not apply (Moving MNIST's with --data, --data's without, another schedule's, unset Nones)."""
     skip = set(MOVING_MNIST_ONLY if cfg.data is not None else OWN_DATA_ONLY)
+    skip |= set(() if cfg.data is not None and is_gridded(cfg.data) else GRIDDED_ONLY)
     skip |= {name for name, schedules in SCHEDULE_ONLY.items() if cfg.lr_schedule not in schedules}
     lines = []
     for group in GROUPS:

@@ -1,0 +1,153 @@
+"""A radar archive in NetCDF as a source of sequences (convlstm.data.sources' interface), read lazily through xarray.
+
+One variable (--variable; the only gridded one by default) of dims (time, y, x) in any order and any (y, x) size.
+Frames are ordered by time; times out of order or repeated are a DataError. A gap in time (a step more than 1.5 times
+the archive's usual one, its median) splits the archive into sequences, so a window never spans one; a part shorter
+than a window is left out. Values go to the
+models' [0, 1] by the transform (convlstm.data.units); no-data pixels (NaN, or the variable's _FillValue /
+missing_value, which xarray reads as NaN) stay NaN: the mask that travels with the batch to the loss and the scores
+(convlstm.data.sequence.split_valid), while models see 0 there. The file is opened in each process that reads it (a
+DataLoader worker opens its own), never pickled.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .sources import DataError
+from .units import TRANSFORMS, Units, UnitsError, parse_range, resolve_transform
+
+OPTIONS = ("variable", "transform", "zr_a", "zr_b", "value_range")  # train.py's flags (convlstm.config) of a source
+GAP_FACTOR = 1.5  # a step this many times the median step is a gap
+
+
+def _xarray():
+    try:
+        import xarray
+    except ImportError:
+        raise DataError("reading NetCDF needs xarray and netCDF4: pip install -e '.[nowcast]'") from None
+    return xarray
+
+
+def _open(path):
+    try:
+        return _xarray().open_dataset(path, cache=False)  # lazy: a slice reads only its frames
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+
+
+class GriddedSource:
+    """The frames of one variable of a NetCDF archive, split at gaps in time into sequences."""
+
+    def __init__(self, path, variable=None, transform="auto", zr_a=200.0, zr_b=1.6, value_range=None,
+                 min_length=None):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise DataError(f"{self.path} does not exist" if not os.path.exists(self.path) else
+                            f"{self.path} is not a file")
+        if transform not in TRANSFORMS:
+            raise DataError(f"--transform {transform!r}: expected one of {', '.join(TRANSFORMS)}")
+        with _open(self.path) as dataset:
+            self.variable = self._choose(dataset, variable)
+            data = dataset[self.variable]
+            self.time_dim = self._time_dim(data)
+            if data.ndim != 3:
+                raise DataError(f"{self.path}: variable {self.variable!r} has dims {data.dims}; expected (time, y, x)")
+            self.dims = (self.time_dim, *[d for d in data.dims if d != self.time_dim])
+            times = np.asarray(data[self.time_dim].values)
+            height, width = (data.sizes[d] for d in self.dims[1:])
+            units_attr = data.attrs.get("units")
+        parts, self.step = self._split(times)
+        # a part shorter than a window gives none: left out (self.short), as a gap's frames are
+        self.parts = [(a, b) for a, b in parts if b - a >= (min_length or 1)]
+        self.short = len(parts) - len(self.parts)
+        if not self.parts:
+            raise DataError(f"{self.path}: no run of frames without a gap in time is as long as a window of "
+                            f"{min_length} (the longest has {max(b - a for a, b in parts)})")
+        where = f"{self.path} variable {self.variable!r}"
+        try:
+            kind = resolve_transform(transform, units_attr, where)
+            self.units = Units(kind, zr_a, zr_b, parse_range(value_range))
+        except UnitsError as error:
+            raise DataError(str(error)) from None
+        self.lengths = [stop - start for start, stop in self.parts]
+        self.sizes = [(height, width)] * len(self.parts)
+        self.frame_shape = (1, height, width)
+        self.names = [f"{os.path.basename(self.path)}[{_when(times[start])}..{_when(times[stop - 1])}]"
+                      for start, stop in self.parts]
+        self._data = None
+
+    def _choose(self, dataset, variable):
+        gridded = [name for name, value in dataset.data_vars.items() if value.ndim >= 3]
+        if variable is None:
+            if len(gridded) != 1:
+                raise DataError(f"{self.path}: {len(gridded)} gridded variables ({', '.join(gridded) or 'none'}); "
+                                "name one with --variable")
+            return gridded[0]
+        if variable not in dataset.data_vars:
+            raise DataError(f"{self.path}: no variable {variable!r} (variables: "
+                            f"{', '.join(dataset.data_vars) or 'none'})")
+        return variable
+
+    def _time_dim(self, data):
+        named = [d for d in data.dims if d == "time" or (d in data.coords and
+                                                         np.issubdtype(data[d].dtype, np.datetime64))]
+        if not named:
+            raise DataError(f"{self.path}: variable {self.variable!r} has dims {data.dims}: no time dimension "
+                            "(a dim named time, or one with datetime coordinates)")
+        return named[0]
+
+    def _split(self, times):
+        """([start, stop) of each run of frames without a gap], the median step); a DataError for times out of order
+        or repeated."""
+        if len(times) == 0:
+            raise DataError(f"{self.path}: variable {self.variable!r} holds no frame")
+        if np.issubdtype(times.dtype, np.datetime64):
+            times = times.astype("datetime64[ns]")
+            steps = np.diff(times).astype(np.int64)  # ns
+        else:
+            steps = np.diff(times.astype(np.float64))
+        bad = np.flatnonzero(steps <= 0)
+        if len(bad):
+            i = int(bad[0]) + 1
+            what = "repeated" if times[i] == times[i - 1] else "out of order"
+            raise DataError(f"{self.path}: times {what} at frame {i} ({_when(times[i - 1])} then {_when(times[i])}); "
+                            "frames must be in increasing time")
+        if len(steps) == 0:
+            return [(0, 1)], None
+        step = float(np.median(steps))
+        cuts = [0, *(int(i) + 1 for i in np.flatnonzero(steps > GAP_FACTOR * step)), len(times)]
+        return list(zip(cuts[:-1], cuts[1:])), step
+
+    def _array(self):
+        if self._data is None:  # opened in this process (a worker's own handle)
+            self._data = _open(self.path)[self.variable].transpose(*self.dims)
+        return self._data
+
+    def frames(self, index, start, stop):
+        """Frames [start, stop) of part `index`: float32 (t, 1, H, W) in [0, 1], NaN where there is no data."""
+        first = self.parts[index][0]
+        values = np.asarray(self._array()[first + start:first + stop].values, dtype=np.float32)
+        return self.units.to_unit(torch.from_numpy(values)).numpy()[:, None]
+
+    def scan(self, full=False):
+        """Nothing to scan: values are transformed, not checked (NaN is no data)."""
+        return {}
+
+    def __getstate__(self):  # the file is reopened in each worker, not pickled
+        return {**self.__dict__, "_data": None}
+
+
+def gridded_options(config: dict, variable=None) -> dict:
+    """GriddedSource's options from a train.py config (a checkpoint's: its transform as resolved in training);
+    `variable` names another variable than the training one."""
+    options = {name: config[name] for name in OPTIONS if config.get(name) is not None}
+    return {**options, **({"variable": variable} if variable else {})}
+
+
+def _when(value):
+    """A time as text: ISO minutes for datetimes, else as stored."""
+    return np.datetime_as_string(value, unit="m") if np.issubdtype(np.asarray(value).dtype, np.datetime64) \
+        else str(value)
