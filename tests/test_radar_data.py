@@ -1,0 +1,157 @@
+"""Radar archives in NetCDF (convlstm.data.gridded, convlstm.data.units): read lazily by time, split at gaps, no-data
+pixels as a mask that reaches the loss and the scores, units in and out; a bad archive is one line and writes
+nothing; train.py, evaluate.py --scores nowcast and predict.py on one."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from convlstm.checkpoint import read_checkpoint
+from convlstm.data.gridded import GriddedSource
+from convlstm.data.sequence import masked_mse, split_valid
+from convlstm.data.units import HKO7_ZR, Units
+from convlstm.data.windows import Windows
+from helpers import load_script
+
+xr = pytest.importorskip("xarray")
+train_script, evaluate_script, predict_script = (load_script(name) for name in ("train", "evaluate", "predict"))
+
+SIZE = 16
+TINY = ["--model", "openstl_convlstm", "--n_hidden_dim", "4", "--num_layers", "1", "--kernel_size", "3",
+        "--patch_size", "2", "--batch_size", "4", "--max_steps", "3", "--log_every", "3", "--image_every", "3",
+        "--device", "cpu", "--n_in", "3", "--n_out", "4", "--stride", "2"]
+
+
+def archive(path, frames=40, gap_at=25, missing=3, units="mm/h", fill=None, dims=("time", "y", "x"), times=None):
+    """A rain cell moving right across SIZE x SIZE frames every 6 minutes, one gap in time (`missing` frames left
+    out after frame gap_at), no data beyond 7 px from the centre (NaN, or `fill` as the _FillValue)."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    rain = np.stack([20 * np.exp(-((xx - (2 + 0.5 * t) % SIZE) ** 2 + (yy - 8) ** 2) / 6) for t in range(frames)])
+    rain = np.where(rain < 0.1, 0, rain).astype(np.float32)
+    outside = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 > 7 ** 2
+    rain[:, outside] = np.nan
+    if times is None:
+        times = pd.date_range("2026-06-01", periods=frames + missing, freq="6min").delete(
+            range(gap_at, gap_at + missing))
+    data = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times}, attrs={"units": units} if units else {})
+    encoding = {"rain": {"_FillValue": fill}} if fill is not None else {}
+    xr.Dataset({"rain": data.transpose(*dims)}).to_netcdf(path, encoding=encoding)
+    return rain
+
+
+def test_archive_reads_by_time_split_at_the_gap_with_no_data_as_nan(tmp_path):
+    rain = archive(tmp_path / "radar.nc", dims=("y", "x", "time"), fill=-999.0)  # stored (y, x, time), fill -999
+    source = GriddedSource(tmp_path / "radar.nc", min_length=7)
+    assert source.variable == "rain" and source.units.kind == "rainrate" and source.frame_shape == (1, SIZE, SIZE)
+    assert source.lengths == [25, 15] and source.step == 6 * 60 * 1e9  # the median step, in ns
+    assert source.names[1] == "radar.nc[2026-06-01T02:48..2026-06-01T04:12]"
+    frames = source.frames(1, 2, 5)  # frames 27-29 of the archive
+    assert frames.shape == (3, 1, SIZE, SIZE) and frames.dtype == np.float32
+    assert np.array_equal(np.isnan(frames[:, 0]), np.isnan(rain[27:30]))  # -999 read as no data
+    expected = Units("rainrate").to_unit(torch.from_numpy(rain[27:30])).numpy()
+    np.testing.assert_allclose(frames[:, 0], expected, rtol=1e-6)
+    windows = Windows(source, length=7, stride=2)  # never across the gap: each window inside one part
+    assert all(start + 7 <= source.lengths[part] for part, start in windows.index)
+    assert len(windows) == 10 + 5
+    assert GriddedSource(tmp_path / "radar.nc", min_length=16).lengths == [25]  # the short part is left out
+    assert GriddedSource(tmp_path / "radar.nc", min_length=16).short == 1
+
+
+def test_units_map_to_the_unit_scale_and_back():
+    rain = torch.tensor([0.0, 0.5, 2.0, 10.0, 30.0, float("nan")])
+    for zr in ((200.0, 1.6), HKO7_ZR):
+        units = Units("rainrate", *zr)
+        scaled = units.to_unit(rain)
+        assert scaled[0] == 0 and (scaled[1:5] > 0).all() and (scaled[1:5] < 1).all() and torch.isnan(scaled[5])
+        torch.testing.assert_close(units.from_unit(scaled), rain, equal_nan=True, rtol=1e-5, atol=1e-6)
+    dbz = Units("dbz")  # (dBZ + 10) / 70; 23.0 dBZ is 1.0 mm/h by Marshall-Palmer (10 log10 200 = 23.01)
+    torch.testing.assert_close(dbz.to_unit(torch.tensor([-10.0, 25.0, 60.0, 80.0])), torch.tensor([0, 0.5, 1, 1.]))
+    assert dbz.rain_rate(torch.tensor([23.0103])).item() == pytest.approx(1.0, rel=1e-4)
+    assert dbz.rain_rate(torch.tensor([-10.0])).item() == 0  # the bottom of the scale is dry
+    linear = Units("none", value_range=(0.0, 50.0))
+    torch.testing.assert_close(linear.from_unit(linear.to_unit(torch.tensor([0.0, 12.5, 50.0]))),
+                               torch.tensor([0.0, 12.5, 50.0]))
+
+
+def test_no_data_is_out_of_the_loss_and_zero_for_the_model():
+    batch = torch.rand(2, 5, 1, 4, 4)
+    batch[:, :, :, 0, 0] = float("nan")
+    filled, valid = split_valid(batch)
+    assert (filled[:, :, :, 0, 0] == 0).all() and not valid[:, :, :, 0, 0].any() and valid[:, :, :, 1:].all()
+    pred, target = torch.rand(2, 5, 1, 4, 4), filled.clone()
+    loss = masked_mse(pred, target, valid)
+    target[:, :, :, 0, 0] = 123.0  # what is under the mask changes nothing
+    assert masked_mse(pred, target, valid) == loss
+    assert loss == pytest.approx(((pred - filled)[valid] ** 2).mean().item())
+    clean = torch.rand(2, 5, 1, 4, 4)
+    assert split_valid(clean)[1] is None and masked_mse(pred, clean) == torch.nn.functional.mse_loss(pred, clean)
+
+
+@pytest.mark.parametrize("case", ["missing_variable", "no_time_dimension", "out_of_order", "repeated",
+                                  "unknown_units", "units_contradict"])
+def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    path, flags = tmp_path / "radar.nc", []
+    times = pd.date_range("2026-06-01", periods=30, freq="6min")
+    if case == "missing_variable":
+        archive(path, frames=30, missing=0)
+        flags, expected = ["--variable", "dbz"], "radar.nc: no variable 'dbz' (variables: rain)"
+    elif case == "no_time_dimension":
+        xr.Dataset({"rain": (("band", "y", "x"), np.zeros((30, 4, 4), np.float32))}).to_netcdf(path)
+        expected = "variable 'rain' has dims ('band', 'y', 'x'): no time dimension"
+    elif case == "out_of_order":
+        archive(path, frames=30, missing=0, times=times[[0, 1, 3, 2, *range(4, 30)]])
+        expected = "times out of order at frame 3 (2026-06-01T00:18 then 2026-06-01T00:12)"
+    elif case == "repeated":
+        archive(path, frames=30, missing=0, times=times[[0, 1, 1, *range(3, 30)]])
+        expected = "times repeated at frame 2"
+    elif case == "unknown_units":
+        archive(path, frames=30, missing=0, units="K")
+        expected = "variable 'rain' has units 'K', which --transform auto cannot convert"
+    else:
+        archive(path, frames=30, missing=0, units="dBZ")
+        flags, expected = ["--transform", "rainrate"], "--transform rainrate but"
+    status = train_script.main(["--run_dir", str(tmp_path / "run"), "--data", str(path), *flags, *TINY,
+                                "--num_workers", "0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and lines[0].startswith("train.py: error: "), lines
+    assert expected in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
+    """Two workers read the archive (each opens the file); the checkpoint keeps the transform; evaluate.py scores
+    the model and persistence per threshold and lead time; predict.py answers in mm/h, no data where it had none."""
+    rain = archive(tmp_path / "radar.nc")
+    archive(tmp_path / "test.nc", frames=20, missing=0)
+    run = tmp_path / "run"
+    assert train_script.main(["--run_dir", str(run), "--data", str(tmp_path / "radar.nc"), "--num_workers", "2",
+                              "--val_data", str(tmp_path / "test.nc"), *TINY]) == 0
+    log = (run / "train.log").read_text()
+    assert "split at gaps in time: radar.nc[2026-06-01T00:00..2026-06-01T02:24] 10, " \
+           "radar.nc[2026-06-01T02:48..2026-06-01T04:12] 5" in log
+    state = read_checkpoint(str(run / "checkpoints" / "latest.pt"))
+    assert state["config"]["transform"] == "rainrate" and state["config"]["zr_a"] == 200.0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    evaluate_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data", str(tmp_path / "test.nc"),
+                          "--out_dir", str(out), "--scores", "nowcast", "--stride", "2"])
+    printed = capsys.readouterr().out
+    assert "CSI over all lead times, thresholds in mm/h" in printed and "persistence" in printed
+    results = json.loads((out / "metrics.json").read_text())
+    nowcast = results["nowcast"]
+    assert nowcast["units"] == "mm/h" and nowcast["model"]["thresholds"] == [0.5, 2.0, 5.0, 10.0, 30.0]
+    assert len(nowcast["persistence"]["by_lead"]["csi"]) == 4 and results["data"]["step_minutes"] == 6
+    counts = np.array(nowcast["persistence"]["counts"])  # (lead, threshold, 4): only the valid pixels counted
+    valid_pixels = int((~np.isnan(rain[0])).sum())
+    assert (counts.sum(axis=2) == results["num_sequences"] * valid_pixels).all()
+    assert (out / "csi_by_lead.png").stat().st_size > 0
+    predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input", str(tmp_path / "test.nc"),
+                         "--out", str(tmp_path / "pred")])
+    predictions = np.load(tmp_path / "pred" / "predictions.npy")
+    assert predictions.shape == (1, 4, 1, SIZE, SIZE)
+    assert np.array_equal(np.isnan(predictions[0, :, 0]), np.broadcast_to(np.isnan(rain[0]), (4, SIZE, SIZE)))
+    assert np.nanmin(predictions) >= 0
+    assert json.loads((tmp_path / "pred" / "predict.json").read_text())["layout"].startswith(
+        "(N, T, C, H, W) in mm/h")
