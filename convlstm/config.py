@@ -45,8 +45,8 @@ def _arg(group, default, help_text, **argparse_kwargs):
 class Config:
     # Data.
     data: Optional[str] = _arg("data", None, "your sequences: an .npy/.npz array, a video file, a folder of videos, "
-                                             "or a folder of frame folders (PNG/JPEG); default: Moving MNIST "
-                                             "generated on the fly")
+                                             "a folder of frame folders (PNG/JPEG), or a radar archive in NetCDF "
+                                             "(.nc); default: Moving MNIST generated on the fly")
     val_data: Optional[str] = _arg("data", None, "validation sequences from another path, as --data; default: "
                                                  "--val_fraction of --data's sequences")
     val_fraction: float = _arg("data", 0.1, "share of --data's sequences held out for validation (by --seed) "

@@ -19,6 +19,7 @@ last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
     samples.png      inputs, ground truth, prediction and error of the first few sequences
     samples.gif      the same sequences animated, ground truth | prediction
     predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W)
+    csi_by_lead.png  with --scores nowcast: CSI against lead time per threshold, the model and persistence
 
 Metric conventions: see convlstm/evaluation/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and
 exit code 2 (an --out_dir that already holds results: 1, as train.py and predict.py): --out_dir is tried before any
@@ -89,8 +90,9 @@ def build_parser():
     p.add_argument("--out_dir", required=True, help="where the results go")
     p.add_argument("--data", default=None,
                    help="sequences to evaluate, as train.py's --data: an .npy/.npz array (mnist_test_seq.npy too), a "
-                        "video file or folder of videos, a folder of frame folders; default: the generated Moving "
-                        "MNIST test split, or for a run on your own data the sequences it held out")
+                        "video file or folder of videos, a folder of frame folders, a NetCDF radar archive; default: "
+                        "the generated Moving MNIST test split, or for a run on your own data the sequences it held "
+                        "out")
     add_frame_flags(p, "--data")
     p.add_argument("--skip_bad_data", action="store_true",
                    help="leave out the sequences of --data that cannot be read as frames in [0, 1] (as train.py's "
@@ -243,8 +245,8 @@ def nowcast_scoring(args, config):
         thresholds = tuple(float(part) for part in args.thresholds.split(","))
     except ValueError:
         raise EvalError(f"--thresholds {args.thresholds!r}: expected numbers such as 0.5,2,5") from None
-    if not thresholds or any(not math.isfinite(t) or t <= 0 for t in thresholds):
-        raise EvalError(f"--thresholds {args.thresholds!r}: each must be a positive number")
+    if not thresholds or any(not math.isfinite(t) for t in thresholds):
+        raise EvalError(f"--thresholds {args.thresholds!r}: each must be a finite number")
     return units, thresholds
 
 

@@ -57,7 +57,9 @@ MEDIA_EXTENSION = re.compile(r"\.(?:mp4|avi|mov|mkv|webm|gif|npy|npz|png|jpe?g)(
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint, a state_dict or a Lightning one")
-    p.add_argument("--input", required=True, help="array, video, folder of videos or folder of frame folders")
+    p.add_argument("--input", required=True, help="array, video, folder of videos, folder of frame folders or a "
+                                                         "NetCDF radar archive (each part between gaps in time a "
+                                                         "sequence)")
     p.add_argument("--out", required=True, help="directory for the results (must be empty or new)")
     p.add_argument("--n_out", type=int, default=None, help="frames to predict (default: the checkpoint's)")
     add_frame_flags(p, "--input")
