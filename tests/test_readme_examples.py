@@ -114,11 +114,11 @@ def test_own_data_array_example_trains(tmp_path):
 
 
 def test_radar_example_runs_as_written(tmp_path):
-    """The README's nowcasting example, its 800 steps capped at 20 (the README measured the full run): three synthetic
+    """The README's nowcasting example, its 800 steps capped at 8 (the README measured the full run): three synthetic
     archives, training 5 -> 20 on one, evaluate.py's nowcast scores of model and persistence per lead time on
     another, predict.py in mm/h."""
     pytest.importorskip("xarray", reason="NetCDF needs the nowcast extra")
-    run_commands(block_after("radar-example"), tmp_path, train_flags=("--max_steps", "20"))
+    run_commands(block_after("radar-example"), tmp_path, train_flags=("--max_steps", "8"))
     nowcast = json.loads((tmp_path / "eval/radar/metrics.json").read_text())["nowcast"]
     for name in ("model", "persistence"):
         assert len(nowcast[name]["by_lead"]["csi"]) == 20 and nowcast[name]["csi_m"]["all_leads"] is not None

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from .sources import DataError
+from .errors import DataError
 from .units import TRANSFORMS, Units, UnitsError, parse_range, resolve_transform
 
 OPTIONS = ("variable", "transform", "zr_a", "zr_b", "value_range")  # train.py's flags (convlstm.config) of a source

@@ -16,15 +16,13 @@ import zipfile
 
 import numpy as np
 
+from .errors import DataError  # (its home: convlstm.data.gridded raises it too, and this module opens that one)
+
 LAYOUTS = ("NTCHW", "NTHWC", "NTHW", "TNHW")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf")
 STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H, W)
-
-
-class DataError(ValueError):
-    """Data that cannot be used as given; the message names the file and the value."""
 
 
 def error_line(error: DataError) -> str:
