@@ -18,7 +18,8 @@ last input frame, and predicting all zeros. Rank 0 writes into --out_dir:
     per_frame.png    each metric against the frame index
     samples.png      inputs, ground truth, prediction and error of the first few sequences
     samples.gif      the same sequences animated, ground truth | prediction
-    predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W)
+    predictions.npz  with --save_predictions: pred and target, float32 (N, T, C, H, W) in [0, 1] (a radar archive:
+                     in its units, NaN where it has no data)
     csi_by_lead.png  with --scores nowcast: CSI against lead time per threshold, the model and persistence
 
 Metric conventions: see convlstm/evaluation/metrics.py. Bad input ends with one line "evaluate.py: error: ..." and
@@ -259,6 +260,14 @@ def in_rain_units(units, frames):
     return values if units.kind == "none" else units.rain_rate(values)
 
 
+def in_data_units(config, frames, valid):
+    """float32 numpy frames as --save_predictions writes them: [0, 1], or a radar archive's units (the checkpoint's
+    transform) with NaN where there is no data."""
+    frames = frames.float() if valid is None else frames.float().masked_fill(~valid, float("nan"))
+    units = Units.from_config(config)
+    return (frames if units is None else units.from_unit(frames)).cpu().numpy()
+
+
 def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_predictions, num_samples,
                    nowcast=(None, None)):
     """((metric totals of the model and baselines over dataset[indices], samples, predictions and targets (with
@@ -298,9 +307,9 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
             totals["zeros"].add(frame_metrics(torch.zeros_like(y), y))
             if sum(len(s[0]) for s in samples) < num_samples:
                 samples.append((x.cpu(), y.cpu(), pred.cpu()))
-            if keep_predictions:
-                preds.append(pred.float().cpu().numpy())
-                targets.append(y.float().cpu().numpy())
+            if keep_predictions:  # a radar archive's in its units, NaN where it has no data
+                preds.append(in_data_units(config, pred, valid))
+                targets.append(in_data_units(config, y, valid))
     progress.close()
     samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
     return (totals, samples, preds, targets, scores), None

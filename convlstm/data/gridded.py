@@ -77,7 +77,7 @@ class GriddedSource:
         self.frame_shape = (1, height, width)
         self.names = [f"{os.path.basename(self.path)}[{_when(times[start])}..{_when(times[stop - 1])}]"
                       for start, stop in self.parts]
-        self._data = None
+        self._data, self._pid = None, None
 
     def _choose(self, dataset, variable):
         gridded = [name for name, value in dataset.data_vars.items() if value.ndim >= 3]
@@ -122,8 +122,10 @@ class GriddedSource:
         return list(zip(cuts[:-1], cuts[1:])), step
 
     def _array(self):
-        if self._data is None:  # opened in this process (a worker's own handle)
-            self._data = _open(self.path)[self.variable].transpose(*self.dims)
+        # Opened in this process: a DataLoader worker forked after the main process read a frame would otherwise
+        # share its HDF5 handle, which is not safe across processes.
+        if self._data is None or self._pid != os.getpid():
+            self._data, self._pid = _open(self.path)[self.variable].transpose(*self.dims), os.getpid()
         return self._data
 
     def frames(self, index, start, stop):
@@ -137,7 +139,7 @@ class GriddedSource:
         return {}
 
     def __getstate__(self):  # the file is reopened in each worker, not pickled
-        return {**self.__dict__, "_data": None}
+        return {**self.__dict__, "_data": None, "_pid": None}
 
 
 def gridded_options(config: dict, variable=None) -> dict:
