@@ -13,6 +13,7 @@ from typing import Optional
 from .data.moving_mnist import GENERATORS
 from .data.sources import LAYOUTS
 from .data.units import TRANSFORMS
+from .losses import LOSSES
 from .models import DEFAULT_MODEL, ModelSpec, get_spec
 from .ops.lstm_gates.backends import BACKENDS
 
@@ -110,6 +111,9 @@ class Config:
                                                           "fastest; default: on where the device is a GPU. A resume "
                                                           "may then pick other algorithms: not bit for bit (README)")
     # Optimisation.
+    loss: str = _arg("optimisation", "mse", "the per-pixel loss: mse, or HKO-7's balanced bmse / bmae (errors weighted "
+                                            "1, 1, 2, 5, 10, 30 by the true rain rate's band, edges 0.5, 2, 5, 10, "
+                                            "30 mm/h: a radar archive in dBZ or mm/h)", choices=LOSSES)
     lr: float = _arg("optimisation", 1e-4, f"Adam learning rate, at most {MAX_LR}: the schedule's peak")
     beta_1: float = _arg("optimisation", 0.9, "Adam beta_1 (decay rate of the first moment); onecycle cycles it "
                                               "between 0.95 and 0.85 instead")

@@ -10,9 +10,10 @@ import torch
 
 from convlstm.checkpoint import read_checkpoint
 from convlstm.data.gridded import GriddedSource
-from convlstm.data.sequence import masked_mse, split_valid
+from convlstm.data.sequence import split_valid
 from convlstm.data.units import HKO7_ZR, Units
 from convlstm.data.windows import Windows
+from convlstm.losses import FrameLoss
 from helpers import load_script
 
 xr = pytest.importorskip("xarray")
@@ -59,6 +60,16 @@ def test_archive_reads_by_time_split_at_the_gap_with_no_data_as_nan(tmp_path):
     assert GriddedSource(tmp_path / "radar.nc", min_length=16).short == 1
 
 
+def test_workers_read_what_the_main_process_reads(tmp_path):
+    """The main process reads a frame first (train.py checks the first window), then two forked DataLoader workers
+    read every window: each opens the file itself, and every window equals the main process's read."""
+    archive(tmp_path / "radar.nc")
+    windows = Windows(GriddedSource(tmp_path / "radar.nc", min_length=7), length=7, stride=2)
+    expected = torch.stack([windows[i] for i in range(len(windows))])
+    loader = torch.utils.data.DataLoader(windows, batch_size=3, num_workers=2)
+    torch.testing.assert_close(torch.cat(list(loader)), expected, equal_nan=True, rtol=0, atol=0)
+
+
 def test_units_map_to_the_unit_scale_and_back():
     rain = torch.tensor([0.0, 0.5, 2.0, 10.0, 30.0, float("nan")])
     for zr in ((200.0, 1.6), HKO7_ZR):
@@ -80,13 +91,13 @@ def test_no_data_is_out_of_the_loss_and_zero_for_the_model():
     batch[:, :, :, 0, 0] = float("nan")
     filled, valid = split_valid(batch)
     assert (filled[:, :, :, 0, 0] == 0).all() and not valid[:, :, :, 0, 0].any() and valid[:, :, :, 1:].all()
-    pred, target = torch.rand(2, 5, 1, 4, 4), filled.clone()
-    loss = masked_mse(pred, target, valid)
+    pred, target, mse = torch.rand(2, 5, 1, 4, 4), filled.clone(), FrameLoss("mse")
+    loss = mse(pred, target, valid)
     target[:, :, :, 0, 0] = 123.0  # what is under the mask changes nothing
-    assert masked_mse(pred, target, valid) == loss
+    assert mse(pred, target, valid) == loss
     assert loss == pytest.approx(((pred - filled)[valid] ** 2).mean().item())
     clean = torch.rand(2, 5, 1, 4, 4)
-    assert split_valid(clean)[1] is None and masked_mse(pred, clean) == torch.nn.functional.mse_loss(pred, clean)
+    assert split_valid(clean)[1] is None and mse(pred, clean) == torch.nn.functional.mse_loss(pred, clean)
 
 
 @pytest.mark.parametrize("case", ["missing_variable", "no_time_dimension", "out_of_order", "repeated",
@@ -136,7 +147,7 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "eval"
     evaluate_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data", str(tmp_path / "test.nc"),
-                          "--out_dir", str(out), "--scores", "nowcast", "--stride", "2"])
+                          "--out_dir", str(out), "--scores", "nowcast", "--stride", "2", "--save_predictions"])
     printed = capsys.readouterr().out
     assert "CSI over all lead times, thresholds in mm/h" in printed and "persistence" in printed
     results = json.loads((out / "metrics.json").read_text())
@@ -147,6 +158,8 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
     valid_pixels = int((~np.isnan(rain[0])).sum())
     assert (counts.sum(axis=2) == results["num_sequences"] * valid_pixels).all()
     assert (out / "csi_by_lead.png").stat().st_size > 0
+    saved = np.load(out / "predictions.npz")  # in mm/h, NaN where there is no data
+    np.testing.assert_allclose(saved["target"][0, :, 0], rain[3:7], rtol=1e-4, atol=1e-4)
     predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input", str(tmp_path / "test.nc"),
                          "--out", str(tmp_path / "pred")])
     predictions = np.load(tmp_path / "pred" / "predictions.npy")
@@ -155,3 +168,21 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
     assert np.nanmin(predictions) >= 0
     assert json.loads((tmp_path / "pred" / "predict.json").read_text())["layout"].startswith(
         "(N, T, C, H, W) in mm/h")
+
+
+def test_nowcast_scores_need_thresholds_where_the_data_have_no_rain_rate():
+    """--scores nowcast: thresholds default to HKO-7's mm/h for dBZ and mm/h data; --transform none or data without
+    a transform need --thresholds (one line otherwise); bad --thresholds are one line."""
+    parser = evaluate_script.build_parser()
+
+    def scoring(config, *flags):
+        args = parser.parse_args(["--checkpoint", "c.pt", "--out_dir", "o", "--scores", "nowcast", *flags])
+        return evaluate_script.nowcast_scoring(args, config)
+    units, thresholds = scoring({"transform": "dbz"})
+    assert units.kind == "dbz" and thresholds == (0.5, 2.0, 5.0, 10.0, 30.0)
+    for config in ({"transform": "none", "value_range": "0,50"}, {"transform": "auto"}):
+        with pytest.raises(evaluate_script.EvalError, match="the data have no rain rate .* give --thresholds"):
+            scoring(config)
+    assert scoring({"transform": "none", "value_range": "0,50"}, "--thresholds", "1,10")[1] == (1.0, 10.0)
+    with pytest.raises(evaluate_script.EvalError, match="--thresholds '1,x': expected numbers"):
+        scoring({"transform": "dbz"}, "--thresholds", "1,x")

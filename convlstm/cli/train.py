@@ -40,6 +40,7 @@ from convlstm.atomic import WriteError, check_writable_dir
 from convlstm.budget import BudgetError, check_fits, training_bytes
 from convlstm.data import split_sequence
 from convlstm.data.sequence import split_valid
+from convlstm.losses import FrameLoss, LossError
 from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
 from convlstm.load import load_model
@@ -295,6 +296,10 @@ def make_data(cfg, info, train_set=None, val_set=None):
         raise TrainingError(f"{error}: pick model flags that fit these frames, or --resize") from None
     units = getattr(getattr(train_set, "source", None), "units", None)  # a NetCDF archive's, as resolved: stored
     cfg = dataclasses.replace(cfg, transform=units.kind) if units is not None else cfg
+    try:  # the loss fits the data (the balanced ones need rain rates): told before anything is written
+        FrameLoss.of(cfg)
+    except LossError as error:
+        raise TrainingError(str(error)) from None
     return dataclasses.replace(cfg, in_chan=frame_shape[0]), (train_set, val_set), frame_shape, described
 
 

@@ -1,10 +1,10 @@
 """Splitting a batch of sequences into the frames a model sees and the frames it must predict, and its no-data mask.
 
 No-data pixels (a radar's, outside its range: convlstm.data.gridded) travel in the batch as NaN. split_valid turns
-them into 0, which the models see, and a mask of the valid pixels, which the loss (masked_mse) and the scores take.
+them into 0, which the models see, and a mask of the valid pixels, which the loss (convlstm.losses) and the scores
+take.
 """
 import torch
-import torch.nn.functional as F
 
 
 def split_valid(batch):
@@ -16,12 +16,6 @@ def split_valid(batch):
         return batch, None
     return batch.masked_fill(invalid, 0), ~invalid
 
-
-def masked_mse(pred, target, valid=None):
-    """F.mse_loss over the valid pixels (all of them when valid is None); 0 when none is valid."""
-    if valid is None:
-        return F.mse_loss(pred, target)
-    return ((pred - target).square() * valid).sum() / valid.sum().clamp_min(1)
 
 
 def split_sequence(batch, n_in=10, n_out=None):

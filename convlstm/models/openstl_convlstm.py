@@ -17,7 +17,8 @@ import math
 import numpy as np
 import torch
 
-from ..data.sequence import masked_mse, split_valid
+from ..data.sequence import split_valid
+from ..losses import FrameLoss
 from ..openstl import (CELL_OUTPUTS, PRESETS, OpenSTLConvLSTM, reserve_schedule_sampling_exp, reshape_patch,
                        schedule_sampling)
 from ..ops.lstm_gates.backends import FUSED
@@ -177,6 +178,7 @@ class OpenSTLObjective:
         self.n_in, self.n_out, self.patch = cfg.n_steps_past, cfg.n_steps_ahead, cfg.patch_size
         self.in_shape = (cfg.n_steps_past, *frame_shape)
         self.eta = 1.0
+        self.loss = FrameLoss.of(cfg)
 
     def masks(self, step: int, count: int, device) -> list:
         """The masks of optimizer step `step` (0-based) for its `count` micro-batches: one draw over all their
@@ -199,14 +201,15 @@ class OpenSTLObjective:
     def __call__(self, model, batch, mask):
         """batch (B, T, C, H, W) -> OpenSTL's loss: the MSE of frames 1 .. n_in + n_out - 1, each predicted from
         the frames before it (true ones, or the model's own output where the mask is 0); over the valid pixels only
-        where the batch has no-data pixels (NaN: 0 in the frames the model reads)."""
+        where the batch has no-data pixels (NaN: 0 in the frames the model reads); --loss bmse / bmae weigh them."""
         batch, valid = split_valid(batch[:, :self.n_in + self.n_out])
         frames = reshape_patch(batch.permute(0, 1, 3, 4, 2), self.patch)  # (B, T, H/p, W/p, p*p*C)
-        next_frames, loss = model(frames, mask.to(frames.dtype), return_loss=valid is None)
-        if valid is None:
+        own = valid is None and self.loss.kind == "mse"  # OpenSTL's own loss, to the last bit
+        next_frames, loss = model(frames, mask.to(frames.dtype), return_loss=own)
+        if own:
             return loss.float()
-        valid = reshape_patch(valid.permute(0, 1, 3, 4, 2), self.patch)
-        return masked_mse(next_frames.float(), frames[:, 1:].float(), valid[:, 1:])
+        valid = None if valid is None else reshape_patch(valid.permute(0, 1, 3, 4, 2), self.patch)[:, 1:]
+        return self.loss(next_frames.float(), frames[:, 1:].float(), valid)
 
     def logged_eta(self):
         """eta for the log; None under reverse scheduled sampling. OpenSTL's eta keeps falling below 0 when

@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..data.sequence import masked_mse, split_sequence, split_valid
+from ..data.sequence import split_sequence, split_valid
+from ..losses import FrameLoss
 
 # The config keys every model may read (train.py's common fields); a plug-in's __init__ takes those it names.
 COMMON_KEYS = ("in_chan", "n_hidden_dim", "kernel_size", "n_steps_past", "n_steps_ahead", "backend")
@@ -44,12 +45,13 @@ def call_forecast(model: nn.Module, x: torch.Tensor, n_out: int) -> torch.Tensor
 
 
 class ForecastMSE:
-    """The seq-to-seq objective (the tutorial's): the MSE of the next n_out frames forecast from the first n_in, over
-    the valid pixels (no-data pixels, NaN in the batch, are 0 in the input and out of the loss). No sampling masks,
-    no state."""
+    """The seq-to-seq objective (the tutorial's): the MSE (or --loss's) of the next n_out frames forecast from the
+    first n_in, over the valid pixels (no-data pixels, NaN in the batch, are 0 in the input and out of the loss). No
+    sampling masks, no state."""
 
     def __init__(self, forecast, cfg):
         self.forecast, self.n_in, self.n_out = forecast, cfg.n_steps_past, cfg.n_steps_ahead
+        self.loss = FrameLoss.of(cfg)
 
     def masks(self, step: int, count: int, device) -> list:
         return [None] * count
@@ -59,7 +61,7 @@ class ForecastMSE:
         batch, valid = split_valid(batch)
         x, y = split_sequence(batch, n_in=self.n_in, n_out=self.n_out)
         valid = None if valid is None else valid[:, self.n_in:self.n_in + self.n_out]
-        return masked_mse(self.forecast(model, x, self.n_out).float(), y, valid)
+        return self.loss(self.forecast(model, x, self.n_out).float(), y, valid)
 
     def logged_eta(self):
         """The share of true frames fed in training (OpenSTL's eta) for the log; None: no scheduled sampling."""
