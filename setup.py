@@ -98,10 +98,11 @@ setup(
         # torch.onnx's exporter writes ONNX with onnxscript and onnx (convlstm export --format onnx); onnxruntime,
         # the reference ONNX runtime, is the tests' oracle that the file gives the checkpoint's outputs.
         "export": ["onnx", "onnxscript"],
-        # Radar archives: xarray opens NetCDF lazily with labelled dimensions, CF time decoding and fill values (what
-        # a reader of our own would redo); netCDF4 is the reference NetCDF library (NetCDF3 and NetCDF4 files).
-        "nowcast": ["xarray", "netCDF4"],
-        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime", "xarray", "netCDF4"],
+        # Radar archives: xarray opens NetCDF and Zarr lazily with labelled dimensions, CF time decoding and fill
+        # values (what a reader of our own would redo); netCDF4 is the reference NetCDF library (NetCDF3 and NetCDF4
+        # files), zarr the Zarr format's own.
+        "nowcast": ["xarray", "netCDF4", "zarr"],
+        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime", "xarray", "netCDF4", "zarr"],
     },
     entry_points={"console_scripts": ["convlstm=convlstm.cli.main:main"]},
     **cuda_extension_args(),

@@ -1,6 +1,7 @@
 """Radar archives in NetCDF (convlstm.data.gridded, convlstm.data.units): read lazily by time, split at gaps, no-data
 pixels as a mask that reaches the loss and the scores, units in and out; a bad archive is one line and writes
 nothing; train.py, evaluate.py --scores nowcast and predict.py on one."""
+import importlib.util
 import json
 
 import numpy as np
@@ -70,6 +71,17 @@ def test_workers_read_what_the_main_process_reads(tmp_path):
     torch.testing.assert_close(torch.cat(list(loader)), expected, equal_nan=True, rtol=0, atol=0)
 
 
+def test_a_zarr_store_reads_as_the_netcdf_file_does(tmp_path):
+    pytest.importorskip("zarr")
+    archive(tmp_path / "radar.nc", fill=-999.0)
+    xr.open_dataset(tmp_path / "radar.nc").to_zarr(tmp_path / "radar.zarr")
+    netcdf = GriddedSource(tmp_path / "radar.nc", min_length=7)
+    zarr = GriddedSource(str(tmp_path / "radar.zarr") + "/", min_length=7)
+    assert (zarr.lengths, zarr.units, zarr.names) == (netcdf.lengths, netcdf.units,
+                                                      [name.replace(".nc", ".zarr") for name in netcdf.names])
+    np.testing.assert_array_equal(zarr.frames(1, 0, 7), netcdf.frames(1, 0, 7))
+
+
 def test_units_map_to_the_unit_scale_and_back():
     rain = torch.tensor([0.0, 0.5, 2.0, 10.0, 30.0, float("nan")])
     for zr in ((200.0, 1.6), HKO7_ZR):
@@ -101,7 +113,7 @@ def test_no_data_is_out_of_the_loss_and_zero_for_the_model():
 
 
 @pytest.mark.parametrize("case", ["missing_variable", "no_time_dimension", "out_of_order", "repeated",
-                                  "unknown_units", "units_contradict"])
+                                  "unknown_units", "units_contradict", "zarr_without_time_coordinate"])
 def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     path, flags = tmp_path / "radar.nc", []
     times = pd.date_range("2026-06-01", periods=30, freq="6min")
@@ -120,9 +132,14 @@ def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     elif case == "unknown_units":
         archive(path, frames=30, missing=0, units="K")
         expected = "variable 'rain' has units 'K', which --transform auto cannot convert"
-    else:
+    elif case == "units_contradict":
         archive(path, frames=30, missing=0, units="dBZ")
         flags, expected = ["--transform", "rainrate"], "--transform rainrate but"
+    else:
+        pytest.importorskip("zarr")
+        path = tmp_path / "radar.zarr"
+        xr.Dataset({"rain": (("time", "y", "x"), np.zeros((30, 4, 4), np.float32), {"units": "mm/h"})}).to_zarr(path)
+        expected = "radar.zarr: variable 'rain''s dim 'time' has no coordinate"
     status = train_script.main(["--run_dir", str(tmp_path / "run"), "--data", str(path), *flags, *TINY,
                                 "--num_workers", "0"])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -168,6 +185,18 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
     assert np.nanmin(predictions) >= 0
     assert json.loads((tmp_path / "pred" / "predict.json").read_text())["layout"].startswith(
         "(N, T, C, H, W) in mm/h")
+    # the forecast as gridded data, as a user opens it: the archive's variable, units and grid, issue and lead times
+    with xr.open_dataset(tmp_path / "pred" / "forecast.nc") as forecast:
+        rain_forecast = forecast["rain"]
+        assert rain_forecast.dims == ("issue_time", "lead_time", "y", "x") and rain_forecast.attrs["units"] == "mm/h"
+        assert [pd.Timestamp(t) for t in forecast["issue_time"].values] == [pd.Timestamp("2026-06-01T01:54")]
+        assert (forecast["lead_time"].values / np.timedelta64(1, "m")).tolist() == [6, 12, 18, 24]
+        np.testing.assert_array_equal(rain_forecast.values, predictions[:, :, 0])
+    if importlib.util.find_spec("zarr"):
+        predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input",
+                             str(tmp_path / "test.nc"), "--out", str(tmp_path / "pred_zarr"), "--format", "zarr"])
+        with xr.open_zarr(tmp_path / "pred_zarr" / "forecast.zarr") as forecast:
+            np.testing.assert_array_equal(forecast["rain"].values, predictions[:, :, 0])
 
 
 def test_nowcast_scores_need_thresholds_where_the_data_have_no_rain_rate():

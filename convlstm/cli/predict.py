@@ -17,6 +17,8 @@ Into --out:
     strips/<i>_<name>.png  one row per sequence: its inputs, a wider gap, the predictions
     gifs/<i>_<name>.gif    the inputs then the predictions; the bar below grows grey over inputs, red over predictions
     predict.json           what was predicted: checkpoint, input, n_in, n_out, shapes, each sequence's files
+    forecast.nc            a radar archive's forecast as gridded data (--format zarr: forecast.zarr): its variable
+                           over (issue_time, lead_time, y, x) in its units, with its grid's coordinates
 
 Everything is checked before --out is made, whether files can be made there too (tried with one, removed again): a
 bad input ends with one line "predict.py: error: ..." and exit code 1, having written nothing. The files are written
@@ -37,7 +39,7 @@ import torch
 
 from convlstm.atomic import WriteError, check_writable_dir, staged
 from convlstm.budget import BudgetError, check_fits, oversized_int
-from convlstm.data.gridded import gridded_options
+from convlstm.data.gridded import gridded_forecast, gridded_options
 from convlstm.data.sequence import split_valid
 from convlstm.data.sources import DataError, open_source
 from convlstm.data.units import Units
@@ -64,11 +66,16 @@ def build_parser():
     p.add_argument("--n_out", type=int, default=None, help="frames to predict (default: the checkpoint's)")
     add_frame_flags(p, "--input")
     p.add_argument("--variable", default=None, help="the variable of a NetCDF --input (default: the training one)")
+    p.add_argument("--format", default="netcdf", choices=GRIDDED_FORMATS,
+                   help="a radar archive's forecast file: forecast.nc (netcdf) or the forecast.zarr store (zarr)")
     add_loading_flags(p)
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (same names replaced)")
     return p
+
+
+GRIDDED_FORMATS = {"netcdf": "forecast.nc", "zarr": "forecast.zarr"}
 
 
 class PredictError(ValueError):
@@ -190,6 +197,11 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
                    "layout": "(N, T, C, H, W) in [0, 1]" if units is None else
                              f"(N, T, C, H, W) in {units.name} (NaN: no data), inputs.npy in [0, 1]",
                    "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
+        if hasattr(source, "grid"):  # a radar archive: the forecast as gridded data, as a user opens it in xarray
+            name = GRIDDED_FORMATS[args.format]
+            gridded = gridded_forecast(source, values, args.checkpoint)
+            stage.write(name, lambda path: gridded.to_netcdf(path) if name.endswith(".nc") else gridded.to_zarr(path))
+            summary["forecast"] = name
         stage.write("predict.json", lambda path: write_json(path, summary))
     return len(sequences)
 

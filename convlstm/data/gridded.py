@@ -1,4 +1,5 @@
-"""A radar archive in NetCDF as a source of sequences (convlstm.data.sources' interface), read lazily through xarray.
+"""A radar archive in NetCDF or Zarr as a source of sequences (convlstm.data.sources' interface), read lazily through
+xarray.
 
 One variable (--variable; the only gridded one by default) of dims (time, y, x) in any order and any (y, x) size.
 Frames are ordered by time; times out of order or repeated are a DataError. A gap in time (a step more than 1.5 times
@@ -27,15 +28,22 @@ def _xarray():
     try:
         import xarray
     except ImportError:
-        raise DataError("reading NetCDF needs xarray and netCDF4: pip install -e '.[nowcast]'") from None
+        raise DataError("reading NetCDF and Zarr archives needs xarray, netCDF4 and zarr: pip install -e "
+                        "'.[nowcast]'") from None
     return xarray
 
 
+def is_zarr(path) -> bool:
+    return os.fspath(path).lower().rstrip("/").endswith(".zarr")
+
+
 def _open(path):
+    """The archive as an xarray Dataset, lazy (a slice reads only its frames; no dask)."""
+    kind = "Zarr store" if is_zarr(path) else "NetCDF file"
     try:
-        return _xarray().open_dataset(path, cache=False)  # lazy: a slice reads only its frames
-    except (OSError, ValueError, RuntimeError) as error:
-        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+        return _xarray().open_dataset(path, cache=False, **({"engine": "zarr"} if is_zarr(path) else {}))
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise DataError(f"{path}: not a readable {kind} ({error})") from None
 
 
 class GriddedSource:
@@ -44,9 +52,9 @@ class GriddedSource:
     def __init__(self, path, variable=None, transform="auto", zr_a=200.0, zr_b=1.6, value_range=None,
                  min_length=None):
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if not (os.path.isdir if is_zarr(self.path) else os.path.isfile)(self.path):
             raise DataError(f"{self.path} does not exist" if not os.path.exists(self.path) else
-                            f"{self.path} is not a file")
+                            f"{self.path} is not a {'Zarr store (a folder)' if is_zarr(self.path) else 'file'}")
         if transform not in TRANSFORMS:
             raise DataError(f"--transform {transform!r}: expected one of {', '.join(TRANSFORMS)}")
         with _open(self.path) as dataset:
@@ -59,6 +67,7 @@ class GriddedSource:
             times = np.asarray(data[self.time_dim].values)
             height, width = (data.sizes[d] for d in self.dims[1:])
             units_attr = data.attrs.get("units")
+        self.times, self.units_attr = times, units_attr
         parts, self.step = self._split(times)
         # a part shorter than a window gives none: left out (self.short), as a gap's frames are
         self.parts = [(a, b) for a, b in parts if b - a >= (min_length or 1)]
@@ -75,8 +84,8 @@ class GriddedSource:
         self.lengths = [stop - start for start, stop in self.parts]
         self.sizes = [(height, width)] * len(self.parts)
         self.frame_shape = (1, height, width)
-        self.names = [f"{os.path.basename(self.path)}[{_when(times[start])}..{_when(times[stop - 1])}]"
-                      for start, stop in self.parts]
+        base = os.path.basename(self.path.rstrip(os.sep))  # a Zarr store may be named with a trailing slash
+        self.names = [f"{base}[{_when(times[start])}..{_when(times[stop - 1])}]" for start, stop in self.parts]
         self._data, self._pid = None, None
 
     def _choose(self, dataset, variable):
@@ -92,8 +101,11 @@ class GriddedSource:
         return variable
 
     def _time_dim(self, data):
-        named = [d for d in data.dims if d == "time" or (d in data.coords and
-                                                         np.issubdtype(data[d].dtype, np.datetime64))]
+        named = [d for d in data.dims if d in data.coords and (d == "time" or
+                                                               np.issubdtype(data[d].dtype, np.datetime64))]
+        if not named and "time" in data.dims:
+            raise DataError(f"{self.path}: variable {self.variable!r}'s dim 'time' has no coordinate: no times to "
+                            "order its frames by and find gaps in")
         if not named:
             raise DataError(f"{self.path}: variable {self.variable!r} has dims {data.dims}: no time dimension "
                             "(a dim named time, or one with datetime coordinates)")
@@ -134,12 +146,37 @@ class GriddedSource:
         values = np.asarray(self._array()[first + start:first + stop].values, dtype=np.float32)
         return self.units.to_unit(torch.from_numpy(values)).numpy()[:, None]
 
+    def grid(self) -> dict:
+        """The archive's coordinates on its (y, x) dims alone (y, x, and any 2-D lat / lon), loaded, with their
+        attributes: what a gridded forecast of it carries."""
+        with _open(self.path) as dataset:
+            data = dataset[self.variable]
+            return {name: coord.load() for name, coord in data.coords.items()
+                    if coord.dims and set(coord.dims) <= set(self.dims[1:])}
+
     def scan(self, full=False):
         """Nothing to scan: values are transformed, not checked (NaN is no data)."""
         return {}
 
     def __getstate__(self):  # the file is reopened in each worker, not pickled
         return {**self.__dict__, "_data": None, "_pid": None}
+
+
+def gridded_forecast(source: GriddedSource, values: np.ndarray, checkpoint: str):
+    """xarray Dataset of forecasts (N, n_out, 1, H, W) in the archive's units, one per part of `source`: its variable
+    over (issue_time, lead_time, y, x), issue_time the time of each part's last frame, lead_time the archive's step
+    times 1 .. n_out, the archive's (y, x) coordinates and units."""
+    xarray = _xarray()
+    leads = (np.arange(1, values.shape[1] + 1) * source.step).astype("timedelta64[ns]") if source.step else \
+        np.arange(1, values.shape[1] + 1)
+    issued = [source.times[stop - 1] for _, stop in source.parts]
+    forecast = xarray.DataArray(
+        values[:, :, 0], dims=("issue_time", "lead_time", *source.dims[1:]),
+        coords={"issue_time": issued, "lead_time": leads, **source.grid()},
+        attrs={"long_name": f"forecast of {source.variable}", **({"units": source.units_attr}
+                                                                   if source.units_attr else {})})
+    return xarray.Dataset({source.variable: forecast},
+                          attrs={"source": f"convlstm predict.py, checkpoint {checkpoint}, from {source.path}"})
 
 
 def gridded_options(config: dict, variable=None) -> dict:

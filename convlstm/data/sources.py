@@ -21,7 +21,7 @@ from .errors import DataError  # (its home: convlstm.data.gridded raises it too,
 LAYOUTS = ("NTCHW", "NTHWC", "NTHW", "TNHW")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
-GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf")
+GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf", ".zarr")  # NetCDF files, Zarr stores (folders)
 STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H, W)
 
 
@@ -331,8 +331,8 @@ def _decode(path, channels):
 
 
 def is_gridded(path) -> bool:
-    """Whether `path` names a NetCDF archive (convlstm.data.gridded)."""
-    return os.fspath(path).lower().endswith(GRIDDED_EXTENSIONS)
+    """Whether `path` names a NetCDF or Zarr archive (convlstm.data.gridded)."""
+    return os.fspath(path).lower().rstrip("/").endswith(GRIDDED_EXTENSIONS)
 
 
 def open_source(path, layout=None, channels=None, min_length=None, gridded=None):
