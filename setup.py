@@ -100,9 +100,10 @@ setup(
         "export": ["onnx", "onnxscript"],
         # Radar archives: xarray opens NetCDF and Zarr lazily with labelled dimensions, CF time decoding and fill
         # values (what a reader of our own would redo); netCDF4 is the reference NetCDF library (NetCDF3 and NetCDF4
-        # files), zarr the Zarr format's own.
-        "nowcast": ["xarray", "netCDF4", "zarr"],
-        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime", "xarray", "netCDF4", "zarr"],
+        # files), zarr the Zarr format's own, h5py HDF5's (plain HDF5 archives name no dimensions for xarray).
+        "nowcast": ["xarray", "netCDF4", "zarr", "h5py"],
+        "dev": ["pytest", "scikit-image", "av", "onnx", "onnxscript", "onnxruntime", "xarray", "netCDF4", "zarr",
+                "h5py"],
     },
     entry_points={"console_scripts": ["convlstm=convlstm.cli.main:main"]},
     **cuda_extension_args(),

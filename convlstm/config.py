@@ -58,8 +58,9 @@ class Config:
     channels: Optional[int] = _arg("data", None, "read images and videos as grey (1) or RGB (3); default: grey "
                                                  "images grey, videos RGB", choices=(1, 3))
     resize: Optional[str] = _arg("data", None, "resize the frames of --data to HxW, e.g. 64 or 48x64")
-    # A radar archive (NetCDF --data): convlstm.data.gridded and convlstm.data.units.
-    variable: Optional[str] = _arg("data", None, "the variable of a NetCDF --data (default: its only gridded one)")
+    # A radar archive (NetCDF, Zarr or HDF5 --data): convlstm.data.gridded, convlstm.data.hdf5, convlstm.data.units.
+    variable: Optional[str] = _arg("data", None, "the variable of a NetCDF or Zarr --data, the dataset path of an "
+                                                 "HDF5 one (/group/name) (default: its only gridded one)")
     transform: str = _arg("data", "auto", "a NetCDF archive's values to the models' [0, 1]: dbz ((dBZ + 10) / 70, "
                                           "HKO-7's scale), rainrate (mm/h to dBZ by Z = a R^b, then as dbz), none "
                                           "(--value_range LO,HI linearly); auto: by the variable's units attribute. "
@@ -68,6 +69,9 @@ class Config:
     zr_a: float = _arg("data", 200.0, "Z-R relation Z = a R^b: a (Marshall-Palmer's 200; HKO-7's 58.53)")
     zr_b: float = _arg("data", 1.6, "Z-R relation Z = a R^b: b (Marshall-Palmer's 1.6; HKO-7's 1.56)")
     value_range: Optional[str] = _arg("data", None, "--transform none: LO,HI, the values that map to 0 and 1")
+    time_variable: Optional[str] = _arg("data", None, "an HDF5 --data's dataset of the frames' times (/group/time: "
+                                                      "numbers with a CF units attribute, or ISO strings)")
+    time_step: Optional[float] = _arg("data", None, "an HDF5 --data without --time_variable: minutes between frames")
     skip_bad_data: bool = _arg("data", False, "leave out the sequences of --data and --val_data that cannot be read "
                                               "as frames in [0, 1] (NaN, inf or 0-255 values in a float array, an "
                                               "image that does not decode, a video shorter than its header says), "

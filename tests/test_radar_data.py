@@ -43,6 +43,23 @@ def archive(path, frames=40, gap_at=25, missing=3, units="mm/h", fill=None, dims
     return rain
 
 
+def convert(path, suffix):
+    """The NetCDF archive at `path` as a Zarr store (through xarray) or a plain HDF5 file (h5py: /radar/rain with
+    _FillValue -999 and units, /radar/time in seconds since 2026-06-01); returns the new path."""
+    target = path.with_suffix(suffix)
+    with xr.open_dataset(path) as dataset:
+        if suffix == ".zarr":
+            dataset.to_zarr(target)
+            return target
+        h5py = pytest.importorskip("h5py")
+        seconds = (dataset["time"].values - np.datetime64("2026-06-01")) / np.timedelta64(1, "s")
+        with h5py.File(target, "w") as handle:
+            rain = handle.create_dataset("radar/rain", data=np.nan_to_num(dataset["rain"].values, nan=-999.0))
+            rain.attrs.update({"units": "mm/h", "_FillValue": -999.0})
+            handle.create_dataset("radar/time", data=seconds).attrs["units"] = "seconds since 2026-06-01 00:00"
+    return target
+
+
 def test_archive_reads_by_time_split_at_the_gap_with_no_data_as_nan(tmp_path):
     rain = archive(tmp_path / "radar.nc", dims=("y", "x", "time"), fill=-999.0)  # stored (y, x, time), fill -999
     source = GriddedSource(tmp_path / "radar.nc", min_length=7)
@@ -113,7 +130,8 @@ def test_no_data_is_out_of_the_loss_and_zero_for_the_model():
 
 
 @pytest.mark.parametrize("case", ["missing_variable", "no_time_dimension", "out_of_order", "repeated",
-                                  "unknown_units", "units_contradict", "zarr_without_time_coordinate"])
+                                  "unknown_units", "units_contradict", "zarr_without_time_coordinate",
+                                  "hdf5_missing_dataset", "hdf5_without_times"])
 def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     path, flags = tmp_path / "radar.nc", []
     times = pd.date_range("2026-06-01", periods=30, freq="6min")
@@ -135,6 +153,12 @@ def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     elif case == "units_contradict":
         archive(path, frames=30, missing=0, units="dBZ")
         flags, expected = ["--transform", "rainrate"], "--transform rainrate but"
+    elif case.startswith("hdf5"):
+        archive(path, frames=30, missing=0)
+        path = convert(path, ".h5")
+        flags, expected = (["--variable", "/radar/dbz", "--time_variable", "/radar/time"],
+                           "radar.h5: no 3-D dataset '/radar/dbz' (3-D datasets: /radar/rain)") \
+            if case == "hdf5_missing_dataset" else ([], "HDF5 names no time: give --time_variable")
     else:
         pytest.importorskip("zarr")
         path = tmp_path / "radar.zarr"
@@ -148,22 +172,29 @@ def test_bad_archive_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     assert not (tmp_path / "run").exists()
 
 
-def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
-    """Two workers read the archive (each opens the file); the checkpoint keeps the transform; evaluate.py scores
-    the model and persistence per threshold and lead time; predict.py answers in mm/h, no data where it had none."""
+@pytest.mark.parametrize("suffix", [".nc", ".zarr", ".h5"])
+def test_train_evaluate_predict_on_an_archive(tmp_path, capsys, suffix):
+    """NetCDF, Zarr and HDF5 alike: two workers read the archive (each opens the file); the checkpoint keeps the
+    transform; evaluate.py scores the model and persistence per threshold and lead time; predict.py answers in mm/h,
+    no data where it had none, and writes the forecast as gridded data."""
+    if suffix == ".zarr":
+        pytest.importorskip("zarr")
     rain = archive(tmp_path / "radar.nc")
     archive(tmp_path / "test.nc", frames=20, missing=0)
+    data, test = (convert(tmp_path / name, suffix) if suffix != ".nc" else tmp_path / name
+                  for name in ("radar.nc", "test.nc"))
     run = tmp_path / "run"
-    assert train_script.main(["--run_dir", str(run), "--data", str(tmp_path / "radar.nc"), "--num_workers", "2",
-                              "--val_data", str(tmp_path / "test.nc"), *TINY]) == 0
+    time_flags = ["--variable", "/radar/rain", "--time_variable", "/radar/time"] if suffix == ".h5" else []
+    assert train_script.main(["--run_dir", str(run), "--data", str(data), "--num_workers", "2",
+                              "--val_data", str(test), *TINY, *time_flags]) == 0
     log = (run / "train.log").read_text()
-    assert "split at gaps in time: radar.nc[2026-06-01T00:00..2026-06-01T02:24] 10, " \
-           "radar.nc[2026-06-01T02:48..2026-06-01T04:12] 5" in log
+    assert f"split at gaps in time: radar{suffix}[2026-06-01T00:00..2026-06-01T02:24] 10, " \
+           f"radar{suffix}[2026-06-01T02:48..2026-06-01T04:12] 5" in log
     state = read_checkpoint(str(run / "checkpoints" / "latest.pt"))
     assert state["config"]["transform"] == "rainrate" and state["config"]["zr_a"] == 200.0
     capsys.readouterr()
     out = tmp_path / "eval"
-    evaluate_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data", str(tmp_path / "test.nc"),
+    evaluate_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data", str(test),
                           "--out_dir", str(out), "--scores", "nowcast", "--stride", "2", "--save_predictions"])
     printed = capsys.readouterr().out
     assert "CSI over all lead times, thresholds in mm/h" in printed and "persistence" in printed
@@ -177,7 +208,7 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
     assert (out / "csi_by_lead.png").stat().st_size > 0
     saved = np.load(out / "predictions.npz")  # in mm/h, NaN where there is no data
     np.testing.assert_allclose(saved["target"][0, :, 0], rain[3:7], rtol=1e-4, atol=1e-4)
-    predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input", str(tmp_path / "test.nc"),
+    predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input", str(test),
                          "--out", str(tmp_path / "pred")])
     predictions = np.load(tmp_path / "pred" / "predictions.npy")
     assert predictions.shape == (1, 4, 1, SIZE, SIZE)
@@ -187,12 +218,12 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys):
         "(N, T, C, H, W) in mm/h")
     # the forecast as gridded data, as a user opens it: the archive's variable, units and grid, issue and lead times
     with xr.open_dataset(tmp_path / "pred" / "forecast.nc") as forecast:
-        rain_forecast = forecast["rain"]
+        rain_forecast = forecast["rain"]  # (HDF5's /radar/rain: its last part)
         assert rain_forecast.dims == ("issue_time", "lead_time", "y", "x") and rain_forecast.attrs["units"] == "mm/h"
         assert [pd.Timestamp(t) for t in forecast["issue_time"].values] == [pd.Timestamp("2026-06-01T01:54")]
         assert (forecast["lead_time"].values / np.timedelta64(1, "m")).tolist() == [6, 12, 18, 24]
         np.testing.assert_array_equal(rain_forecast.values, predictions[:, :, 0])
-    if importlib.util.find_spec("zarr"):
+    if suffix == ".nc" and importlib.util.find_spec("zarr"):
         predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input",
                              str(tmp_path / "test.nc"), "--out", str(tmp_path / "pred_zarr"), "--format", "zarr"])
         with xr.open_zarr(tmp_path / "pred_zarr" / "forecast.zarr") as forecast:
@@ -215,3 +246,21 @@ def test_nowcast_scores_need_thresholds_where_the_data_have_no_rain_rate():
     assert scoring({"transform": "none", "value_range": "0,50"}, "--thresholds", "1,10")[1] == (1.0, 10.0)
     with pytest.raises(evaluate_script.EvalError, match="--thresholds '1,x': expected numbers"):
         scoring({"transform": "dbz"}, "--thresholds", "1,x")
+
+
+def test_evaluating_an_archive_in_other_units_is_one_line(tmp_path, capsys):
+    """A model trained on mm/h, evaluated on an archive in dBZ: the checkpoint's transform meets the other units
+    attribute, one line, exit 2, nothing written."""
+    archive(tmp_path / "radar.nc")
+    archive(tmp_path / "dbz.nc", frames=20, missing=0, units="dBZ")
+    run = tmp_path / "run"
+    assert train_script.main(["--run_dir", str(run), "--data", str(tmp_path / "radar.nc"), "--val_fraction", "0.5",
+                              "--num_workers", "0", *TINY]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--data",
+                              str(tmp_path / "dbz.nc"), "--out_dir", str(tmp_path / "eval")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and "--transform rainrate but" in lines[0] and \
+        "is in 'dBZ'" in lines[0], lines
+    assert not (tmp_path / "eval" / "metrics.json").exists()

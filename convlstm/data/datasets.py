@@ -42,7 +42,7 @@ def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
 
 def _own_data(cfg, length):
     gridded = dict(variable=cfg.variable, transform=cfg.transform, zr_a=cfg.zr_a, zr_b=cfg.zr_b,
-                   value_range=cfg.value_range)
+                   value_range=cfg.value_range, time_variable=cfg.time_variable, time_step=cfg.time_step)
     options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length, gridded=gridded)
     windows = dict(length=length, stride=cfg.stride or length, resize=parse_size(cfg.resize))
     source = open_source(cfg.data, **options)

@@ -20,7 +20,8 @@ import torch
 from .errors import DataError
 from .units import TRANSFORMS, Units, UnitsError, parse_range, resolve_transform
 
-OPTIONS = ("variable", "transform", "zr_a", "zr_b", "value_range")  # train.py's flags (convlstm.config) of a source
+# train.py's flags (convlstm.config) of a source
+OPTIONS = ("variable", "transform", "zr_a", "zr_b", "value_range", "time_variable", "time_step")
 GAP_FACTOR = 1.5  # a step this many times the median step is a gap
 
 
@@ -50,23 +51,14 @@ class GriddedSource:
     """The frames of one variable of a NetCDF archive, split at gaps in time into sequences."""
 
     def __init__(self, path, variable=None, transform="auto", zr_a=200.0, zr_b=1.6, value_range=None,
-                 min_length=None):
+                 min_length=None, time_variable=None, time_step=None):
         self.path = os.fspath(path)
         if not (os.path.isdir if is_zarr(self.path) else os.path.isfile)(self.path):
             raise DataError(f"{self.path} does not exist" if not os.path.exists(self.path) else
                             f"{self.path} is not a {'Zarr store (a folder)' if is_zarr(self.path) else 'file'}")
         if transform not in TRANSFORMS:
             raise DataError(f"--transform {transform!r}: expected one of {', '.join(TRANSFORMS)}")
-        with _open(self.path) as dataset:
-            self.variable = self._choose(dataset, variable)
-            data = dataset[self.variable]
-            self.time_dim = self._time_dim(data)
-            if data.ndim != 3:
-                raise DataError(f"{self.path}: variable {self.variable!r} has dims {data.dims}; expected (time, y, x)")
-            self.dims = (self.time_dim, *[d for d in data.dims if d != self.time_dim])
-            times = np.asarray(data[self.time_dim].values)
-            height, width = (data.sizes[d] for d in self.dims[1:])
-            units_attr = data.attrs.get("units")
+        times, (height, width), units_attr = self._inspect(variable, time_variable, time_step)
         self.times, self.units_attr = times, units_attr
         parts, self.step = self._split(times)
         # a part shorter than a window gives none: left out (self.short), as a gap's frames are
@@ -87,6 +79,19 @@ class GriddedSource:
         base = os.path.basename(self.path.rstrip(os.sep))  # a Zarr store may be named with a trailing slash
         self.names = [f"{base}[{_when(times[start])}..{_when(times[stop - 1])}]" for start, stop in self.parts]
         self._data, self._pid = None, None
+
+    def _inspect(self, variable, time_variable, time_step):
+        """Sets self.variable and self.dims (time first); returns (times, (H, W), the units attribute or None).
+        NetCDF and Zarr carry their times as a coordinate (time_variable and time_step are HDF5's)."""
+        with _open(self.path) as dataset:
+            self.variable = self._choose(dataset, variable)
+            data = dataset[self.variable]
+            self.time_dim = self._time_dim(data)
+            if data.ndim != 3:
+                raise DataError(f"{self.path}: variable {self.variable!r} has dims {data.dims}; expected (time, y, x)")
+            self.dims = (self.time_dim, *[d for d in data.dims if d != self.time_dim])
+            return np.asarray(data[self.time_dim].values), tuple(data.sizes[d] for d in self.dims[1:]), \
+                data.attrs.get("units")
 
     def _choose(self, dataset, variable):
         gridded = [name for name, value in dataset.data_vars.items() if value.ndim >= 3]
@@ -140,10 +145,14 @@ class GriddedSource:
             self._data, self._pid = _open(self.path)[self.variable].transpose(*self.dims), os.getpid()
         return self._data
 
+    def _read(self, start, stop):
+        """Frames [start, stop) of the archive in its units, float32 (t, H, W), NaN where there is no data."""
+        return np.asarray(self._array()[start:stop].values, dtype=np.float32)
+
     def frames(self, index, start, stop):
         """Frames [start, stop) of part `index`: float32 (t, 1, H, W) in [0, 1], NaN where there is no data."""
         first = self.parts[index][0]
-        values = np.asarray(self._array()[first + start:first + stop].values, dtype=np.float32)
+        values = self._read(first + start, first + stop)
         return self.units.to_unit(torch.from_numpy(values)).numpy()[:, None]
 
     def grid(self) -> dict:
@@ -175,7 +184,8 @@ def gridded_forecast(source: GriddedSource, values: np.ndarray, checkpoint: str)
         coords={"issue_time": issued, "lead_time": leads, **source.grid()},
         attrs={"long_name": f"forecast of {source.variable}", **({"units": source.units_attr}
                                                                    if source.units_attr else {})})
-    return xarray.Dataset({source.variable: forecast},
+    name = source.variable.strip("/").rsplit("/", 1)[-1]  # an HDF5 dataset's path: its last part
+    return xarray.Dataset({name: forecast},
                           attrs={"source": f"convlstm predict.py, checkpoint {checkpoint}, from {source.path}"})
 
 

@@ -21,7 +21,8 @@ from .errors import DataError  # (its home: convlstm.data.gridded raises it too,
 LAYOUTS = ("NTCHW", "NTHWC", "NTHW", "TNHW")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
-GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf", ".zarr")  # NetCDF files, Zarr stores (folders)
+# NetCDF files, Zarr stores (folders), HDF5 files (convlstm.data.hdf5)
+GRIDDED_EXTENSIONS = (".nc", ".nc4", ".netcdf", ".cdf", ".zarr", ".h5", ".hdf5", ".hdf")
 STANDARD_SHAPE = (20, 64, 64)  # mnist_test_seq.npy is (20, N, 64, 64): (T, N, H, W)
 
 
@@ -331,18 +332,20 @@ def _decode(path, channels):
 
 
 def is_gridded(path) -> bool:
-    """Whether `path` names a NetCDF or Zarr archive (convlstm.data.gridded)."""
+    """Whether `path` names a NetCDF, Zarr or HDF5 archive (convlstm.data.gridded, convlstm.data.hdf5)."""
     return os.fspath(path).lower().rstrip("/").endswith(GRIDDED_EXTENSIONS)
 
 
 def open_source(path, layout=None, channels=None, min_length=None, gridded=None):
     """The source `path` names: an .npy / .npz array, a video file, a folder of video files, a folder of frame
-    folders, or a NetCDF archive (with `gridded`: GriddedSource's options, variable and transform). A file system
-    error on the way (a symlink loop, a folder that cannot be listed) is a DataError."""
+    folders, or a NetCDF, Zarr or HDF5 archive (with `gridded`: GriddedSource's options: variable, transform, ...).
+    A file system error on the way (a symlink loop, a folder that cannot be listed) is a DataError."""
     try:
-        if is_gridded(path):
-            from .gridded import GriddedSource  # xarray: only for NetCDF
-            return GriddedSource(os.fspath(path), **(gridded or {}), min_length=min_length)
+        if is_gridded(path):  # (imported here: xarray and h5py only for archives)
+            from .gridded import GriddedSource
+            from .hdf5 import EXTENSIONS, HDF5Source
+            kind = HDF5Source if os.fspath(path).lower().endswith(EXTENSIONS) else GriddedSource
+            return kind(os.fspath(path), **(gridded or {}), min_length=min_length)
         return _open_source(os.fspath(path), layout, channels, min_length)
     except OSError as error:
         raise DataError(f"{error.filename or path}: {error.strerror or error}") from error

@@ -311,7 +311,7 @@ def parse_config(argv=None, saved_config=None) -> Config:
 # out those that do not apply to the run.
 MOVING_MNIST_ONLY = ("digits", "num_train", "image_size", "num_digits", "generator")
 OWN_DATA_ONLY = ("val_data", "val_fraction", "layout", "stride", "channels", "resize", "skip_bad_data")
-GRIDDED_ONLY = ("variable", "transform", "zr_a", "zr_b", "value_range")  # a NetCDF --data's
+GRIDDED_ONLY = ("variable", "transform", "zr_a", "zr_b", "value_range", "time_variable", "time_step")  # archives' flags
 SCHEDULE_ONLY = {"warmup_steps": ("constant", "cosine"), "min_lr": ("cosine",), "onecycle_final_div": ("onecycle",)}
 
 
