@@ -37,7 +37,12 @@ def archive(path, frames=40, gap_at=25, missing=3, units="mm/h", fill=None, dims
     if times is None:
         times = pd.date_range("2026-06-01", periods=frames + missing, freq="6min").delete(
             range(gap_at, gap_at + missing))
-    data = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times}, attrs={"units": units} if units else {})
+    # a grid as radar archives carry it: y and x in km, and 2-D latitude and longitude
+    grid = {"y": ("y", np.arange(SIZE) - 7.5, {"units": "km"}), "x": ("x", np.arange(SIZE) - 7.5, {"units": "km"}),
+            "lat": (("y", "x"), 52 + yy / 100, {"units": "degrees_north"}),
+            "lon": (("y", "x"), 5 + xx / 100, {"units": "degrees_east"})}
+    data = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times, **grid},
+                        attrs={"units": units} if units else {})
     encoding = {"rain": {"_FillValue": fill}} if fill is not None else {}
     xr.Dataset({"rain": data.transpose(*dims)}).to_netcdf(path, encoding=encoding)
     return rain
@@ -216,6 +221,10 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys, suffix):
     assert np.nanmin(predictions) >= 0
     assert json.loads((tmp_path / "pred" / "predict.json").read_text())["layout"].startswith(
         "(N, T, C, H, W) in mm/h")
+    # pictures in rain colours with a colour bar in mm/h under them (grey frames would have R == G == B everywhere)
+    from PIL import Image
+    strip = np.asarray(Image.open(next((tmp_path / "pred" / "strips").glob("*.png"))).convert("RGB")).astype(int)
+    assert strip.shape[0] > SIZE + 20 and (strip[..., 0] != strip[..., 2]).any()
     # the forecast as gridded data, as a user opens it: the archive's variable, units and grid, issue and lead times
     with xr.open_dataset(tmp_path / "pred" / "forecast.nc") as forecast:
         rain_forecast = forecast["rain"]  # (HDF5's /radar/rain: its last part)
@@ -223,6 +232,10 @@ def test_train_evaluate_predict_on_an_archive(tmp_path, capsys, suffix):
         assert [pd.Timestamp(t) for t in forecast["issue_time"].values] == [pd.Timestamp("2026-06-01T01:54")]
         assert (forecast["lead_time"].values / np.timedelta64(1, "m")).tolist() == [6, 12, 18, 24]
         np.testing.assert_array_equal(rain_forecast.values, predictions[:, :, 0])
+        if suffix != ".h5":  # the archive's grid (plain HDF5 names none: pixel indices)
+            assert forecast["lat"].dims == ("y", "x") and forecast["lat"].attrs["units"] == "degrees_north"
+            np.testing.assert_allclose(forecast["lon"].values, 5 + np.mgrid[:SIZE, :SIZE][1] / 100)
+            assert forecast["x"].attrs["units"] == "km" and forecast["x"].values[0] == -7.5
     if suffix == ".nc" and importlib.util.find_spec("zarr"):
         predict_script.main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--input",
                              str(tmp_path / "test.nc"), "--out", str(tmp_path / "pred_zarr"), "--format", "zarr"])

@@ -44,7 +44,7 @@ from convlstm.data.sequence import split_valid
 from convlstm.data.sources import DataError, open_source
 from convlstm.data.units import Units
 from convlstm.data.windows import parse_size, to_frames
-from convlstm.evaluation.plots import save_prediction_gif, save_prediction_strip
+from convlstm.evaluation.plots import rain_colour_bar, rain_colours, save_prediction_gif, save_prediction_strip
 from convlstm.load import load_model
 from convlstm.model import check_frame_size, forecast
 from convlstm.models import named_class
@@ -181,7 +181,12 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
     Returns the number of sequences."""
     units = Units.from_config(model.info.config or {})  # a radar archive's: predictions in its units
     values = predictions if units is None else units.from_unit(torch.from_numpy(predictions)).numpy()
-    predictions, inputs = np.nan_to_num(predictions), np.nan_to_num(inputs)  # the pictures' (no data: black)
+    if units is not None and units.kind != "none":  # pictures of rain rates: bands of colour, a colour bar in mm/h
+        def drawn(frames):
+            return units.rain_rate(units.from_unit(torch.from_numpy(frames))).numpy()
+        style = dict(colours=rain_colours, legend=rain_colour_bar)
+    else:
+        drawn, style = np.nan_to_num, {}  # grey, no data black
     with staged(args.out) as stage:
         stage.write("predictions.npy", lambda path: np.save(path, values))
         stage.write("inputs.npy", lambda path: np.save(path, inputs))
@@ -189,13 +194,14 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
         for i, (name, length) in enumerate(zip(source.names, source.lengths)):
             stem = file_stem(i, name, len(source.names))
             files = {"strip": os.path.join("strips", stem + ".png"), "gif": os.path.join("gifs", stem + ".gif")}
-            stage.write(files["strip"], lambda path: save_prediction_strip(inputs[i], predictions[i], path))
-            stage.write(files["gif"], lambda path: save_prediction_gif(inputs[i], predictions[i], path))
+            pictured = drawn(inputs[i]), drawn(predictions[i])
+            stage.write(files["strip"], lambda path: save_prediction_strip(*pictured, path, **style))
+            stage.write(files["gif"], lambda path: save_prediction_gif(*pictured, path, **style))
             sequences.append({"name": name, "frames": length, "inputs_from_frame": length - model.info.n_in, **files})
         summary = {"checkpoint": args.checkpoint, "checkpoint_kind": model.info.kind, "model": model.info.model,
                    "input": args.input, "n_in": model.info.n_in, "n_out": n_out, "device": str(device),
                    "layout": "(N, T, C, H, W) in [0, 1]" if units is None else
-                             f"(N, T, C, H, W) in {units.name} (NaN: no data), inputs.npy in [0, 1]",
+                             f"(N, T, C, H, W) in {units.name} (NaN: no data), inputs.npy in [0, 1] (NaN: no data)",
                    "predictions": list(predictions.shape), "inputs": list(inputs.shape), "sequences": sequences}
         if hasattr(source, "grid"):  # a radar archive: the forecast as gridded data, as a user opens it in xarray
             name = GRIDDED_FORMATS[args.format]

@@ -114,31 +114,76 @@ def _to_rgb_uint8(frames):
     return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
 
 
-def save_prediction_strip(inputs, predictions, path, gap=2):
-    """One row, white gaps: the inputs (T_in, C, H, W), a gap three times as wide, the predictions (T_out, C, H, W)."""
-    frames = np.concatenate([_to_rgb_uint8(inputs), _to_rgb_uint8(predictions)])
+# Rain rates drawn in bands (mm/h; HKO-7's thresholds among the edges): white below the first, grey where no data.
+RAIN_LEVELS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0)
+
+
+def _rain_map():
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm
+    cmap = colormaps["turbo"].resampled(len(RAIN_LEVELS) - 1).with_extremes(under="white", over="#7a0403",
+                                                                              bad="#b0b0b0")
+    return cmap, BoundaryNorm(RAIN_LEVELS, cmap.N)
+
+
+def rain_colours(frames):
+    """(T, 1, H, W) rain rates in mm/h, NaN where there is no data -> (T, H, W, 3) uint8 in RAIN_LEVELS' bands."""
+    cmap, norm = _rain_map()
+    return cmap(norm(np.ma.masked_invalid(frames[:, 0])), bytes=True)[..., :3]
+
+
+def rain_colour_bar(width):
+    """A horizontal colour bar of RAIN_LEVELS, labelled in mm/h, `width` pixels wide: (H, width, 3) uint8."""
+    from matplotlib.cm import ScalarMappable
+    cmap, norm = _rain_map()
+    fig = Figure(figsize=(width / 100, 0.62), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axis = fig.add_axes((0.04, 0.62, 0.92, 0.3))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=axis, orientation="horizontal", extend="both")
+    bar.set_ticks(RAIN_LEVELS, labels=[f"{level:g}" for level in RAIN_LEVELS], fontsize=6)
+    bar.set_label("rain rate (mm/h); white: dry, grey: no data", fontsize=6, labelpad=1)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_prediction_strip(inputs, predictions, path, gap=2, colours=_to_rgb_uint8, legend=None):
+    """One row, white gaps: the inputs (T_in, C, H, W), a gap three times as wide, the predictions (T_out, C, H, W).
+    colours: frames -> RGB (grey by default; rain_colours for rain rates); legend(width): an image under the row
+    (rain_colour_bar)."""
+    frames = np.concatenate([colours(inputs), colours(predictions)])
     total, h, w = frames.shape[:3]
     row = np.full((h, total * (w + gap) + gap, 3), 255, dtype=np.uint8)
     for t, frame in enumerate(frames):
         left = t * (w + gap) + (2 * gap if t >= len(inputs) else 0)
         row[:, left:left + w] = frame
+    if legend is not None:
+        row = np.concatenate([row, _fit(legend(min(row.shape[1], 800)), row.shape[1])])
     Image.fromarray(row).save(path)
+
+
+def _fit(image, width):
+    """`image` centred on a white band `width` pixels wide."""
+    band = np.full((image.shape[0], width, 3), 255, dtype=np.uint8)
+    left = (width - image.shape[1]) // 2
+    band[:, left:left + image.shape[1]] = image[:, :width]
+    return band
 
 
 GIF_WIDTH = 256  # pixels at least: 32x32 frames made a 64x68 GIF, too small to see
 
 
-def save_prediction_gif(inputs, predictions, path, duration_ms=200):
+def save_prediction_gif(inputs, predictions, path, duration_ms=200, colours=_to_rgb_uint8, legend=None):
     """The inputs then the predictions, enlarged (nearest) to GIF_WIDTH pixels or more. The bar below grows each
     frame, grey then red: it marks the predictions and keeps GIF frames distinct (Pillow merges identical ones: a
-    still prediction)."""
-    frames = np.concatenate([_to_rgb_uint8(inputs), _to_rgb_uint8(predictions)])
+    still prediction). colours and legend as save_prediction_strip's."""
+    frames = np.concatenate([colours(inputs), colours(predictions)])
     total, h, w = frames.shape[:3]
     scale = max(2, -(-total // w), -(-GIF_WIDTH // w))
     frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    below = [] if legend is None else [legend(w * scale)]
     images = []
     for t, frame in enumerate(frames):
         bar = np.zeros((4, w * scale, 3), dtype=np.uint8)
         bar[:, :(t + 1) * w * scale // total] = (160, 160, 160) if t < len(inputs) else (220, 40, 40)
-        images.append(Image.fromarray(np.concatenate([frame, bar])))
+        images.append(Image.fromarray(np.concatenate([frame, bar, *below])))
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
