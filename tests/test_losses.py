@@ -65,3 +65,19 @@ def test_both_models_train_with_bmse_and_resume_keeps_it(tmp_path, model):
     assert train_script.main([*flags, "--max_steps", "5", "--resume"]) == 0  # no --loss: the checkpoint's
     state = read_checkpoint(str(run / "checkpoints" / "latest.pt"))
     assert state["config"]["loss"] == "bmse" and state["step"] == 5
+
+
+def test_hko7_preset_is_hko7s_setting_on_an_archive(tmp_path):
+    """--preset hko7: OpenSTL's ConvLSTM 5 -> 20 with HKO-7's Z-R relation and balanced MSE; flags still override its
+    sizes."""
+    archive(tmp_path / "radar.nc", frames=60, gap_at=30)
+    archive(tmp_path / "val.nc", frames=30, missing=0)
+    run = tmp_path / "run"
+    assert train_script.main(["--run_dir", str(run), "--data", str(tmp_path / "radar.nc"), "--val_data",
+                              str(tmp_path / "val.nc"), "--preset", "hko7", "--n_hidden_dim", "4", "--num_layers",
+                              "1", "--batch_size", "2", "--max_steps", "2", "--num_workers", "0", "--device",
+                              "cpu"]) == 0
+    config = read_checkpoint(str(run / "checkpoints" / "latest.pt"))["config"]
+    assert (config["model"], config["n_steps_past"], config["n_steps_ahead"]) == ("openstl_convlstm", 5, 20)
+    assert (config["zr_a"], config["zr_b"], config["loss"], config["transform"]) == (58.53, 1.56, "bmse", "rainrate")
+    assert (config["n_hidden_dim"], config["num_layers"], config["patch_size"]) == (4, 1, 4)

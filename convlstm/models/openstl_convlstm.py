@@ -53,6 +53,15 @@ FIELDS = {
 }
 
 
+# HKO-7's setting (Shi et al. 2017) on this model: 5 frames (30 minutes) in, 20 (2 hours) out, its Z-R relation and
+# balanced MSE; evaluate.py's default thresholds are its 0.5, 2, 5, 10, 30 mm/h. The sizes are ours (HKO-7's own
+# ConvLSTM baseline is an encoder-forecaster at 480x480): the Quickstart's 4x4 patches, 3 layers of 64, kernel 5,
+# scheduled sampling over by step 5000.
+HKO7_PRESET = dict(model="openstl_convlstm", n_steps_past=5, n_steps_ahead=20, zr_a=58.53, zr_b=1.56, loss="bmse",
+                   n_hidden_dim=64, num_layers=3, kernel_size=5, patch_size=4, lr=1e-3, lr_schedule="cosine",
+                   min_lr=1e-4, batch_size=8, sampling_changing_rate=2e-4)
+
+
 def preset_values(name: str) -> dict:
     """The train.py flag values of --preset `name`: OpenSTL's configs/mmnist/ConvLSTM(-L).py (convlstm.openstl.PRESETS)
     as this toolkit's fields, image_size Moving MNIST's 64. Every preset's layers have one width. OpenSTL's Adam has
@@ -231,5 +240,6 @@ SPEC = ModelSpec(
                                   "cell_output"),
     config_keys=("n_hidden_dim", "in_chan", "kernel_size", "n_steps_past", "n_steps_ahead"), check=check,
     from_weights=from_weights, config_of=config_of, input_problem=input_problem, objective=OpenSTLObjective,
-    presets={name: preset_values(name) for name in PRESETS}, unused_parameters=True, load_options=("cell_output",),
+    presets={**{name: preset_values(name) for name in PRESETS}, "hko7": HKO7_PRESET}, unused_parameters=True,
+    load_options=("cell_output",),
     container="openstl")
