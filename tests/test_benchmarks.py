@@ -173,7 +173,8 @@ def test_bench_data_quick(tmp_path):
 def test_bench_inference_quick(tmp_path):
     """Both models' forecast, 4 frames in and 4 out, each way the CPU runs it: the eager reference, torch.compile
     (aot_eager here: Inductor's compile is tens of seconds), the torch.export program and the ONNX file in
-    onnxruntime; every way's output matches the reference's before it is timed; sequences/s in OpenSTL's convention."""
+    onnxruntime; every way's output matches the reference's before it is timed; sequences/s in OpenSTL's convention.
+    (18 s, most of it the two ONNX exports.)"""
     head, results = quick_run("bench_inference.py", tmp_path, "--compile-backend", "aot_eager")
     ways = ("torch", "export", "onnxruntime", "compile")
     assert head["kind"] == "inference" and (head["reps"], head["warmup"]) == (3, 3) and head["not_run"] == {}
