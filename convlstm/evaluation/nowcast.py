@@ -117,17 +117,19 @@ def fss_sums(forecast, observed, thresholds=DEFAULT_THRESHOLDS, windows=DEFAULT_
     forecast, observed, valid = _fields(forecast, observed, valid)
     b, t, h, w = forecast.shape
     flat = (b * t, 1, h, w)
-    # Window sums of 0/1 fields are small integers, exact in float32; the fractions and their squares go to float64.
+    # Window sums of 0/1 fields are small integers, exact in float32; the fractions and their squares stay float32
+    # (half the memory traffic of float64: 32 sequences of 20 64x64 frames took 1.9 s in float64) and are summed in
+    # float64.
     valid_field = valid.reshape(flat).float()
     sums = torch.zeros(t, len(thresholds), len(windows), 2, dtype=torch.float64)
     for j, window in enumerate(windows):
         # >= 1 at a valid pixel (itself); a masked pixel may see none: clamped to avoid 0/0, its value is dropped.
-        valid_count = _window_sum(valid_field, window).double().clamp_min(1)
+        valid_count = _window_sum(valid_field, window).clamp_min(1)
         for k, threshold in enumerate(thresholds):
-            fractions = [_window_sum(((x >= threshold) & valid).reshape(flat).float(), window).double() / valid_count
+            fractions = [_window_sum(((x >= threshold) & valid).reshape(flat).float(), window) / valid_count
                          for x in (forecast, observed)]
             forecast_fraction, observed_fraction = (torch.where(valid.reshape(flat), p, 0.0) for p in fractions)
-            per_lead = [x.reshape(b, t, h, w).sum(dim=(0, 2, 3)) for x in (
+            per_lead = [x.reshape(b, t, h, w).sum(dim=(0, 2, 3), dtype=torch.float64) for x in (
                 (forecast_fraction - observed_fraction).square(),
                 forecast_fraction.square() + observed_fraction.square())]
             sums[:, k, j] = torch.stack(per_lead, dim=-1).cpu()
