@@ -46,8 +46,8 @@ def _arg(group, default, help_text, **argparse_kwargs):
 class Config:
     # Data.
     data: Optional[str] = _arg("data", None, "your sequences: an .npy/.npz array, a video file, a folder of videos, "
-                                             "a folder of frame folders (PNG/JPEG), or a radar archive in NetCDF "
-                                             "(.nc); default: Moving MNIST generated on the fly")
+                                             "a folder of frame folders (PNG/JPEG), or a radar archive (NetCDF .nc, "
+                                             "Zarr .zarr, HDF5 .h5); default: Moving MNIST generated on the fly")
     val_data: Optional[str] = _arg("data", None, "validation sequences from another path, as --data; default: "
                                                  "--val_fraction of --data's sequences")
     val_fraction: float = _arg("data", 0.1, "share of --data's sequences held out for validation (by --seed) "
@@ -61,7 +61,7 @@ class Config:
     # A radar archive (NetCDF, Zarr or HDF5 --data): convlstm.data.gridded, convlstm.data.hdf5, convlstm.data.units.
     variable: Optional[str] = _arg("data", None, "the variable of a NetCDF or Zarr --data, the dataset path of an "
                                                  "HDF5 one (/group/name) (default: its only gridded one)")
-    transform: str = _arg("data", "auto", "a NetCDF archive's values to the models' [0, 1]: dbz ((dBZ + 10) / 70, "
+    transform: str = _arg("data", "auto", "a radar archive's values to the models' [0, 1]: dbz ((dBZ + 10) / 70, "
                                           "HKO-7's scale), rainrate (mm/h to dBZ by Z = a R^b, then as dbz), none "
                                           "(--value_range LO,HI linearly); auto: by the variable's units attribute. "
                                           "Kept in checkpoints: evaluate.py and predict.py answer in these units",

@@ -44,9 +44,9 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.atomic import WriteError, check_writable_dir, staged
 from convlstm.budget import BudgetError, check_fits, oversized_int
-from convlstm.data import MovingMNIST, split_sequence
+from convlstm.data import MovingMNIST
 from convlstm.data.gridded import gridded_options
-from convlstm.data.sequence import split_valid
+from convlstm.data.sequence import split_masked
 from convlstm.data.sources import DataError, error_line, open_source, scan_source, usable
 from convlstm.data.units import Units, UnitsError
 from convlstm.evaluation.nowcast import DEFAULT_THRESHOLDS, NowcastScores
@@ -214,7 +214,7 @@ def build_dataset(args, config, trained):
         raise EvalError(f"--data {args.data} has frames of {dataset.frame_shape[1]}x{dataset.frame_shape[2]} but "
                         f"the checkpoint was trained on {size} (H x W): pass --resize {size}")
     skipped = {"skipped": list(bad.values())} if bad else {}  # by --skip_bad_data
-    step = {"step_minutes": source.step / 6e10} if getattr(source, "step", None) else {}  # a NetCDF archive's (ns)
+    step = {"step_minutes": source.step_minutes} if getattr(source, "step_minutes", None) else {}  # an archive's
     return _first(args, dataset), {"source": "file", "path": os.path.abspath(args.data), "windows": len(dataset),
                                    **skipped, **step}
 
@@ -229,13 +229,13 @@ def _first(args, dataset):
 
 
 def nowcast_scoring(args, config):
-    """(Units of the data or None, thresholds) for --scores nowcast, checked; (None, None) without it."""
-    if args.scores != "nowcast":
-        return None, None
+    """(Units of the data or None (frames in [0, 1]), thresholds for --scores nowcast or None without it), checked."""
     try:
         units = Units.from_config(config)
     except UnitsError as e:
         raise EvalError(f"checkpoint {args.checkpoint}: {e}") from None
+    if args.scores != "nowcast":
+        return units, None
     if args.thresholds is None:
         if units is None or units.kind == "none":
             raise EvalError("--scores nowcast: the data have no rain rate (" + (
@@ -252,19 +252,15 @@ def nowcast_scoring(args, config):
 
 
 def in_rain_units(units, frames):
-    """Frames on the models' [0, 1] scale in the units thresholds are in: mm/h for dBZ and mm/h data, the data's own
-    for --transform none, the [0, 1] scale itself without a transform."""
-    if units is None:
-        return frames
-    values = units.from_unit(frames)
-    return values if units.kind == "none" else units.rain_rate(values)
+    """Frames on the models' [0, 1] scale in the units thresholds are in (Units.scored), the [0, 1] scale itself
+    without a transform."""
+    return frames if units is None else units.scored(frames)
 
 
-def in_data_units(config, frames, valid):
+def in_data_units(units, frames, valid):
     """float32 numpy frames as --save_predictions writes them: [0, 1], or a radar archive's units (the checkpoint's
     transform) with NaN where there is no data."""
     frames = frames.float() if valid is None else frames.float().masked_fill(~valid, float("nan"))
-    units = Units.from_config(config)
     return (frames if units is None else units.from_unit(frames)).cpu().numpy()
 
 
@@ -292,9 +288,7 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
                 progress.close()
                 return None, error_line(e)
             progress.update(len(batch))
-            batch, valid = split_valid(batch.to(device))
-            x, y = split_sequence(batch, n_in=n_past, n_out=n_ahead)  # (B, T_in|T_out, C, H, W)
-            valid = None if valid is None else valid[:, n_past:n_past + n_ahead]
+            x, y, valid = split_masked(batch.to(device), n_past, n_ahead)  # (B, T_in|T_out, C, H, W)
             pred = forecast(model, x, n_ahead)  # (B, T_out, C, H, W)
             pred = pred if valid is None else pred * valid
             last = x[:, -1:].expand_as(y) if valid is None else x[:, -1:] * valid
@@ -308,8 +302,8 @@ def evaluate_shard(model, dataset, indices, config, batch_size, device, keep_pre
             if sum(len(s[0]) for s in samples) < num_samples:
                 samples.append((x.cpu(), y.cpu(), pred.cpu()))
             if keep_predictions:  # a radar archive's in its units, NaN where it has no data
-                preds.append(in_data_units(config, pred, valid))
-                targets.append(in_data_units(config, y, valid))
+                preds.append(in_data_units(units, pred, valid))
+                targets.append(in_data_units(units, y, valid))
     progress.close()
     samples = [torch.cat(part)[:num_samples].numpy() for part in zip(*samples)] if samples else None
     return (totals, samples, preds, targets, scores), None

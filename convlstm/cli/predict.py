@@ -183,7 +183,7 @@ def write_outputs(args, model, device, source, inputs, predictions, n_out):
     values = predictions if units is None else units.from_unit(torch.from_numpy(predictions)).numpy()
     if units is not None and units.kind != "none":  # pictures of rain rates: bands of colour, a colour bar in mm/h
         def drawn(frames):
-            return units.rain_rate(units.from_unit(torch.from_numpy(frames))).numpy()
+            return units.scored(torch.from_numpy(frames)).numpy()
         style = dict(colours=rain_colours, legend=rain_colour_bar)
     else:
         drawn, style = np.nan_to_num, {}  # grey, no data black

@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader, Subset
 
 from convlstm.atomic import WriteError, check_writable_dir
 from convlstm.budget import BudgetError, check_fits, training_bytes
-from convlstm.data import split_sequence
-from convlstm.data.sequence import split_valid
+from convlstm.data.sequence import split_masked
 from convlstm.losses import FrameLoss, LossError
 from convlstm.data.sources import DataError, error_line
 from convlstm.evaluation.metrics import METRIC_NAMES, SSIM_WINDOW, MetricTotals, frame_metrics
@@ -77,13 +76,10 @@ def predict(model, batch, cfg, precision):
     """batch (B, T, C, H, W) -> inputs x, targets y (B, T_out, C, H, W) and predictions y_hat (float32, as y): the
     model's test-time forecast (OpenSTL's: its own outputs fed back, no true frame after the inputs). No-data pixels
     (NaN) are 0 in x, y and y_hat: out of the metrics' sums."""
-    batch, valid = split_valid(batch)
-    x, y = split_sequence(batch, n_in=cfg.n_steps_past, n_out=cfg.n_steps_ahead)
+    x, y, valid = split_masked(batch, cfg.n_steps_past, cfg.n_steps_ahead)
     with precision.autocast():
         y_hat = forecast(model, x, cfg.n_steps_ahead).float()
-    if valid is not None:
-        y_hat = y_hat * valid[:, cfg.n_steps_past:cfg.n_steps_past + cfg.n_steps_ahead]
-    return x, y, y_hat
+    return x, y, y_hat if valid is None else y_hat * valid
 
 
 def next_batches(batches, count):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .moving_mnist import MovingMNIST
+from .gridded import gridded_options
 from .sources import DataError, open_source, scan_source, usable
 from .windows import Windows, parse_size, split_sequences
 
@@ -41,9 +42,7 @@ def build_datasets(cfg, train_set=None, val_set=None, before_reading=None):
 
 
 def _own_data(cfg, length):
-    gridded = dict(variable=cfg.variable, transform=cfg.transform, zr_a=cfg.zr_a, zr_b=cfg.zr_b,
-                   value_range=cfg.value_range, time_variable=cfg.time_variable, time_step=cfg.time_step)
-    options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length, gridded=gridded)
+    options = dict(layout=cfg.layout, channels=cfg.channels, min_length=length, gridded=gridded_options(vars(cfg)))
     windows = dict(length=length, stride=cfg.stride or length, resize=parse_size(cfg.resize))
     source = open_source(cfg.data, **options)
     bad, scanned = scan_source(source, cfg.skip_bad_data)

@@ -61,6 +61,8 @@ class GriddedSource:
         times, (height, width), units_attr = self._inspect(variable, time_variable, time_step)
         self.times, self.units_attr = times, units_attr
         parts, self.step = self._split(times)
+        # minutes where the times are datetimes (the step is then in ns); other times are plain numbers
+        self.step_minutes = self.step / 6e10 if self.step and np.issubdtype(times.dtype, np.datetime64) else None
         # a part shorter than a window gives none: left out (self.short), as a gap's frames are
         self.parts = [(a, b) for a, b in parts if b - a >= (min_length or 1)]
         self.short = len(parts) - len(self.parts)
@@ -176,8 +178,8 @@ def gridded_forecast(source: GriddedSource, values: np.ndarray, checkpoint: str)
     over (issue_time, lead_time, y, x), issue_time the time of each part's last frame, lead_time the archive's step
     times 1 .. n_out, the archive's (y, x) coordinates and units."""
     xarray = _xarray()
-    leads = (np.arange(1, values.shape[1] + 1) * source.step).astype("timedelta64[ns]") if source.step else \
-        np.arange(1, values.shape[1] + 1)
+    steps = np.arange(1, values.shape[1] + 1)
+    leads = steps * np.timedelta64(int(source.step), "ns") if source.step_minutes else steps * (source.step or 1)
     issued = [source.times[stop - 1] for _, stop in source.parts]
     forecast = xarray.DataArray(
         values[:, :, 0], dims=("issue_time", "lead_time", *source.dims[1:]),

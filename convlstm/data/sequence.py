@@ -17,6 +17,13 @@ def split_valid(batch):
     return batch.masked_fill(invalid, 0), ~invalid
 
 
+def split_masked(batch, n_in, n_out):
+    """split_valid, then split_sequence: (x, y, the valid pixels of y or None), NaN as 0 in x and y."""
+    batch, valid = split_valid(batch)
+    x, y = split_sequence(batch, n_in=n_in, n_out=n_out)
+    return x, y, None if valid is None else valid[:, n_in:n_in + n_out]
+
+
 
 def split_sequence(batch, n_in=10, n_out=None):
     """Split (B, T, C, H, W) into inputs x = frames [0, n_in) and targets y = the next n_out frames (default: the rest).

@@ -100,6 +100,11 @@ class Units:
         values = low + scaled * (high - low)
         return self.rain_of_dbz(values, dry_at=scaled <= 0) if self.kind == "rainrate" else values
 
+    def scored(self, scaled: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the values thresholds and pictures are in: mm/h for dBZ and mm/h data, the user's own for none."""
+        values = self.from_unit(scaled)
+        return values if self.kind == "none" else self.rain_rate(values)
+
     def rain_rate(self, values: torch.Tensor) -> torch.Tensor:
         """The user's values in mm/h, for thresholds in mm/h: dBZ through the Z-R relation."""
         if self.kind == "rainrate":

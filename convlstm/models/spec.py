@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..data.sequence import split_sequence, split_valid
+from ..data.sequence import split_masked
 from ..losses import FrameLoss
 
 # The config keys every model may read (train.py's common fields); a plug-in's __init__ takes those it names.
@@ -58,9 +58,7 @@ class ForecastMSE:
 
     def __call__(self, model, batch, mask):
         """batch (B, T, C, H, W) -> the MSE of frames [n_in, n_in + n_out) forecast from frames [0, n_in)."""
-        batch, valid = split_valid(batch)
-        x, y = split_sequence(batch, n_in=self.n_in, n_out=self.n_out)
-        valid = None if valid is None else valid[:, self.n_in:self.n_in + self.n_out]
+        x, y, valid = split_masked(batch, self.n_in, self.n_out)
         return self.loss(self.forecast(model, x, self.n_out).float(), y, valid)
 
     def logged_eta(self):
